@@ -1,0 +1,182 @@
+"""Moving a job forward: submit it upstream, poll its future, record its outcome.
+
+Every step ends in one fenced commit (store.Commit), so a replica whose lease
+ran out cannot overwrite newer state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bridge.backoff import at_least, poll_interval_s, submit_retry_s
+from bridge.jobs import error_json
+from bridge.runtime import Runtime
+from bridge.store import Commit
+from bridge.upstream import Outcome
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
+
+
+class Advancer:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def commit(self, job: dict[str, str], token: str, c: Commit) -> bool:
+        return await self.rt.commit("due", job["id"], token, c)
+
+    def _count(self, job: dict[str, str], kind: str, outcome: Outcome) -> None:
+        self.rt.metrics.upstream_requests.labels(job["upstream"], kind, outcome.kind).inc()
+
+    async def fail(
+        self,
+        job: dict[str, str],
+        token: str,
+        code: str,
+        message: str,
+        upstream_status: int | None = None,
+        notify: bool = True,
+        **fields: Any,
+    ) -> bool:
+        """Terminal failure; `notify` schedules the job.failed callback."""
+        self.rt.metrics.jobs_finished.labels(job["upstream"], "failed").inc()
+        self.rt.log.info("job failed", job_id=job["id"], code=code, upstream=job["upstream"])
+        commit = Commit(
+            fields={
+                "status": "failed",
+                "error": error_json(code, message, upstream_status),
+                "delivery_state": "pending" if notify else "none",
+                **fields,
+            },
+            source="rm",
+            completed=True,
+            target_delay_ms=0 if notify else None,
+            expire_ms=None if notify else self.rt.retention_ms,
+            due_field="next_attempt_at" if notify else "",
+        )
+        job.update(commit.fields)
+        return await self.commit(job, token, commit)
+
+    def past_deadline(self, job: dict[str, str], now_ms: int) -> bool:
+        return now_ms >= int(job["created_at"]) + int(job["deadline_ms"])
+
+    async def step(self, job: dict[str, str], token: str, now_ms: int) -> None:
+        """One unit of work for a claimed job in the `due` schedule."""
+        if not job:
+            return
+        if job["status"] not in ("queued", "running"):
+            await self.commit(job, token, Commit(fields={}, source="rm"))
+        elif job["upstream"] not in self.rt.upstreams:
+            await self.fail(job, token, "unknown-upstream", f"upstream {job['upstream']} is gone")
+        elif self.past_deadline(job, now_ms):
+            await self.fail(job, token, "deadline-exceeded", "poll.deadline_s passed")
+        elif job["status"] == "queued":
+            await self.submit(job, token, notify=True)
+        else:
+            await self.poll(job, token)
+
+    async def submit(self, job: dict[str, str], token: str, notify: bool) -> Outcome | None:
+        """Submit upstream. Returns the outcome, or None if the upstream is unhealthy."""
+        name = job["upstream"]
+        submits = int(job.get("submits") or 0) + 1
+        if not self.rt.health.healthy(name):
+            await self.commit(
+                job,
+                token,
+                Commit(
+                    fields={"last_error": "upstream unhealthy"},
+                    source=str(_ms(submit_retry_s(submits))),
+                ),
+            )
+            return None
+        upstream = self.rt.upstreams[name]
+        outcome = await upstream.submit(orjson.loads(job["inputs"]))
+        self._count(job, "submit", outcome)
+        if outcome.kind == "accepted":
+            fields = {
+                "status": "running",
+                "upstream_id": outcome.upstream_id,
+                "poll_url": outcome.url,
+                "submits": submits,
+            }
+            job.update(fields)
+            await self.commit(
+                job,
+                token,
+                Commit(fields=fields, source=str(_ms(upstream.config.poll.initial_delay_s))),
+            )
+        elif outcome.kind == "rejected":
+            await self.fail(
+                job,
+                token,
+                "upstream-rejected",
+                outcome.detail,
+                outcome.status_code,
+                notify=notify,
+                submits=submits,
+            )
+        else:
+            delay_s = at_least(submit_retry_s(submits), outcome.retry_after_s)
+            job.update(submits=str(submits))
+            await self.commit(
+                job,
+                token,
+                Commit(
+                    fields={"submits": submits, "last_error": outcome.detail},
+                    source=str(_ms(delay_s)),
+                ),
+            )
+        return outcome
+
+    async def poll(self, job: dict[str, str], token: str) -> None:
+        upstream = self.rt.upstreams[job["upstream"]]
+        polls = int(job.get("polls") or 0) + 1
+        outcome = await upstream.poll(job["poll_url"])
+        self._count(job, "poll", outcome)
+        if outcome.kind == "completed":
+            await self.complete(job, token, polls, outcome.url or "")
+        elif outcome.kind in ("pending", "transient"):
+            delay_s = at_least(poll_interval_s(upstream.config.poll, polls), outcome.retry_after_s)
+            await self.commit(job, token, Commit(fields={"polls": polls}, source=str(_ms(delay_s))))
+        elif outcome.kind == "expired":
+            await self.fail(
+                job, token, "upstream-expired", outcome.detail, outcome.status_code, polls=polls
+            )
+        else:
+            await self.fail(
+                job, token, "upstream-failed", outcome.detail, outcome.status_code, polls=polls
+            )
+
+    async def complete(self, job: dict[str, str], token: str, polls: int, url: str) -> None:
+        upstream = self.rt.upstreams[job["upstream"]]
+        outcome = await upstream.fetch_result(url)
+        self._count(job, "result", outcome)
+        if outcome.kind == "transient":
+            delay_s = at_least(upstream.config.poll.min_interval_s, outcome.retry_after_s)
+            await self.commit(job, token, Commit(fields={"polls": polls}, source=str(_ms(delay_s))))
+            return
+        if outcome.kind != "completed" or outcome.body is None:
+            code = "upstream-expired" if outcome.kind == "expired" else "upstream-failed"
+            await self.fail(job, token, code, outcome.detail, outcome.status_code, polls=polls)
+            return
+        self.rt.metrics.jobs_finished.labels(job["upstream"], "completed").inc()
+        await self.commit(
+            job,
+            token,
+            Commit(
+                fields={
+                    "status": "completed",
+                    "polls": polls,
+                    "result_size": len(outcome.body),
+                    "delivery_state": "pending",
+                },
+                source="rm",
+                completed=True,
+                result=outcome.body.decode(),
+                target_delay_ms=0,
+                due_field="next_attempt_at",
+            ),
+        )

@@ -1,0 +1,264 @@
+"""Configuration: one YAML file, environment overrides, secrets only by reference.
+
+Every key has a default here; `config.example.yaml` documents them. A bad
+config raises `ConfigError` whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MIB = 1024 * 1024
+ENV_PREFIX = "PUSHBRIDGE_"
+DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * MIB, gt=0)
+    public_url: str | None = None  # base of result_url links; default http://host:port
+
+
+class StoreConfig(_Section):
+    url: str | None = None
+    data_dir: str = "./.pushbridge"
+    cluster: bool = False
+    key_prefix: str = Field("pushbridge", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    partitions: int = Field(16, ge=1, le=4096)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class TenantConfig(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_keys_env: str | None = None
+    api_key_hashes: list[str] = []
+    webhook_secret_env: str
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex(cls, hashes: list[str]) -> list[str]:
+        for h in hashes:
+            if len(h) != 64 or any(c not in "0123456789abcdefABCDEF" for c in h):
+                raise ValueError("each entry must be a sha256 hex digest (64 hex characters)")
+        return [h.lower() for h in hashes]
+
+
+class CallbacksConfig(_Section):
+    allow_http: bool = False
+    allow_private_networks: bool = False
+    allowed_networks: list[str] = []
+    timeout_s: float = Field(15.0, gt=0)
+    retry_schedule_s: list[float] = DEFAULT_RETRY_SCHEDULE_S
+    max_inline_result_bytes: int = Field(MIB, ge=0)
+    per_host_concurrency: int = Field(16, ge=1)
+    max_response_excerpt_bytes: int = Field(1024, ge=0, le=1024)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, nets: list[str]) -> list[str]:
+        for net in nets:
+            ipaddress.ip_network(net, strict=False)
+        return nets
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _non_negative(cls, schedule: list[float]) -> list[float]:
+        if any(s < 0 for s in schedule):
+            raise ValueError("delays must be >= 0")
+        return schedule
+
+
+class PollConfig(_Section):
+    initial_delay_s: float = Field(0.5, ge=0)
+    min_interval_s: float = Field(0.5, gt=0)
+    max_interval_s: float = Field(15.0, gt=0)
+    backoff_factor: float = Field(1.5, ge=1.0)
+    deadline_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class RateLimitConfig(_Section):
+    submit_per_s: float | None = Field(None, gt=0)
+    poll_per_s: float | None = Field(None, gt=0)
+
+
+class UpstreamConfig(_Section):
+    protocol: Literal["octoai"] = "octoai"
+    url: str
+    health_url: str | None = None
+    token_env: str | None = None
+    submit_timeout_s: float = Field(10.0, gt=0)
+    poll: PollConfig = PollConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
+class WorkerConfig(_Section):
+    concurrency: int = Field(256, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lease_s: float = Field(60.0, gt=0)
+    max_idle_s: float = Field(1.0, gt=0)
+    health_interval_s: float = Field(5.0, gt=0)
+    shutdown_grace_s: float = Field(20.0, ge=0)
+
+
+class LogConfig(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    listen: ListenConfig = ListenConfig()
+    store: StoreConfig = StoreConfig()
+    retention_s: float = Field(86400.0, gt=0)
+    tenants: list[TenantConfig] = []
+    callbacks: CallbacksConfig = CallbacksConfig()
+    upstreams: dict[str, UpstreamConfig] = {}
+    worker: WorkerConfig = WorkerConfig()
+    log: LogConfig = LogConfig()
+    dev_mode: bool = False
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{key}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`PUSHBRIDGE_CALLBACKS__TIMEOUT_S=5` sets callbacks.timeout_s (values parsed as YAML)."""
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path or path[0] not in Config.model_fields:
+            continue
+        _set_path(raw, path, yaml.safe_load(text) if text else None)
+    return raw
+
+
+def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>: the config file must be a YAML mapping")
+    raw = apply_env_overrides(dict(raw), os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: invalid YAML: {e}") from None
+    return parse_config(raw, environ)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    webhook_secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret values resolved from the environment; never logged, never serialised."""
+
+    tenants_by_key_sha256: dict[str, Tenant] = field(repr=False)
+    upstream_tokens: dict[str, str | None] = field(repr=False)
+    tenants: dict[str, Tenant] = field(default_factory=dict, repr=False)
+
+    def tenant_secrets(self, name: str) -> tuple[str, ...]:
+        tenant = self.tenants.get(name)
+        return tenant.webhook_secrets if tenant else ()
+
+    def tenant_for_key(self, api_key: str) -> Tenant | None:
+        return self.tenants_by_key_sha256.get(hashlib.sha256(api_key.encode()).hexdigest())
+
+
+def _env_value(environ: Mapping[str, str], var: str, key: str) -> str:
+    value = environ.get(var)
+    if not value:
+        raise ConfigError(f"{key}: environment variable {var} is not set")
+    return value
+
+
+def _tenant_secrets(i: int, t: TenantConfig, environ: Mapping[str, str]) -> list[str]:
+    key = f"tenants.{i}.webhook_secret_env"
+    secrets = _env_value(environ, t.webhook_secret_env, key).split()
+    for s in secrets:
+        if not s.startswith("whsec_"):
+            raise ConfigError(f"{key}: secrets must be Standard Webhooks secrets (whsec_...)")
+    return secrets
+
+
+def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) -> Secrets:
+    environ = os.environ if environ is None else environ
+    by_hash: dict[str, Tenant] = {}
+    tenants: dict[str, Tenant] = {}
+    for i, t in enumerate(config.tenants):
+        if t.name in tenants:
+            raise ConfigError(f"tenants.{i}.name: duplicate tenant {t.name!r}")
+        tenant = tenants[t.name] = Tenant(t.name, tuple(_tenant_secrets(i, t, environ)))
+        hashes = list(t.api_key_hashes)
+        if t.api_keys_env:
+            keys = _env_value(environ, t.api_keys_env, f"tenants.{i}.api_keys_env").split(",")
+            hashes += [hashlib.sha256(k.strip().encode()).hexdigest() for k in keys if k.strip()]
+        if not hashes:
+            raise ConfigError(f"tenants.{i}: needs api_keys_env or api_key_hashes")
+        for h in hashes:
+            if h in by_hash and by_hash[h].name != t.name:
+                raise ConfigError(
+                    f"tenants.{i}: an API key is shared with tenant {by_hash[h].name}"
+                )
+            by_hash[h] = tenant
+    tokens = {
+        name: _env_value(environ, u.token_env, f"upstreams.{name}.token_env")
+        if u.token_env
+        else None
+        for name, u in config.upstreams.items()
+    }
+    return Secrets(by_hash, tokens, tenants)

@@ -1,0 +1,115 @@
+"""One callback attempt: checked address, Standard Webhooks headers, classified outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from bridge import __version__
+from bridge.config import CallbacksConfig
+from bridge.httputil import describe_error, parse_retry_after
+from bridge.signing import sign_webhook
+from bridge.urlpolicy import CallbackRejected, UrlPolicy
+
+Outcome = Literal["delivered", "retry", "gone"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outcome: Outcome
+    status_code: int | None
+    duration_ms: int
+    error: str | None = None
+    excerpt: str = ""
+    retry_after_s: float | None = None
+
+
+def webhook_headers(secrets: tuple[str, ...], msg_id: str, ts: int, body: bytes) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "user-agent": f"pushbridge/{__version__}",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign_webhook(secrets, msg_id, ts, body),
+    }
+
+
+def _classify(code: int, retry_after: str | None) -> tuple[Outcome, float | None]:
+    if 200 <= code < 300:
+        return "delivered", None
+    if code == 410:
+        return "gone", None
+    if code in (429, 503):
+        return "retry", parse_retry_after(retry_after)
+    return "retry", None
+
+
+class Deliverer:
+    """Posts events; `client` must not follow redirects (a 3xx is a failed attempt)."""
+
+    def __init__(self, client: httpx.AsyncClient, config: CallbacksConfig, policy: UrlPolicy):
+        self.client = client
+        self.config = config
+        self.policy = policy
+        self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(config.per_host_concurrency)
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+        started = time.perf_counter()
+        try:
+            host, addresses = await self.policy.resolve(url)
+        except CallbackRejected as e:
+            return Attempt("retry", None, _ms_since(started), f"callback-rejected: {e}")
+        async with self._per_host[host]:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    return await self._send(url, host, str(addresses[0]), body, headers, started)
+            except (httpx.HTTPError, TimeoutError) as e:
+                error = describe_error(e) if isinstance(e, httpx.HTTPError) else "timeout"
+                return Attempt("retry", None, _ms_since(started), error)
+
+    async def _send(
+        self, url: str, host: str, ip: str, body: bytes, headers: dict[str, str], started: float
+    ) -> Attempt:
+        target = httpx.URL(url)
+        netloc = host if target.port is None else f"{host}:{target.port}"
+        request = self.client.build_request(
+            "POST",
+            target.copy_with(host=ip),
+            content=body,
+            headers={**headers, "host": netloc},
+            extensions={"sni_hostname": host} if target.scheme == "https" else {},
+            timeout=self.config.timeout_s,
+        )
+        response = await self.client.send(request, stream=True, follow_redirects=False)
+        try:
+            excerpt = await _read_excerpt(response, self.config.max_response_excerpt_bytes)
+        finally:
+            await response.aclose()
+        outcome, retry_after_s = _classify(
+            response.status_code, response.headers.get("retry-after")
+        )
+        error = None if outcome == "delivered" else f"receiver answered {response.status_code}"
+        return Attempt(
+            outcome, response.status_code, _ms_since(started), error, excerpt, retry_after_s
+        )
+
+
+async def _read_excerpt(response: httpx.Response, limit_bytes: int) -> str:
+    buf = b""
+    async for chunk in response.aiter_raw():
+        buf += chunk
+        if len(buf) >= limit_bytes:
+            break
+    return buf[:limit_bytes].decode("utf-8", errors="replace")
+
+
+def _ms_since(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

@@ -1,0 +1,108 @@
+"""Delivering a terminal job's event to its callback URL, with retries and an attempt log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from bridge.backoff import at_least, delivery_retry_s
+from bridge.delivery import Attempt, webhook_headers
+from bridge.jobs import DELIVERABLE, job_view, rfc3339, webhook_id
+from bridge.runtime import Runtime
+from bridge.store import Commit
+
+ACTIVE_STATES = frozenset({"pending", "scheduled", "delivering"})
+
+
+def _attempt_record(at_ms: int, a: Attempt) -> str:
+    return orjson.dumps(
+        {
+            "at": rfc3339(at_ms),
+            "status_code": a.status_code,
+            "duration_ms": a.duration_ms,
+            "error": a.error,
+            "response_excerpt": a.excerpt,
+        }
+    ).decode()
+
+
+class Dispatcher:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def result_fields(self, job: dict[str, str], result: str | None) -> tuple[Any, str | None]:
+        """(inline result, result_url): large results go by signed link."""
+        if job["status"] != "completed" or result is None:
+            return None, None
+        if len(result) <= self.rt.config.callbacks.max_inline_result_bytes:
+            return orjson.loads(result), None
+        expires_s = int(time.time() + self.rt.config.retention_s)
+        return None, self.rt.links.url(job["id"], expires_s)
+
+    def event(self, job: dict[str, str], result: str | None, attempt_no: int) -> bytes:
+        inline, url = self.result_fields(job, result)
+        data = job_view(job, inline, url)
+        data["delivery"].update(state="delivering", attempts=attempt_no, next_attempt_at=None)
+        return orjson.dumps(
+            {
+                "type": f"job.{job['status']}",
+                "timestamp": data["completed_at"],
+                "data": data,
+            }
+        )
+
+    async def step(self, job: dict[str, str], result: str | None, token: str) -> None:
+        if not job:
+            return
+        if job["status"] not in DELIVERABLE or job.get("delivery_state") not in ACTIVE_STATES:
+            await self.rt.commit("deliver", job["id"], token, Commit(fields={}, source="rm"))
+            return
+        attempt_no = int(job.get("delivery_attempts") or 0) + 1
+        body = self.event(job, result, attempt_no)
+        secrets = self.rt.secrets.tenant_secrets(job["tenant"])
+        started_ms = int(time.time() * 1000)
+        headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
+        attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
+        await self.record(job, token, attempt_no, started_ms, attempt)
+
+    def _max_attempts(self, job: dict[str, str]) -> int:
+        configured = 1 + len(self.rt.config.callbacks.retry_schedule_s)
+        return int(job.get("max_attempts") or configured)
+
+    async def record(self, job: dict[str, str], token: str, n: int, at_ms: int, a: Attempt) -> None:
+        self.rt.metrics.delivery_attempts.labels(a.outcome).inc()
+        log = self.rt.log.bind(job_id=job["id"], tenant=job["tenant"], attempt=n)
+        fields: dict[str, Any] = {
+            "delivery_attempts": n,
+            "last_status_code": a.status_code,
+            "last_attempt_at": at_ms,
+        }
+        commit = Commit(fields=fields, attempt=_attempt_record(at_ms, a))
+        if a.outcome == "delivered":
+            fields["delivery_state"] = "delivered"
+            self._observe_lag(job)
+        elif a.outcome == "gone" or n >= self._max_attempts(job):
+            fields["delivery_state"] = "failed"
+        else:
+            fields["delivery_state"] = "scheduled"
+            delay_s = at_least(
+                delivery_retry_s(self.rt.config.callbacks.retry_schedule_s, n), a.retry_after_s
+            )
+            commit.source, commit.due_field = str(int(delay_s * 1000)), "next_attempt_at"
+        if fields["delivery_state"] != "scheduled":
+            commit.source, commit.expire_ms = "rm", self.rt.retention_ms
+        log.info(
+            "delivery attempt",
+            outcome=a.outcome,
+            status_code=a.status_code,
+            error=a.error,
+            state=fields["delivery_state"],
+        )
+        await self.rt.commit("deliver", job["id"], token, commit)
+
+    def _observe_lag(self, job: dict[str, str]) -> None:
+        if job.get("completed_at"):
+            lag_s = time.time() - int(job["completed_at"]) / 1000
+            self.rt.metrics.delivery_lag.observe(max(0.0, lag_s))

@@ -1,0 +1,19 @@
+-- Claim up to N due members: re-score each to now + lease and hand out a fencing token.
+-- KEYS: 1 schedule zset, 2 fence hash
+-- ARGV: 1 lease_ms, 2 limit
+-- Returns {now_ms, next_due_ms or -1, {id1, token1, id2, token2, ...}}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+  local until_ms = now + tonumber(ARGV[1])
+  for _, id in ipairs(ids) do
+    redis.call('ZADD', KEYS[1], until_ms, id)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {now, tonumber(nxt[2] or '-1'), out}

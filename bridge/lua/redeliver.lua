@@ -1,0 +1,24 @@
+-- Schedule one more delivery of a terminal job's event (same webhook-id).
+-- KEYS: 1 job hash, 2 deliver zset, 3 fence hash, 4 result, 5 attempts
+-- ARGV: 1 id, 2 tenant
+-- Returns 'ok', 'missing' or the current (non-deliverable) status.
+local owner = redis.call('HGET', KEYS[1], 'tenant')
+if not owner or owner ~= ARGV[2] then return 'missing' end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'completed' and status ~= 'failed' then return status end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'delivery_attempts') or '0')
+local state = redis.call('HGET', KEYS[1], 'delivery_state')
+local budget = attempts + 1
+if state == 'pending' or state == 'scheduled' or state == 'delivering' then
+  budget = math.max(budget, tonumber(redis.call('HGET', KEYS[1], 'max_attempts') or '0'))
+end
+redis.call('HSET', KEYS[1], 'delivery_state', 'pending', 'max_attempts', budget,
+  'next_attempt_at', now, 'updated_at', now)
+for i = 1, 5 do
+  if i ~= 2 and i ~= 3 then redis.call('PERSIST', KEYS[i]) end
+end
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+return 'ok'

@@ -1,0 +1,50 @@
+"""Prometheus metrics, on a registry owned by the app (no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs_submitted = Counter(
+            "pushbridge_jobs_submitted", "Jobs accepted by the API", ["upstream"], registry=r
+        )
+        self.jobs_finished = Counter(
+            "pushbridge_jobs_finished",
+            "Jobs that reached a terminal status",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "pushbridge_upstream_requests",
+            "Requests to upstreams by kind and outcome",
+            ["upstream", "kind", "outcome"],
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "pushbridge_delivery_attempts", "Callback attempts by outcome", ["outcome"], registry=r
+        )
+        self.delivery_lag = Histogram(
+            "pushbridge_delivery_lag_seconds",
+            "Upstream completion to receiver's 2xx",
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "pushbridge_job_duration_seconds",
+            "Job creation to terminal status",
+            ["upstream"],
+            buckets=LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.lost_leases = Counter(
+            "pushbridge_lost_leases",
+            "Commits refused because a newer claim exists",
+            ["schedule"],
+            registry=r,
+        )

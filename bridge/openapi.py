@@ -1,0 +1,234 @@
+"""The OpenAPI 3.1 description of the API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge import __version__
+from bridge.api import JobRequest
+
+TS = {"type": ["string", "null"], "format": "date-time"}
+PROBLEM_CODES = {
+    400: "invalid request",
+    401: "missing or unknown API key",
+    404: "not found",
+    409: "conflict",
+    413: "payload too large",
+    415: "unsupported media type",
+    422: "rejected (callback URL or upstream)",
+    503: "store unavailable",
+}
+
+
+def _schemas() -> dict[str, Any]:
+    delivery = {
+        "type": "object",
+        "required": ["state", "attempts", "last_status_code", "last_attempt_at", "next_attempt_at"],
+        "properties": {
+            "state": {
+                "enum": ["pending", "scheduled", "delivering", "delivered", "failed", "none"]
+            },
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_status_code": {"type": ["integer", "null"]},
+            "last_attempt_at": TS,
+            "next_attempt_at": TS,
+        },
+    }
+    error = {
+        "type": ["object", "null"],
+        "properties": {
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "upstream_status": {"type": ["integer", "null"]},
+        },
+    }
+    job = {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "upstream",
+            "upstream_id",
+            "callback_url",
+            "metadata",
+            "created_at",
+            "updated_at",
+            "completed_at",
+            "result",
+            "result_url",
+            "error",
+            "delivery",
+        ],
+        "properties": {
+            "id": {"type": "string", "pattern": "^job_[0-9a-f]{27}$"},
+            "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+            "upstream": {"type": "string"},
+            "upstream_id": {"type": ["string", "null"]},
+            "callback_url": {"type": "string"},
+            "metadata": {"type": ["object", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "completed_at": TS,
+            "result": {},
+            "result_url": {"type": ["string", "null"]},
+            "error": error,
+            "delivery": delivery,
+        },
+    }
+    attempt = {
+        "type": "object",
+        "required": ["at", "status_code", "duration_ms", "error", "response_excerpt"],
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "status_code": {"type": ["integer", "null"]},
+            "duration_ms": {"type": "integer"},
+            "error": {"type": ["string", "null"]},
+            "response_excerpt": {"type": "string", "maxLength": 1024},
+        },
+    }
+    problem = {
+        "type": "object",
+        "required": ["type", "code", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string"},
+            "code": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+    }
+    attempts = {
+        "type": "object",
+        "required": ["job_id", "attempts"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "attempts": {"type": "array", "items": _ref("Attempt")},
+        },
+    }
+    return {
+        "JobRequest": JobRequest.model_json_schema(),
+        "Job": job,
+        "Attempt": attempt,
+        "Attempts": attempts,
+        "Problem": problem,
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(name: str | None) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref(name) if name else {}}}
+
+
+def _op(summary: str, ok: dict[int, str | None], errors: list[int], **extra: Any) -> dict:
+    responses: dict[str, Any] = {
+        str(code): {"description": summary, "content": _json_content(schema)}
+        for code, schema in ok.items()
+    }
+    for code in errors:
+        responses[str(code)] = {
+            "description": PROBLEM_CODES[code],
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+    return {"summary": summary, "responses": responses, **extra}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_spec() -> dict[str, Any]:
+    auth = [{"bearer": []}]
+    idem = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": 255},
+    }
+    job_ops = [401, 404, 503]
+    paths = {
+        "/v1/jobs": {
+            "post": _op(
+                "Create a job",
+                {202: "Job", 200: "Job"},
+                [400, 401, 404, 409, 413, 415, 422, 503],
+                security=auth,
+                parameters=[idem],
+                requestBody={"required": True, "content": _json_content("JobRequest")},
+            )
+        },
+        "/v1/jobs/{job_id}": {
+            "get": _op("Get a job", {200: "Job"}, job_ops, security=auth, parameters=[JOB_ID]),
+            "delete": _op(
+                "Cancel a job", {200: "Job"}, [*job_ops, 409], security=auth, parameters=[JOB_ID]
+            ),
+        },
+        "/v1/jobs/{job_id}/attempts": {
+            "get": _op(
+                "Delivery attempts, oldest first",
+                {200: "Attempts"},
+                job_ops,
+                security=auth,
+                parameters=[JOB_ID],
+            )
+        },
+        "/v1/jobs/{job_id}/redeliver": {
+            "post": _op(
+                "Deliver the terminal event once more",
+                {202: "Job"},
+                [*job_ops, 409],
+                security=auth,
+                parameters=[JOB_ID],
+            )
+        },
+        "/v1/jobs/{job_id}/result": {
+            "get": _op(
+                "The stored result",
+                {200: None},
+                [*job_ops, 409],
+                security=auth,
+                parameters=[JOB_ID],
+            )
+        },
+        "/v1/results/{job_id}": {
+            "get": _op(
+                "A result by signed link (no API key)",
+                {200: None},
+                [404, 503],
+                parameters=[
+                    JOB_ID,
+                    {
+                        "name": "expires",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "sig", "in": "query", "required": True, "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/healthz": {
+            "get": {"summary": "Process alive", "responses": {"200": {"description": "alive"}}}
+        },
+        "/readyz": {"get": _op("Store reachable", {200: None}, [503])},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "text format", "content": {"text/plain": {}}}},
+            }
+        },
+    }
+    paths["/v1/results/{job_id}"]["get"]["responses"]["403"] = {
+        "description": "invalid or expired link",
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pushbridge", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,126 @@
+"""The parts a bridge process runs with, built once and passed to the API and the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import structlog
+
+from bridge.config import Config, Secrets
+from bridge.delivery import Deliverer
+from bridge.metrics import Metrics
+from bridge.signing import ResultLinks
+from bridge.store import Commit, Schedule, Store
+from bridge.upstream import OctoAIUpstream
+from bridge.urlpolicy import Resolver, UrlPolicy
+
+
+@dataclass
+class Health:
+    """Last known health of each upstream; unknown counts as healthy."""
+
+    state: dict[str, bool] = field(default_factory=dict)
+
+    def healthy(self, upstream: str) -> bool:
+        return self.state.get(upstream, True)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    secrets: Secrets
+    store: Store
+    upstreams: dict[str, OctoAIUpstream]
+    deliverer: Deliverer
+    policy: UrlPolicy
+    links: ResultLinks
+    metrics: Metrics
+    health: Health
+    log: structlog.stdlib.BoundLogger
+    hint: Callable[[Schedule, float], None] = lambda which, delay_s: None
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.config.retention_s * 1000)
+
+    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> bool:
+        """A fenced commit; tells this process's loops when the work it scheduled is due."""
+        ok = await self.store.commit(which, job_id, token, c)
+        if not ok:
+            self.metrics.lost_leases.labels(which).inc()
+            self.log.warning(
+                "lease lost; a newer claim owns the job", job_id=job_id, schedule=which
+            )
+            return False
+        other: Schedule = "deliver" if which == "due" else "due"
+        if c.source not in ("keep", "rm"):
+            self.hint(which, int(c.source) / 1000)
+        if c.target_delay_ms is not None:
+            self.hint(other, c.target_delay_ms / 1000)
+        return True
+
+
+def public_url(config: Config) -> str:
+    if config.listen.public_url:
+        return config.listen.public_url
+    host = config.listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{config.listen.port}"
+
+
+async def build_runtime(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    upstream_client: httpx.AsyncClient,
+    callback_client: httpx.AsyncClient,
+    resolver: Resolver | None = None,
+    metrics: Metrics | None = None,
+) -> Runtime:
+    policy = UrlPolicy(config.callbacks, resolver)
+    upstreams = {
+        name: OctoAIUpstream(name, u, secrets.upstream_tokens.get(name), upstream_client)
+        for name, u in config.upstreams.items()
+    }
+    links = ResultLinks(await store.url_key(), public_url(config))
+    return Runtime(
+        config=config,
+        secrets=secrets,
+        store=store,
+        upstreams=upstreams,
+        deliverer=Deliverer(callback_client, config.callbacks, policy),
+        policy=policy,
+        links=links,
+        metrics=metrics or Metrics(),
+        health=Health(),
+        log=structlog.get_logger("pushbridge"),
+    )
+
+
+def upstream_client() -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+    return httpx.AsyncClient(limits=limits, follow_redirects=True, max_redirects=5)
+
+
+def callback_client() -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=128)
+    return httpx.AsyncClient(limits=limits, follow_redirects=False)
+
+
+async def watch_health(rt: Runtime, stop: asyncio.Event) -> None:
+    """Check every upstream's health_url every health_interval_s until `stop` is set."""
+    while not stop.is_set():
+        for name, upstream in rt.upstreams.items():
+            healthy, reason = await upstream.health()
+            if rt.health.state.get(name, True) != healthy:
+                rt.log.info(
+                    "upstream health changed", upstream=name, healthy=healthy, reason=reason
+                )
+            rt.health.state[name] = healthy
+            rt.metrics.upstream_requests.labels(name, "health", "ok" if healthy else "error").inc()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rt.config.worker.health_interval_s)

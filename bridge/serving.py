@@ -1,0 +1,58 @@
+"""Running ASGI apps with uvicorn inside an existing event loop (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from bridge.embedded import free_port
+
+
+@dataclass
+class RunningServer:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+def uvicorn_config(app: ASGIApp, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=grace_s,
+        loop="none",
+        http="httptools",
+        backlog=4096,
+        timeout_keep_alive=30,
+    )
+
+
+async def start_server(
+    app: ASGIApp, port: int | None = None, host: str = "127.0.0.1", signals: bool = False
+) -> RunningServer:
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    if not signals:
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited before starting")
+        await asyncio.sleep(0.01)
+    return RunningServer(server, task, port)

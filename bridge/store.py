@@ -1,0 +1,286 @@
+"""The Redis store: key names, Lua scripts and every round trip in one place.
+
+Layout (all keys of one partition share the hash tag `{p<n>}`, so each script
+touches one Redis Cluster slot; job ids embed their partition):
+
+    <prefix>:{p7}:job:<id>        hash   the job
+    <prefix>:{p7}:result:<id>     string the upstream result (JSON)
+    <prefix>:{p7}:attempts:<id>   list   delivery attempt records (JSON)
+    <prefix>:{p7}:idem:<sha256>   string "<job id>|<body sha256>"
+    <prefix>:{p7}:due             zset   submit/poll work, score = due time (ms, Redis TIME)
+    <prefix>:{p7}:deliver         zset   callback deliveries, score = due time
+    <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
+    <prefix>:url-key              string key that signs result_url links
+
+A sorted set is both schedule and lease: claiming re-scores a member to
+now + lease, so a claimer that dies simply lets it become due again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
+Schedule = Literal["due", "deliver"]
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or refused the command."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class ClaimBatch:
+    now_ms: int
+    next_due_ms: int | None
+    claims: list[Claim]
+
+
+@dataclass(frozen=True)
+class Created:
+    created: bool
+    job_id: str
+    token: str
+    now_ms: int
+    body_sha256: str
+
+
+@dataclass
+class Commit:
+    """What a worker decided about a claimed job; applied atomically if still fenced."""
+
+    fields: dict[str, Any]
+    source: str = "keep"  # 'keep' | 'rm' | delay in ms
+    target_delay_ms: int | None = None
+    completed: bool = False
+    result: str | None = None
+    attempt: str | None = None
+    expire_ms: int | None = None
+    due_field: str = ""
+
+
+def _lua(name: str) -> str:
+    return resources.files("bridge").joinpath(f"lua/{name}.lua").read_text()
+
+
+class Keys:
+    def __init__(self, prefix: str, partitions: int) -> None:
+        self.prefix = prefix
+        self.partitions = partitions
+
+    def tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition}}}"
+
+    def partition_of(self, job_id: str) -> int:
+        return int(job_id[4:7], 16) % self.partitions
+
+    def job(self, job_id: str) -> str:
+        return f"{self.tag(self.partition_of(job_id))}:job:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.tag(self.partition_of(job_id))}:result:{job_id}"
+
+    def attempts(self, job_id: str) -> str:
+        return f"{self.tag(self.partition_of(job_id))}:attempts:{job_id}"
+
+    def schedule(self, which: Schedule, partition: int) -> str:
+        return f"{self.tag(partition)}:{which}"
+
+    def fence(self, partition: int) -> str:
+        return f"{self.tag(partition)}:fence"
+
+    def idem(self, partition: int, digest: str) -> str:
+        return f"{self.tag(partition)}:idem:{digest}"
+
+    def url_key(self) -> str:
+        return f"{self.prefix}:url-key"
+
+
+def new_job_id(partition: int) -> str:
+    return f"job_{partition:03x}{secrets.token_hex(12)}"
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(JOB_ID_RE.match(job_id))
+
+
+def _flatten(fields: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for k, v in fields.items():
+        out += [k, "" if v is None else v]
+    return out
+
+
+class Store:
+    """All store access. `redis` is a redis.asyncio client (or cluster client)."""
+
+    def __init__(self, redis: Redis, prefix: str = "pushbridge", partitions: int = 16) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix, partitions)
+        self._create = redis.register_script(_lua("create"))
+        self._claim = redis.register_script(_lua("claim"))
+        self._commit = redis.register_script(_lua("commit"))
+        self._release = redis.register_script(_lua("release"))
+        self._cancel = redis.register_script(_lua("cancel"))
+        self._redeliver = redis.register_script(_lua("redeliver"))
+
+    @property
+    def partitions(self) -> int:
+        return self.keys.partitions
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def create_job(
+        self,
+        tenant: str,
+        fields: dict[str, Any],
+        lease_ms: int,
+        body_sha256: str,
+        idempotency_key: str | None = None,
+        idem_ttl_ms: int = 0,
+    ) -> Created:
+        if idempotency_key is not None:
+            digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
+            partition = int(digest[:8], 16) % self.partitions
+            idem_key = self.keys.idem(partition, digest)
+        else:
+            digest, idem_key = "", None
+            partition = secrets.randbelow(self.partitions)
+        job_id = new_job_id(partition)
+        idem_value = f"{job_id}|{body_sha256}" if idem_key else ""
+        keys = [
+            self.keys.job(job_id),
+            self.keys.schedule("due", partition),
+            self.keys.fence(partition),
+            idem_key or self.keys.idem(partition, "-"),
+        ]
+        args = [job_id, lease_ms, idem_value, idem_ttl_ms, *_flatten({"id": job_id, **fields})]
+        created, value, now_ms = await self._create(keys=keys, args=args)
+        if not created:
+            prev_id, prev_sha = value.split("|", 1)
+            return Created(False, prev_id, "", int(now_ms), prev_sha)
+        return Created(True, job_id, str(value), int(now_ms), body_sha256)
+
+    async def claim(self, which: Schedule, lease_ms: int, limit: int) -> ClaimBatch:
+        """Claim due members from every partition in one pipelined round trip."""
+        per_partition = max(1, -(-limit // self.partitions)) if limit > 0 else 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                keys = [self.keys.schedule(which, p), self.keys.fence(p)]
+                await self._claim(keys=keys, args=[lease_ms, per_partition], client=pipe)
+            replies = await pipe.execute()
+        claims: list[Claim] = []
+        next_due: int | None = None
+        now_ms = 0
+        for now, nxt, flat in replies:
+            now_ms = max(now_ms, int(now))
+            claims += [Claim(flat[i], str(flat[i + 1])) for i in range(0, len(flat), 2)]
+            if int(nxt) >= 0:
+                next_due = int(nxt) if next_due is None else min(next_due, int(nxt))
+        return ClaimBatch(now_ms, next_due, claims)
+
+    async def load_jobs(self, job_ids: list[str]) -> list[dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            return await pipe.execute()
+
+    async def load_for_delivery(
+        self, job_ids: list[str]
+    ) -> list[tuple[dict[str, str], str | None]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.get(self.keys.result(job_id))
+            replies = await pipe.execute()
+        return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+
+    async def get_job(self, job_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(self.keys.job(job_id))
+
+    async def get_job_and_result(self, job_id: str) -> tuple[dict[str, str], str | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.get(self.keys.result(job_id))
+            job, result = await pipe.execute()
+        return job, result
+
+    async def get_result(self, job_id: str) -> str | None:
+        return await self.redis.get(self.keys.result(job_id))
+
+    async def get_attempts(self, job_id: str) -> list[str]:
+        return await self.redis.lrange(self.keys.attempts(job_id), 0, -1)
+
+    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> bool:
+        p = self.keys.partition_of(job_id)
+        other: Schedule = "deliver" if which == "due" else "due"
+        keys = [
+            self.keys.job(job_id),
+            self.keys.fence(p),
+            self.keys.schedule(which, p),
+            self.keys.schedule(other, p),
+            self.keys.result(job_id),
+            self.keys.attempts(job_id),
+        ]
+        args = [
+            job_id,
+            token,
+            c.source,
+            "" if c.target_delay_ms is None else c.target_delay_ms,
+            "1" if c.completed else "",
+            c.result or "",
+            c.attempt or "",
+            "" if c.expire_ms is None else c.expire_ms,
+            c.due_field,
+            *_flatten(c.fields),
+        ]
+        return await self._commit(keys=keys, args=args) == 1
+
+    async def release(self, which: Schedule, job_id: str, token: str) -> bool:
+        p = self.keys.partition_of(job_id)
+        keys = [self.keys.schedule(which, p), self.keys.fence(p)]
+        return await self._release(keys=keys, args=[job_id, token]) == 1
+
+    def _job_keys(self, job_id: str, which: Schedule) -> list[str]:
+        p = self.keys.partition_of(job_id)
+        return [
+            self.keys.job(job_id),
+            self.keys.schedule(which, p),
+            self.keys.fence(p),
+            self.keys.result(job_id),
+            self.keys.attempts(job_id),
+        ]
+
+    async def cancel(self, job_id: str, tenant: str, expire_ms: int) -> str:
+        keys = self._job_keys(job_id, "due")
+        return await self._cancel(keys=keys, args=[job_id, tenant, expire_ms])
+
+    async def redeliver(self, job_id: str, tenant: str) -> str:
+        keys = self._job_keys(job_id, "deliver")
+        return await self._redeliver(keys=keys, args=[job_id, tenant])
+
+    async def url_key(self) -> bytes:
+        """The shared key that signs result_url links (created once, shared by replicas)."""
+        key = self.keys.url_key()
+        await self.redis.set(key, secrets.token_hex(32), nx=True)
+        value = await self.redis.get(key)
+        return bytes.fromhex(value)
+
+    async def schedule_sizes(self, which: Schedule) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.zcard(self.keys.schedule(which, p))
+            return sum(await pipe.execute())

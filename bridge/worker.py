@@ -1,0 +1,200 @@
+"""Background workers: claim due work from the store in batches and run it concurrently.
+
+One `ClaimLoop` per schedule (`due`: submit/poll, `deliver`: callbacks). Each
+claim is a lease: a member claimed but never committed becomes due again after
+lease_s, so a crashed replica's work is picked up by another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+from bridge.advance import Advancer
+from bridge.dispatch import Dispatcher
+from bridge.runtime import Runtime
+from bridge.store import Claim, Commit, Schedule, Store
+
+Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
+STORE_RETRY_MAX_S = 5.0
+
+
+class ClaimLoop:
+    def __init__(
+        self,
+        store: Store,
+        which: Schedule,
+        handler: Handler,
+        *,
+        concurrency: int,
+        batch_size: int,
+        lease_s: float,
+        max_idle_s: float,
+    ) -> None:
+        self.store = store
+        self.which = which
+        self.handler = handler
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.lease_ms = int(lease_s * 1000)
+        self.max_idle_s = max_idle_s
+        self.inflight: dict[asyncio.Task[None], Claim] = {}
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._wake_at = math.inf
+        self.log = structlog.get_logger("pushbridge.worker").bind(schedule=which)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                sleep_s = await self.tick()
+                failures = 0
+            except RedisError as e:
+                failures += 1
+                sleep_s = min(STORE_RETRY_MAX_S, 0.1 * 2**failures)
+                self.log.warning("store unavailable; backing off", error=str(e), sleep_s=sleep_s)
+            await self._sleep(sleep_s)
+
+    async def tick(self) -> float:
+        """Claim and start one batch; return how long to sleep before the next."""
+        free = self.concurrency - len(self.inflight)
+        if free <= 0:
+            await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
+            return 0.0
+        limit = min(free, self.batch_size)
+        batch = await self.store.claim(self.which, self.lease_ms, limit)
+        for claim, coro in zip(
+            batch.claims, await self.handler(batch.claims, batch.now_ms), strict=True
+        ):
+            task = asyncio.create_task(coro)
+            self.inflight[task] = claim
+            task.add_done_callback(self._done)
+        if batch.claims and len(batch.claims) >= min(limit, self.store.partitions):
+            return 0.0
+        if batch.next_due_ms is None:
+            return self.max_idle_s
+        wait_s = (batch.next_due_ms - batch.now_ms) / 1000
+        return max(0.0, min(self.max_idle_s, wait_s)) + random.uniform(0, 0.005)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        claim = self.inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            job_id = claim.job_id if claim else None
+            self.log.error("job step failed", job_id=job_id, exc_info=task.exception())
+
+    def hint(self, delay_s: float) -> None:
+        """Work this process just scheduled becomes due in delay_s: wake up by then."""
+        at = time.monotonic() + max(0.0, delay_s)
+        if at < self._wake_at:
+            self._wake_at = at
+            self.wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake_at = min(self._wake_at, time.monotonic() + seconds)
+        while not self.stopping.is_set():
+            remaining = self._wake_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), remaining)
+        self._wake_at = math.inf
+        await asyncio.sleep(0)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, let in-flight work finish within grace_s, release the rest."""
+        self.stopping.set()
+        self.wake.set()
+        if self.task is not None:
+            await self.task
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=grace_s)
+        leftover = dict(self.inflight)
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        for claim in leftover.values():
+            try:
+                await self.store.release(self.which, claim.job_id, claim.token)
+            except RedisError as e:
+                self.log.warning("could not release lease", job_id=claim.job_id, error=str(e))
+
+
+class Workers:
+    """The poller (`due`) and delivery (`deliver`) loops of one process."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.advancer = Advancer(rt)
+        self.dispatcher = Dispatcher(rt)
+        w = rt.config.worker
+        opts = dict(
+            concurrency=w.concurrency,
+            batch_size=w.batch_size,
+            lease_s=w.lease_s,
+            max_idle_s=w.max_idle_s,
+        )
+        self.loops = {
+            "due": ClaimLoop(rt.store, "due", self._advance, **opts),
+            "deliver": ClaimLoop(rt.store, "deliver", self._deliver, **opts),
+        }
+        rt.hint = self.hint
+
+    async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
+        jobs = await self.rt.store.load_jobs([c.job_id for c in claims])
+        out: list[Awaitable[None]] = []
+        for c, job in zip(claims, jobs, strict=True):
+            job = job or {"id": c.job_id}
+            out.append(
+                self._guard(
+                    self.advancer.step(job, c.token, now_ms)
+                    if "status" in job
+                    else self._drop("due", c)
+                )
+            )
+        return out
+
+    async def _deliver(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
+        loaded = await self.rt.store.load_for_delivery([c.job_id for c in claims])
+        out: list[Awaitable[None]] = []
+        for c, (job, result) in zip(claims, loaded, strict=True):
+            out.append(
+                self._guard(
+                    self.dispatcher.step(job, result, c.token) if job else self._drop("deliver", c)
+                )
+            )
+        return out
+
+    async def _drop(self, which: Schedule, c: Claim) -> None:
+        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except RedisError as e:
+            self.rt.log.warning("store error during job step; lease will expire", error=str(e))
+
+    def start(self) -> None:
+        for loop in self.loops.values():
+            loop.start()
+
+    def hint(self, which: Schedule, delay_s: float) -> None:
+        self.loops[which].hint(delay_s)
+
+    def wake(self) -> None:
+        self.hint("deliver", 0)
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
