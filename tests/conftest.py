@@ -1,0 +1,160 @@
+"""Fixtures: a real Valkey started by the suite on a free loopback port, and full stacks
+(uvicorn bridge + emulator + receiver on 127.0.0.1) built from a config."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from bridge.app import create_app
+from bridge.config import Config, parse_config, resolve_secrets
+from bridge.embedded import EmbeddedValkey, free_port
+from bridge.emulator import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.logs import configure_logging
+from bridge.receiver import Receiver
+from bridge.runtime import Runtime, build_runtime, callback_client, upstream_client
+from bridge.serving import RunningServer, start_server
+from bridge.store import Store
+
+API_KEY = "pb_test_key_alpha"
+OTHER_KEY = "pb_test_key_beta"
+SECRET = "whsec_" + base64.b64encode(b"alpha-secret-0123456789abcdefghij").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"beta-secret-0123456789abcdefghijk").decode()
+UPSTREAM_TOKEN = "upstream-token-s3cr3t"
+ENV = {
+    "ALPHA_KEYS": API_KEY,
+    "ALPHA_SECRET": SECRET,
+    "BETA_KEYS": OTHER_KEY,
+    "BETA_SECRET": OTHER_SECRET,
+    "UPSTREAM_TOKEN": UPSTREAM_TOKEN,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging("json", "info")
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
+    client = Redis.from_url(valkey.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(redis: Redis) -> Store:
+    return Store(redis, "pbtest", partitions=8)
+
+
+def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "store": {"url": "redis://unused", "key_prefix": "pbtest", "partitions": 8},
+        "retention_s": 600,
+        "tenants": [
+            {"name": "alpha", "api_keys_env": "ALPHA_KEYS", "webhook_secret_env": "ALPHA_SECRET"},
+            {"name": "beta", "api_keys_env": "BETA_KEYS", "webhook_secret_env": "BETA_SECRET"},
+        ],
+        "callbacks": {
+            "allow_http": True,
+            "allow_private_networks": True,
+            "timeout_s": 2,
+            "retry_schedule_s": [0.2, 0.2, 0.2],
+        },
+        "upstreams": {
+            "echo": {
+                "url": f"{emulator_url}/infer/echo",
+                "health_url": f"{emulator_url}/healthz",
+                "token_env": "UPSTREAM_TOKEN",
+                "submit_timeout_s": 2,
+                "poll": {"initial_delay_s": 0.05, "min_interval_s": 0.05, "max_interval_s": 0.3,
+                         "deadline_s": 30, "timeout_s": 2},
+            }
+        },
+        "worker": {"lease_s": 5, "max_idle_s": 0.2, "health_interval_s": 0.2,
+                   "shutdown_grace_s": 2},
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+@dataclass
+class Stack:
+    rt: Runtime
+    config: Config
+    bridge: RunningServer
+    emulator: EmulatorState
+    emulator_srv: RunningServer
+    receiver: Receiver
+    receiver_srv: RunningServer
+    client: httpx.AsyncClient
+    other: httpx.AsyncClient
+
+    def hook(self, path: str = "/hook") -> str:
+        return f"{self.receiver_srv.url}{path}"
+
+    async def submit(self, client: httpx.AsyncClient | None = None, **body: Any) -> httpx.Response:
+        payload = {"upstream": "echo", "inputs": {"prompt": "hi"}, "callback_url": self.hook()}
+        payload.update(body)
+        return await (client or self.client).post("/v1/jobs", json=payload)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        r = await self.client.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+StackFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[StackFactory]:
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def make(emulator: EmulatorSettings | None = None, role: str = "all",
+                       resolver: Any = None, **overrides: Any) -> Stack:
+            emu_app = create_emulator_app(emulator or EmulatorSettings(
+                duration_s=0.2, token=UPSTREAM_TOKEN, seed=1))
+            emu_srv = await start_server(emu_app)
+            exits.push_async_callback(emu_srv.stop)
+            receiver = Receiver([SECRET])
+            recv_srv = await start_server(receiver.app())
+            exits.push_async_callback(recv_srv.stop)
+            port = free_port()
+            config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
+            store = Store(redis, config.store.key_prefix, config.store.partitions)
+            up = await exits.enter_async_context(upstream_client())
+            cb = await exits.enter_async_context(callback_client())
+            rt = await build_runtime(config, resolve_secrets(config, ENV), store, up, cb, resolver)
+            bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
+            exits.push_async_callback(bridge.stop)
+            client = await exits.enter_async_context(httpx.AsyncClient(
+                base_url=bridge.url, headers={"Authorization": f"Bearer {API_KEY}"}))
+            other = await exits.enter_async_context(httpx.AsyncClient(
+                base_url=bridge.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}))
+            return Stack(rt, config, bridge, emu_app.state.emulator, emu_srv, receiver,
+                         recv_srv, client, other)
+
+        yield make
