@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_path(arg: str | None) -> str | None:
-    return arg or os.environ.get("PUSHBRIDGE_CONFIG")
+    return arg or os.environ.get("PUSHBRIDGE_CONFIG") or None
 
 
 def _load(path: str | None, args: argparse.Namespace) -> Config:
@@ -70,6 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         console.print(f"  API key:        {os.environ[DEV_KEY_ENV]}")
         console.print(f"  webhook secret: {os.environ[DEV_SECRET_ENV]}")
+    # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
+    # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     _run(serve(config, secrets, args.role))
     return 0
 

@@ -112,7 +112,12 @@ def callback_client() -> httpx.AsyncClient:
 
 
 async def watch_health(rt: Runtime, stop: asyncio.Event) -> None:
-    """Check every upstream's health_url every health_interval_s until `stop` is set."""
+    """Check every upstream's health_url every health_interval_s until `stop` is set.
+
+    The first check waits a moment, so that an upstream served by this very process
+    (the dev-mode emulator) is listening by then."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), min(0.5, rt.config.worker.health_interval_s))
     while not stop.is_set():
         for name, upstream in rt.upstreams.items():
             healthy, reason = await upstream.health()

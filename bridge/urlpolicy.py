@@ -20,6 +20,7 @@ MAX_URL_LENGTH = 2048
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 # Hosts that some resolvers read as IPv4 numbers: 2130706433, 0x7f000001, 0177.0.0.1, 127.1
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}\.?$", re.I)
 
 
@@ -49,6 +50,7 @@ def address_class(ip: Address) -> str | None:
         ("unspecified", ip.is_unspecified),
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
+        ("cgnat", ip in CGNAT),
         ("private", ip.is_private),
         ("reserved", ip.is_reserved),
         ("not-global", not ip.is_global),

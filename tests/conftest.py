@@ -84,12 +84,21 @@ def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
                 "health_url": f"{emulator_url}/healthz",
                 "token_env": "UPSTREAM_TOKEN",
                 "submit_timeout_s": 2,
-                "poll": {"initial_delay_s": 0.05, "min_interval_s": 0.05, "max_interval_s": 0.3,
-                         "deadline_s": 30, "timeout_s": 2},
+                "poll": {
+                    "initial_delay_s": 0.05,
+                    "min_interval_s": 0.05,
+                    "max_interval_s": 0.3,
+                    "deadline_s": 30,
+                    "timeout_s": 2,
+                },
             }
         },
-        "worker": {"lease_s": 5, "max_idle_s": 0.2, "health_interval_s": 0.2,
-                   "shutdown_grace_s": 2},
+        "worker": {
+            "lease_s": 5,
+            "max_idle_s": 0.2,
+            "health_interval_s": 0.2,
+            "shutdown_grace_s": 2,
+        },
     }
     for dotted, value in overrides.items():
         node = raw
@@ -133,10 +142,15 @@ StackFactory = Callable[..., Any]
 async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[StackFactory]:
     async with contextlib.AsyncExitStack() as exits:
 
-        async def make(emulator: EmulatorSettings | None = None, role: str = "all",
-                       resolver: Any = None, **overrides: Any) -> Stack:
-            emu_app = create_emulator_app(emulator or EmulatorSettings(
-                duration_s=0.2, token=UPSTREAM_TOKEN, seed=1))
+        async def make(
+            emulator: EmulatorSettings | None = None,
+            role: str = "all",
+            resolver: Any = None,
+            **overrides: Any,
+        ) -> Stack:
+            emu_app = create_emulator_app(
+                emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
+            )
             emu_srv = await start_server(emu_app)
             exits.push_async_callback(emu_srv.stop)
             receiver = Receiver([SECRET])
@@ -150,11 +164,26 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             rt = await build_runtime(config, resolve_secrets(config, ENV), store, up, cb, resolver)
             bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
             exits.push_async_callback(bridge.stop)
-            client = await exits.enter_async_context(httpx.AsyncClient(
-                base_url=bridge.url, headers={"Authorization": f"Bearer {API_KEY}"}))
-            other = await exits.enter_async_context(httpx.AsyncClient(
-                base_url=bridge.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}))
-            return Stack(rt, config, bridge, emu_app.state.emulator, emu_srv, receiver,
-                         recv_srv, client, other)
+            client = await exits.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=bridge.url, headers={"Authorization": f"Bearer {API_KEY}"}
+                )
+            )
+            other = await exits.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=bridge.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}
+                )
+            )
+            return Stack(
+                rt,
+                config,
+                bridge,
+                emu_app.state.emulator,
+                emu_srv,
+                receiver,
+                recv_srv,
+                client,
+                other,
+            )
 
         yield make

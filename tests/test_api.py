@@ -27,14 +27,26 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict:
     [
         (b"{not json", {"content-type": "application/json"}, "invalid-request"),
         (b'{"upstream": "echo"}', {"content-type": "application/json"}, "invalid-request"),
-        (b'{"upstream": "echo", "inputs": [], "callback_url": "http://x"}',
-         {"content-type": "application/json"}, "invalid-request"),
-        (b'{"upstream": 5, "inputs": {}, "callback_url": "http://x"}',
-         {"content-type": "application/json"}, "invalid-request"),
-        (b'{"upstream": "echo", "inputs": {}, "callback_url": "http://127.0.0.1/", "x": 1}',
-         {"content-type": "application/json"}, "invalid-request"),
-        (b"upstream=echo", {"content-type": "application/x-www-form-urlencoded"},
-         "unsupported-media-type"),
+        (
+            b'{"upstream": "echo", "inputs": [], "callback_url": "http://x"}',
+            {"content-type": "application/json"},
+            "invalid-request",
+        ),
+        (
+            b'{"upstream": 5, "inputs": {}, "callback_url": "http://x"}',
+            {"content-type": "application/json"},
+            "invalid-request",
+        ),
+        (
+            b'{"upstream": "echo", "inputs": {}, "callback_url": "http://127.0.0.1/", "x": 1}',
+            {"content-type": "application/json"},
+            "invalid-request",
+        ),
+        (
+            b"upstream=echo",
+            {"content-type": "application/x-www-form-urlencoded"},
+            "unsupported-media-type",
+        ),
     ],
 )
 async def test_bad_requests_get_problem_json(make_stack, content, headers, code):
@@ -56,38 +68,52 @@ async def test_body_and_field_limits(make_stack):
     s = await make_stack(listen__max_body_bytes=2048)
     r = await s.submit(inputs={"blob": "x" * 4096})
     assert_problem(r, 413, "payload-too-large")
-    r = await s.client.post("/v1/jobs", content=b"{" * 3000,
-                            headers={"content-type": "application/json",
-                                     "content-length": "3000"})
+    r = await s.client.post(
+        "/v1/jobs",
+        content=b"{" * 3000,
+        headers={"content-type": "application/json", "content-length": "3000"},
+    )
     assert_problem(r, 413, "payload-too-large")
     s2 = await make_stack()
     assert_problem(await s2.submit(metadata={"m": "x" * 17000}), 400, "invalid-request")
-    r = await s2.client.post("/v1/jobs", headers={"Idempotency-Key": "k" * 256},
-                             json={"upstream": "echo", "inputs": {}, "callback_url": s2.hook()})
+    r = await s2.client.post(
+        "/v1/jobs",
+        headers={"Idempotency-Key": "k" * 256},
+        json={"upstream": "echo", "inputs": {}, "callback_url": s2.hook()},
+    )
     assert_problem(r, 400, "invalid-request")
 
 
 async def test_callback_url_rejected_with_rule(make_stack):
     s = await make_stack(callbacks__allow_private_networks=False, callbacks__allow_http=False)
-    body = assert_problem(await s.submit(callback_url="ftp://example.com/x"), 422,
-                          "callback-rejected")
+    body = assert_problem(
+        await s.submit(callback_url="ftp://example.com/x"), 422, "callback-rejected"
+    )
     assert body["rule"] == "scheme"
-    body = assert_problem(await s.submit(callback_url="http://example.com/x"), 422,
-                          "callback-rejected")
+    body = assert_problem(
+        await s.submit(callback_url="http://example.com/x"), 422, "callback-rejected"
+    )
     assert body["rule"] == "http-not-allowed"
-    body = assert_problem(await s.submit(callback_url="https://127.0.0.1/x"), 422,
-                          "callback-rejected")
+    body = assert_problem(
+        await s.submit(callback_url="https://127.0.0.1/x"), 422, "callback-rejected"
+    )
     assert body["rule"] == "loopback-address"
-    body = assert_problem(await s.submit(callback_url="https://169.254.169.254/x"), 422,
-                          "callback-rejected")
+    body = assert_problem(
+        await s.submit(callback_url="https://169.254.169.254/x"), 422, "callback-rejected"
+    )
     assert body["rule"] == "link-local-address"
 
 
 async def test_tenant_isolation_on_every_job_endpoint(make_stack):
     s = await make_stack()
     job_id = (await s.submit()).json()["id"]
-    for method, path in [("GET", ""), ("GET", "/attempts"), ("POST", "/redeliver"),
-                         ("GET", "/result"), ("DELETE", "")]:
+    for method, path in [
+        ("GET", ""),
+        ("GET", "/attempts"),
+        ("POST", "/redeliver"),
+        ("GET", "/result"),
+        ("DELETE", ""),
+    ]:
         r = await s.other.request(method, f"/v1/jobs/{job_id}{path}")
         assert_problem(r, 404, "not-found")
     assert (await s.client.get(f"/v1/jobs/{job_id}")).status_code == 200
@@ -103,8 +129,9 @@ async def test_idempotency_key(make_stack):
     again = await s.client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
     assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
-    other = await s.client.post("/v1/jobs", json={**body, "inputs": {"a": 2}},
-                                headers={"Idempotency-Key": "k1"})
+    other = await s.client.post(
+        "/v1/jobs", json={**body, "inputs": {"a": 2}}, headers={"Idempotency-Key": "k1"}
+    )
     assert_problem(other, 409, "idempotency-conflict")
     # the same key from another tenant is another job
     theirs = await s.other.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
@@ -196,8 +223,7 @@ async def test_openapi_describes_the_real_routes_and_job(make_stack):
     await asyncio.sleep(0.1)
     schemas = spec["components"]["schemas"]
     resolver_doc = {"components": {"schemas": schemas}}
-    for path, name in [(f"/v1/jobs/{job_id}", "Job"), (f"/v1/jobs/{job_id}/attempts",
-                                                        "Attempts")]:
+    for path, name in [(f"/v1/jobs/{job_id}", "Job"), (f"/v1/jobs/{job_id}/attempts", "Attempts")]:
         body = (await s.client.get(path)).json()
         schema = {**schemas[name], **resolver_doc}
         jsonschema.validate(body, schema)
@@ -217,9 +243,10 @@ async def test_health_ready_and_metrics(make_stack):
 
 
 async def test_store_down_answers_503_and_nothing_is_accepted(make_stack, tmp_path):
+    from redis.asyncio import Redis
+
     from bridge.embedded import EmbeddedValkey
     from bridge.store import Store
-    from redis.asyncio import Redis
 
     s = await make_stack(emulator=EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN))
     own = EmbeddedValkey(tmp_path / "v", appendonly=False)

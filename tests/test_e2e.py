@@ -133,8 +133,14 @@ async def test_transient_submit_failure_is_retried_in_background(make_stack):
 
 
 async def test_poll_errors_and_429_are_retried(make_stack):
-    settings = EmulatorSettings(duration_s=0.3, token=UPSTREAM_TOKEN, poll_503_rate=0.4,
-                                poll_429_rate=0.2, retry_after_s=0, seed=3)
+    settings = EmulatorSettings(
+        duration_s=0.3,
+        token=UPSTREAM_TOKEN,
+        poll_503_rate=0.4,
+        poll_429_rate=0.2,
+        retry_after_s=0,
+        seed=3,
+    )
     s = await make_stack(emulator=settings)
     ids = [(await s.submit()).json()["id"] for _ in range(5)]
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 5, 15)
@@ -143,8 +149,9 @@ async def test_poll_errors_and_429_are_retried(make_stack):
 
 
 async def test_retry_after_on_poll_is_honoured(make_stack):
-    settings = EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN, poll_429_rate=1.0,
-                                retry_after_s=1)
+    settings = EmulatorSettings(
+        duration_s=0.1, token=UPSTREAM_TOKEN, poll_429_rate=1.0, retry_after_s=1
+    )
     s = await make_stack(emulator=settings)
     await s.submit()
     await asyncio.sleep(1.4)
@@ -163,9 +170,11 @@ async def test_deadline_fails_the_job(make_stack):
 
 
 async def test_upstream_connect_refused_queues_then_deadline(make_stack):
-    s = await make_stack(upstreams__echo__url="http://127.0.0.1:9/infer/echo",
-                         upstreams__echo__health_url=None,
-                         upstreams__echo__poll__deadline_s=1.5)
+    s = await make_stack(
+        upstreams__echo__url="http://127.0.0.1:9/infer/echo",
+        upstreams__echo__health_url=None,
+        upstreams__echo__poll__deadline_s=1.5,
+    )
     r = await s.submit()
     assert r.status_code == 202
     job = r.json()

@@ -1,0 +1,148 @@
+"""Configuration: defaults, named errors, environment overrides, secrets by reference."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.config import Config, ConfigError, load_config, parse_config, resolve_secrets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_contract():
+    c = parse_config({}, {})
+    assert (c.listen.host, c.listen.port, c.listen.max_body_bytes) == ("0.0.0.0", 8080, 10 << 20)
+    assert c.store.url is None and c.store.data_dir == "./.pushbridge"
+    assert c.store.key_prefix == "pushbridge" and c.store.cluster is False
+    assert c.retention_s == 86400
+    cb = c.callbacks
+    assert (cb.allow_http, cb.allow_private_networks, cb.timeout_s) == (False, False, 15)
+    assert cb.retry_schedule_s == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert cb.max_inline_result_bytes == 1 << 20 and cb.per_host_concurrency == 16
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"callbacks": {"timout_s": 5}}, "callbacks.timout_s"),
+        ({"callbacks": {"timeout_s": "soon"}}, "callbacks.timeout_s"),
+        ({"listen": {"port": 70000}}, "listen.port"),
+        ({"store": {"url": "http://redis"}}, "store.url"),
+        (
+            {"upstreams": {"w": {"protocol": "replicate", "url": "http://x"}}},
+            "upstreams.w.protocol",
+        ),
+        ({"upstreams": {"w": {}}}, "upstreams.w.url"),
+        ({"tenants": [{"name": "a"}]}, "tenants.0.webhook_secret_env"),
+        (
+            {"tenants": [{"name": "a", "webhook_secret_env": "S", "api_key_hashes": ["zz"]}]},
+            "tenants.0.api_key_hashes",
+        ),
+        ({"callbacks": {"allowed_networks": ["10.0.0.0/33"]}}, "callbacks.allowed_networks"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_config_names_the_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, {})
+    assert str(e.value).startswith(key), str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("listen: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_environment_overrides():
+    env = {
+        "PUSHBRIDGE_CALLBACKS__TIMEOUT_S": "5",
+        "PUSHBRIDGE_RETENTION_S": "60",
+        "PUSHBRIDGE_STORE__URL": "redis://r:6379/0",
+        "PUSHBRIDGE_UPSTREAMS__W__URL": "http://w",
+        "PUSHBRIDGE_CONFIG": "ignored.yaml",
+        "PUSHBRIDGE_CALLBACKS__RETRY_SCHEDULE_S": "[1, 2]",
+    }
+    c = parse_config({"callbacks": {"timeout_s": 30}}, env)
+    assert c.callbacks.timeout_s == 5 and c.retention_s == 60
+    assert c.store.url == "redis://r:6379/0" and c.upstreams["w"].url == "http://w"
+    assert c.callbacks.retry_schedule_s == [1, 2]
+    with pytest.raises(ConfigError, match=r"callbacks\.timeout_s"):
+        parse_config({}, {"PUSHBRIDGE_CALLBACKS__TIMEOUT_S": "abc"})
+
+
+def test_secrets_resolved_from_environment_and_hashes():
+    hashed = hashlib.sha256(b"k-hashed").hexdigest()
+    raw = {
+        "tenants": [
+            {
+                "name": "a",
+                "api_keys_env": "A_KEYS",
+                "api_key_hashes": [hashed],
+                "webhook_secret_env": "A_SECRET",
+            }
+        ],
+        "upstreams": {"w": {"url": "http://w", "token_env": "W_TOKEN"}},
+    }
+    env = {
+        "A_KEYS": "k1, k2",
+        "A_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_AAAA",
+        "W_TOKEN": "t",
+    }
+    secrets = resolve_secrets(parse_config(raw, {}), env)
+    for key in ("k1", "k2", "k-hashed"):
+        assert secrets.tenant_for_key(key).name == "a"
+    assert secrets.tenant_for_key("k3") is None
+    assert len(secrets.tenant_secrets("a")) == 2
+    assert secrets.upstream_tokens == {"w": "t"}
+    assert "whsec" not in repr(secrets) and "'t'" not in repr(secrets)
+    with pytest.raises(ConfigError, match=r"upstreams\.w\.token_env: environment variable W_TOKEN"):
+        resolve_secrets(parse_config(raw, {}), {**env, "W_TOKEN": ""})
+    with pytest.raises(ConfigError, match=r"tenants\.0\.webhook_secret_env"):
+        resolve_secrets(parse_config(raw, {}), {**env, "A_SECRET": "plain"})
+
+
+def _keys(model: type, prefix: str = "") -> set[str]:
+    out = set()
+    for name, field in model.model_fields.items():
+        out.add(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and hasattr(ann, "model_fields"):
+            out |= _keys(ann, f"{prefix}{name}.")
+    return out
+
+
+def _documented(node, prefix: str = "") -> set[str]:
+    out = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = prefix + str(k)
+            out.add(key)
+            out |= _documented(v, key + ".")
+    return out
+
+
+def test_example_config_loads_and_documents_every_key():
+    raw = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    config = load_config(ROOT / "config.example.yaml", {})
+    assert isinstance(config, Config)
+    documented = _documented(raw)
+    documented |= {
+        k.replace("upstreams.whisper.", "upstreams.*.").replace("tenants.", "tenants.*.")
+        for k in documented
+    }
+    tenants = raw["tenants"][0]
+    documented |= {f"tenants.*.{k}" for k in tenants}
+    from bridge.config import TenantConfig, UpstreamConfig
+
+    expected = _keys(Config) - {"dev_mode"}
+    expected |= {f"upstreams.*.{k}" for k in _keys(UpstreamConfig)}
+    expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
+    missing = sorted(k for k in expected if k not in documented)
+    assert missing == []
