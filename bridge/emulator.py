@@ -135,13 +135,26 @@ def _retry(state: EmulatorState, status: int) -> JSONResponse:
     return _problem(status, "try again later", headers)
 
 
+def _gate(
+    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0
+) -> tuple[EmulatorState, Response | None]:
+    """Count the request, check the token and inject the configured failures."""
+    state: EmulatorState = request.app.state.emulator
+    state.requests[kind] += 1
+    if not _authorized(state, request):
+        return state, _problem(401, "missing or invalid token")
+    if state.chance(rate_503):
+        return state, _retry(state, 503)
+    if state.chance(rate_429):
+        return state, _retry(state, 429)
+    return state, None
+
+
 async def infer(request: Request) -> Response:
     state: EmulatorState = request.app.state.emulator
-    state.requests["submit"] += 1
-    if not _authorized(state, request):
-        return _problem(401, "missing or invalid token")
-    if state.chance(state.settings.submit_503_rate):
-        return _retry(state, 503)
+    state, refused = _gate(request, "submit", state.settings.submit_503_rate)
+    if refused:
+        return refused
     try:
         inputs = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
@@ -168,14 +181,10 @@ def _lookup(state: EmulatorState, response_id: str) -> Future | None:
 
 
 async def future_status(request: Request) -> Response:
-    state: EmulatorState = request.app.state.emulator
-    state.requests["poll"] += 1
-    if not _authorized(state, request):
-        return _problem(401, "missing or invalid token")
-    if state.chance(state.settings.poll_503_rate):
-        return _retry(state, 503)
-    if state.chance(state.settings.poll_429_rate):
-        return _retry(state, 429)
+    s = request.app.state.emulator.settings
+    state, refused = _gate(request, "poll", s.poll_503_rate, s.poll_429_rate)
+    if refused:
+        return refused
     f = _lookup(state, request.path_params["response_id"])
     if f is None:
         return _problem(404, "future not found")
@@ -189,10 +198,9 @@ async def future_status(request: Request) -> Response:
 
 
 async def future_result(request: Request) -> Response:
-    state: EmulatorState = request.app.state.emulator
-    state.requests["result"] += 1
-    if not _authorized(state, request):
-        return _problem(401, "missing or invalid token")
+    state, refused = _gate(request, "result")
+    if refused:
+        return refused
     f = _lookup(state, request.path_params["response_id"])
     if f is None or time.time() < f.ready_at or f.outcome != "completed":
         return _problem(404, "result not found")

@@ -44,6 +44,18 @@ def _is_transient_status(code: int) -> bool:
     return code in (408, 425, 429) or code >= 500
 
 
+def _non_2xx(response: httpx.Response, body: bytes, what: str) -> Outcome | None:
+    """The outcome of a poll or result fetch that did not answer 2xx (None if it did)."""
+    code = response.status_code
+    if code == 404:
+        return Outcome("expired", status_code=code, detail=f"upstream {what} not found")
+    if _is_transient_status(code):
+        return _transient(f"upstream answered {code}", response)
+    if not 200 <= code < 300:
+        return Outcome("failed", status_code=code, detail=excerpt(body, 512))
+    return None
+
+
 class OctoAIUpstream:
     """One configured upstream speaking the octoai protocol; `client` is shared and passed in."""
 
@@ -123,12 +135,8 @@ class OctoAIUpstream:
 
     def _poll_outcome(self, poll_url: str, response: httpx.Response, body: bytes) -> Outcome:
         code = response.status_code
-        if code == 404:
-            return Outcome("expired", status_code=code, detail="upstream future not found")
-        if _is_transient_status(code):
-            return _transient(f"upstream answered {code}", response)
-        if not 200 <= code < 300:
-            return Outcome("failed", status_code=code, detail=excerpt(body, 512))
+        if failure := _non_2xx(response, body, "future"):
+            return failure
         try:
             data = orjson.loads(body)
             status = str(data.get("status", "")).lower()
@@ -153,18 +161,13 @@ class OctoAIUpstream:
             return Outcome("failed", detail=str(e))
         except httpx.HTTPError as e:
             return _transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Outcome("expired", status_code=code, detail="upstream result not found")
-        if _is_transient_status(code):
-            return _transient(f"upstream answered {code}", response)
-        if not 200 <= code < 300:
-            return Outcome("failed", status_code=code, detail=excerpt(body, 512))
+        if failure := _non_2xx(response, body, "result"):
+            return failure
         try:
             orjson.loads(body)
         except orjson.JSONDecodeError:
             return _transient(f"malformed result: {excerpt(body, 200)}", response)
-        return Outcome("completed", status_code=code, body=body)
+        return Outcome("completed", status_code=response.status_code, body=body)
 
     async def health(self) -> tuple[bool, str]:
         """(healthy, reason). Without a health_url the upstream counts as healthy."""
