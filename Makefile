@@ -15,12 +15,12 @@ demo: $(STAMP)
 	$(VENV)/bin/pushbridge demo --jobs $(or $(JOBS),200)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bridge tests bench
-	$(VENV)/bin/ruff format --check bridge tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pushbridge .pytest_cache
