@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bridge.backoff import at_least, poll_interval_s, submit_retry_s
+from bridge.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.jobs import error_json
 from bridge.runtime import Runtime
 from bridge.store import Commit
@@ -93,6 +93,8 @@ class Advancer:
             )
             return None
         upstream = self.rt.upstreams[name]
+        if await self._rate_limited(job, token, "submit", upstream.config.rate_limit.submit_per_s):
+            return None
         outcome = await upstream.submit(orjson.loads(job["inputs"]))
         self._count(job, "submit", outcome)
         if outcome.kind == "accepted":
@@ -131,9 +133,21 @@ class Advancer:
             )
         return outcome
 
+    async def _rate_limited(
+        self, job: dict[str, str], token: str, kind: str, per_s: float | None
+    ) -> bool:
+        """Wait for a slot of the upstream's shared rate limit, or re-schedule the job."""
+        wait_s = await self.rt.limiter.acquire(job["upstream"], kind, per_s)
+        if wait_s <= 0:
+            return False
+        await self.commit(job, token, Commit(fields={}, source=str(_ms(jittered(wait_s)))))
+        return True
+
     async def poll(self, job: dict[str, str], token: str) -> None:
         upstream = self.rt.upstreams[job["upstream"]]
         polls = int(job.get("polls") or 0) + 1
+        if await self._rate_limited(job, token, "poll", upstream.config.rate_limit.poll_per_s):
+            return
         outcome = await upstream.poll(job["poll_url"])
         self._count(job, "poll", outcome)
         if outcome.kind == "completed":

@@ -16,7 +16,7 @@ from bridge.httputil import describe_error, parse_retry_after
 from bridge.signing import sign_webhook
 from bridge.urlpolicy import CallbackRejected, UrlPolicy
 
-Outcome = Literal["delivered", "retry", "gone"]
+Outcome = Literal["delivered", "retry", "gone", "deferred"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,12 @@ def _classify(code: int, retry_after: str | None) -> tuple[Outcome, float | None
 
 
 class Deliverer:
-    """Posts events; `client` must not follow redirects (a 3xx is a failed attempt)."""
+    """Posts events; `client` must not follow redirects (a 3xx is a failed attempt).
+
+    At most `per_host_concurrency` attempts run against one host; beyond that an
+    attempt is "deferred" at once instead of queueing, so one hanging host cannot
+    tie up the workers that deliver to every other host.
+    """
 
     def __init__(self, client: httpx.AsyncClient, config: CallbacksConfig, policy: UrlPolicy):
         self.client = client
@@ -66,7 +71,10 @@ class Deliverer:
             host, addresses = await self.policy.resolve(url)
         except CallbackRejected as e:
             return Attempt("retry", None, _ms_since(started), f"callback-rejected: {e}")
-        async with self._per_host[host]:
+        gate = self._per_host[host]
+        if gate.locked():  # the host is at its cap: come back later, keep the worker free
+            return Attempt("deferred", None, 0, f"{host} is at per_host_concurrency")
+        async with gate:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.timeout_s):

@@ -7,12 +7,13 @@ from typing import Any
 
 import orjson
 
-from bridge.backoff import at_least, delivery_retry_s
+from bridge.backoff import at_least, delivery_retry_s, jittered
 from bridge.delivery import Attempt, webhook_headers
 from bridge.jobs import DELIVERABLE, job_view, rfc3339, webhook_id
 from bridge.runtime import Runtime
 from bridge.store import Commit
 
+DEFER_S = 0.5
 ACTIVE_STATES = frozenset({"pending", "scheduled", "delivering"})
 
 
@@ -65,6 +66,12 @@ class Dispatcher:
         started_ms = int(time.time() * 1000)
         headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
         attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
+        if attempt.outcome == "deferred":
+            delay_ms = int(jittered(DEFER_S) * 1000)
+            await self.rt.commit(
+                "deliver", job["id"], token, Commit(fields={}, source=str(delay_ms))
+            )
+            return
         await self.record(job, token, attempt_no, started_ms, attempt)
 
     def _max_attempts(self, job: dict[str, str]) -> int:

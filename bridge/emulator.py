@@ -15,7 +15,7 @@ import math
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -68,6 +68,7 @@ class EmulatorState:
     settings: EmulatorSettings
     futures: dict[str, Future] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     rng: random.Random = field(default_factory=random.Random)
 
     def draw_duration_s(self) -> float:
@@ -88,9 +89,19 @@ class EmulatorState:
     def chance(self, rate: float) -> bool:
         return rate > 0 and self.rng.random() < rate
 
+    def max_per_window(self, kind: str, window_s: float = 1.0) -> int:
+        """The most requests of one kind seen in any window of window_s (sliding)."""
+        times, best, lo = sorted(self.times[kind]), 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= window_s:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
+            "max_per_s": {k: self.max_per_window(k) for k in self.times},
             "futures": {
                 f.id: {"ready_at": f.ready_at, "polls": f.polls, "outcome": f.outcome}
                 for f in self.futures.values()
@@ -141,6 +152,7 @@ def _gate(
     """Count the request, check the token and inject the configured failures."""
     state: EmulatorState = request.app.state.emulator
     state.requests[kind] += 1
+    state.times[kind].append(time.monotonic())
     if not _authorized(state, request):
         return state, _problem(401, "missing or invalid token")
     if state.chance(rate_503):

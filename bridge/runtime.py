@@ -13,6 +13,7 @@ import structlog
 from bridge.config import Config, Secrets
 from bridge.delivery import Deliverer
 from bridge.metrics import Metrics
+from bridge.ratelimit import RateLimiter
 from bridge.signing import ResultLinks
 from bridge.store import Commit, Schedule, Store
 from bridge.upstream import OctoAIUpstream
@@ -40,6 +41,7 @@ class Runtime:
     links: ResultLinks
     metrics: Metrics
     health: Health
+    limiter: RateLimiter
     log: structlog.stdlib.BoundLogger
     hint: Callable[[Schedule, float], None] = lambda which, delay_s: None
 
@@ -97,6 +99,7 @@ async def build_runtime(
         links=links,
         metrics=metrics or Metrics(),
         health=Health(),
+        limiter=RateLimiter(store.redis, config.store.key_prefix),
         log=structlog.get_logger("pushbridge"),
     )
 

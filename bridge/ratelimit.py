@@ -1,0 +1,38 @@
+"""Upstream rate limits held across all replicas together (GCRA in Redis, Redis TIME)."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+
+from redis.asyncio import Redis
+
+MAX_WAIT_S = 1.0
+
+
+class RateLimiter:
+    """`acquire` reserves a slot and sleeps until it, or says how long until one is free."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.prefix = prefix
+        script = resources.files("bridge").joinpath("lua/ratelimit.lua").read_text()
+        self._script = redis.register_script(script)
+
+    def key(self, upstream: str, kind: str) -> str:
+        return f"{self.prefix}:{{rl:{upstream}:{kind}}}"
+
+    async def acquire(
+        self, upstream: str, kind: str, per_s: float | None, max_wait_s: float = MAX_WAIT_S
+    ) -> float:
+        """0.0 once a slot is ours (after waiting for it); else the seconds to come back in."""
+        if per_s is None:
+            return 0.0
+        reserved, wait_us = await self._script(
+            keys=[self.key(upstream, kind)],
+            args=[int(1_000_000 / per_s), int(max_wait_s * 1_000_000)],
+        )
+        if not reserved:
+            return wait_us / 1_000_000
+        if wait_us > 0:
+            await asyncio.sleep(wait_us / 1_000_000)
+        return 0.0
