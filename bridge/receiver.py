@@ -52,7 +52,9 @@ class Receiver:
         self.verifiers = [Webhook(s) for s in secrets]
         self.deliveries: list[Delivery] = []
         self.plans: defaultdict[str, deque[Reply]] = defaultdict(deque)
+        self.path_defaults: dict[str, Reply] = {}
         self.default = Reply()
+        self.arrivals: list[tuple[str, float]] = []  # (path, time) as requests come in
         self._changed = asyncio.Condition()
 
     def plan(self, path: str, *replies: Reply) -> None:
@@ -73,8 +75,13 @@ class Receiver:
         body = await request.body()
         headers = dict(request.headers)
         path = request.url.path
-        reply = self.plans[path].popleft() if self.plans[path] else self.default
+        reply = (
+            self.plans[path].popleft()
+            if self.plans[path]
+            else self.path_defaults.get(path, self.default)
+        )
         arrived = time.time()
+        self.arrivals.append((path, arrived))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         record = Delivery(path, headers, body, arrived, self.verify(body, headers), reply.status)

@@ -120,6 +120,7 @@ class Stack:
     receiver_srv: RunningServer
     client: httpx.AsyncClient
     other: httpx.AsyncClient
+    replicas: list[tuple[Runtime, RunningServer, httpx.AsyncClient]]
 
     def hook(self, path: str = "/hook") -> str:
         return f"{self.receiver_srv.url}{path}"
@@ -142,10 +143,30 @@ StackFactory = Callable[..., Any]
 async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[StackFactory]:
     async with contextlib.AsyncExitStack() as exits:
 
+        async def start_bridge(
+            config: Config, store: Store, role: str, resolver: Any, port: int
+        ) -> tuple[Runtime, RunningServer, httpx.AsyncClient]:
+            up = await exits.enter_async_context(upstream_client())
+            cb = await exits.enter_async_context(callback_client())
+            cfg = config.model_copy(
+                update={"listen": config.listen.model_copy(update={"port": port})}
+            )
+            rt = await build_runtime(cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver)
+            bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
+            exits.push_async_callback(bridge.stop)
+            client = await exits.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=bridge.url, headers={"Authorization": f"Bearer {API_KEY}"}
+                )
+            )
+            return rt, bridge, client
+
         async def make(
             emulator: EmulatorSettings | None = None,
             role: str = "all",
             resolver: Any = None,
+            store_url: str | None = None,
+            replicas_n: int = 1,
             **overrides: Any,
         ) -> Stack:
             emu_app = create_emulator_app(
@@ -158,17 +179,18 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             exits.push_async_callback(recv_srv.stop)
             port = free_port()
             config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
-            store = Store(redis, config.store.key_prefix, config.store.partitions)
-            up = await exits.enter_async_context(upstream_client())
-            cb = await exits.enter_async_context(callback_client())
-            rt = await build_runtime(config, resolve_secrets(config, ENV), store, up, cb, resolver)
-            bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
-            exits.push_async_callback(bridge.stop)
-            client = await exits.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=bridge.url, headers={"Authorization": f"Bearer {API_KEY}"}
+            client_redis = redis
+            if store_url:
+                client_redis = Redis.from_url(
+                    store_url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
                 )
-            )
+                exits.push_async_callback(client_redis.aclose)
+            store = Store(client_redis, config.store.key_prefix, config.store.partitions)
+            replicas = [
+                await start_bridge(config, store, role, resolver, port if i == 0 else free_port())
+                for i in range(replicas_n)
+            ]
+            rt, bridge, client = replicas[0]
             other = await exits.enter_async_context(
                 httpx.AsyncClient(
                     base_url=bridge.url, headers={"Authorization": f"Bearer {OTHER_KEY}"}
@@ -184,6 +206,7 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
                 recv_srv,
                 client,
                 other,
+                replicas,
             )
 
         yield make

@@ -1,0 +1,107 @@
+"""Reliability under trouble: shared rate limits, a hanging receiver host, a store restart."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+
+import httpx
+
+from bridge.embedded import EmbeddedValkey, free_port
+from bridge.emulator import EmulatorSettings
+from bridge.receiver import Reply
+from tests.conftest import UPSTREAM_TOKEN
+
+
+async def test_rate_limits_hold_across_replicas(make_stack):
+    settings = EmulatorSettings(duration_s=0.5, token=UPSTREAM_TOKEN)
+    s = await make_stack(emulator=settings, replicas_n=3,
+                         upstreams__echo__rate_limit={"submit_per_s": 20, "poll_per_s": 20})
+    clients = [c for _, _, c in s.replicas]
+    results = await asyncio.gather(*(
+        s.submit(client=clients[i % 3], inputs={"i": i}) for i in range(90)))
+    assert all(r.status_code == 202 for r in results)
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 90, 30)
+    # 20/s, measured by the upstream over every sliding 1 s window: within 10 %
+    assert s.emulator.max_per_window("submit") <= 22, s.emulator.max_per_window("submit")
+    assert s.emulator.max_per_window("poll") <= 22, s.emulator.max_per_window("poll")
+    assert s.emulator.max_per_window("submit") >= 15  # the limit was really reached
+    queued = sum(1 for r in results if r.json()["status"] == "queued")
+    assert queued > 0  # the API answered within its time limit instead of waiting
+
+
+def _fast_lags(s, path: str) -> list[float]:
+    ready = {f.id: f.ready_at for f in s.emulator.futures.values()}
+    return [d.arrived_at - ready[d.event["data"]["upstream_id"]]
+            for d in s.receiver.succeeded() if d.path == path]
+
+
+async def test_hanging_host_does_not_delay_other_hosts(make_stack):
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # slow.test and fast.test are two hosts on loopback
+
+    s = await make_stack(resolver=resolver, worker__concurrency=8,
+                         callbacks__per_host_concurrency=2, callbacks__timeout_s=3)
+    port = s.receiver_srv.port
+    s.receiver.path_defaults["/slow"] = Reply(200, delay_s=5)
+
+    async def run_fast(tag: str, n: int) -> list[float]:
+        path = f"/fast-{tag}"
+        await asyncio.gather(*(s.submit(callback_url=f"http://fast.test:{port}{path}")
+                               for _ in range(n)))
+        assert await s.receiver.wait_for(lambda: len(s.receiver.to(path)) == n, 15)
+        return _fast_lags(s, path)
+
+    baseline = await run_fast("baseline", 10)
+    await asyncio.gather(*(s.submit(callback_url=f"http://slow.test:{port}/slow")
+                           for _ in range(30)))
+    await asyncio.sleep(0.5)  # the slow host's deliveries are hanging now
+    with_hang = await run_fast("hang", 10)
+    assert statistics.median(with_hang) <= statistics.median(baseline) + 0.5, (
+        baseline, with_hang)
+    assert max(with_hang) <= max(baseline) + 1.0, (baseline, with_hang)
+
+
+async def _submit_until_accepted(client: httpx.AsyncClient, body: dict, key: str) -> dict:
+    for _ in range(200):
+        try:
+            r = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code in (200, 202):
+            return r.json()
+        assert r is None or r.status_code == 503, r.text  # never a 500
+        await asyncio.sleep(0.05)
+    raise AssertionError("never accepted")
+
+
+async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
+    store = EmbeddedValkey(tmp_path / "aof", port=free_port(), appendonly=True)
+    store.start()
+    try:
+        s = await make_stack(store_url=store.url)
+        body = {"upstream": "echo", "inputs": {"_emulate": {"duration_s": 0.5}},
+                "callback_url": s.hook("/load")}
+        accepted: list[dict] = []
+
+        async def producer() -> None:
+            for i in range(60):
+                accepted.append(await _submit_until_accepted(s.client, body, f"k{i}"))
+                await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(store.stop)  # SIGTERM: AOF flushed
+        await asyncio.sleep(0.3)
+        r = await s.client.get("/readyz")
+        assert r.status_code == 503 and r.json()["code"] == "store-unavailable"
+        await asyncio.sleep(0.7)
+        await asyncio.to_thread(store.start)
+        await task
+        ids = {j["id"] for j in accepted}
+        assert len(ids) == 60
+        assert await s.receiver.wait_for(
+            lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()} >= ids, 30)
+        assert (await s.client.get("/readyz")).status_code == 200
+    finally:
+        store.stop()
