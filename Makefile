@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pushbridge .pytest_cache
+
+chaos: $(STAMP)
+	$(VENV)/bin/python -m bench.chaos --jobs $(or $(JOBS),1000) --replicas 2 --kills 6

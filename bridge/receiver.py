@@ -54,6 +54,7 @@ class Receiver:
         self.plans: defaultdict[str, deque[Reply]] = defaultdict(deque)
         self.path_defaults: dict[str, Reply] = {}
         self.default = Reply()
+        self.chooser: Callable[[str], Reply] | None = None  # picks a reply per request
         self.arrivals: list[tuple[str, float]] = []  # (path, time) as requests come in
         self._changed = asyncio.Condition()
 
@@ -71,15 +72,18 @@ class Receiver:
                 continue
         return False
 
+    def _reply(self, path: str) -> Reply:
+        if self.plans[path]:
+            return self.plans[path].popleft()
+        if self.chooser is not None:
+            return self.chooser(path)
+        return self.path_defaults.get(path, self.default)
+
     async def handle(self, request: Request) -> Response:
         body = await request.body()
         headers = dict(request.headers)
         path = request.url.path
-        reply = (
-            self.plans[path].popleft()
-            if self.plans[path]
-            else self.path_defaults.get(path, self.default)
-        )
+        reply = self._reply(path)
         arrived = time.time()
         self.arrivals.append((path, arrived))
         if reply.delay_s:

@@ -1,0 +1,130 @@
+"""Replicas as real processes over one store: SIGSTOP past the lease (fencing), SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bridge.embedded import free_port
+from bridge.receiver import Reply
+from bridge.worker import Workers
+from tests.conftest import ENV
+
+
+@contextlib.asynccontextmanager
+async def replica(stack, valkey, tmp_path: Path, **worker) -> AsyncIterator[dict]:
+    """A `pushbridge serve` process sharing the stack's store, emulator and receiver."""
+    raw = stack.config.model_dump(mode="json")
+    port = free_port()
+    raw["listen"]["port"] = port
+    raw["store"]["url"] = valkey.url
+    raw["worker"].update(worker)
+    path = tmp_path / f"replica-{port}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "serve", "--config", str(path),
+        env={**os.environ, **ENV}, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url) as c:
+        for _ in range(200):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await c.get("/readyz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    try:
+        yield {"proc": proc, "url": url}
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            await proc.wait()
+
+
+async def _metric(url: str, name: str) -> float:
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"{url}/metrics")).text
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def _wait_arrivals(receiver, path: str, n: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(1 for p, _ in receiver.arrivals if p == path) < n:
+        assert time.monotonic() < deadline, "delivery never arrived"
+        await asyncio.sleep(0.02)
+
+
+async def test_frozen_replica_cannot_overwrite_newer_state(make_stack, valkey, tmp_path):
+    s = await make_stack(role="api", worker__lease_s=1.5, callbacks__timeout_s=10)
+    s.receiver.plan("/fence", Reply(200, delay_s=3))  # the frozen replica's attempt hangs
+    async with replica(s, valkey, tmp_path, lease_s=1.5) as a:
+        job_id = (await s.submit(callback_url=s.hook("/fence"))).json()["id"]
+        await _wait_arrivals(s.receiver, "/fence", 1)
+        a["proc"].send_signal(signal.SIGSTOP)  # frozen while holding the delivery lease
+        workers = Workers(s.rt)  # replica B takes over once the lease has run out
+        workers.start()
+        try:
+            assert await s.receiver.wait_for(lambda: len(s.receiver.to("/fence")) >= 1, 10)
+            await asyncio.sleep(0.3)
+            after_b = await s.job(job_id)
+            assert after_b["delivery"] == {**after_b["delivery"], "state": "delivered",
+                                           "attempts": 1}
+            a["proc"].send_signal(signal.SIGCONT)  # A wakes up with a stale token
+            await asyncio.sleep(4)
+            final = await s.job(job_id)
+            assert final["delivery"] == after_b["delivery"]  # A's commit was refused
+            attempts = (await s.client.get(f"/v1/jobs/{job_id}/attempts")).json()["attempts"]
+            assert len(attempts) == 1
+            lost = await _metric(a["url"], 'pushbridge_lost_leases_total{schedule="deliver"}')
+            assert lost == 1
+            # at least once: both saw the same event, never a different one
+            ids = {d.webhook_id for d in s.receiver.deliveries}
+            assert ids == {"msg_" + job_id[4:]}
+            assert len({d.event["type"] for d in s.receiver.deliveries}) == 1
+        finally:
+            await workers.stop(1)
+
+
+async def test_sigterm_finishes_in_flight_work_and_exits_0(make_stack, valkey, tmp_path):
+    s = await make_stack(role="api", callbacks__timeout_s=10)
+    s.receiver.plan("/drain", Reply(200, delay_s=1))
+    async with replica(s, valkey, tmp_path, lease_s=60, shutdown_grace_s=5) as a:
+        job_id = (await s.submit(callback_url=s.hook("/drain"))).json()["id"]
+        await _wait_arrivals(s.receiver, "/drain", 1)
+        a["proc"].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(a["proc"].wait(), 10) == 0
+    job = await s.job(job_id)
+    assert job["delivery"]["state"] == "delivered"  # finished and committed before exiting
+
+
+async def test_sigterm_releases_leases_so_nothing_waits_for_expiry(make_stack, valkey, tmp_path):
+    s = await make_stack(role="api", callbacks__timeout_s=20)
+    s.receiver.plan("/stuck", Reply(200, delay_s=15))
+    async with replica(s, valkey, tmp_path, lease_s=60, shutdown_grace_s=0.5) as a:
+        job_id = (await s.submit(callback_url=s.hook("/stuck"))).json()["id"]
+        await _wait_arrivals(s.receiver, "/stuck", 1)
+        t0 = time.monotonic()
+        a["proc"].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(a["proc"].wait(), 10) == 0
+        assert time.monotonic() - t0 < 5
+    workers = Workers(s.rt)
+    workers.start()
+    try:
+        # released at shutdown: another replica delivers at once, not after the 60 s lease
+        assert await s.receiver.wait_for(lambda: len(s.receiver.to("/stuck")) >= 1, 5)
+        await asyncio.sleep(0.2)
+        assert (await s.job(job_id))["delivery"]["state"] == "delivered"
+    finally:
+        await workers.stop(1)
