@@ -23,6 +23,7 @@ from bridge.store import valid_job_id
 from bridge.urlpolicy import CallbackRejected
 
 MAX_METADATA_BYTES = 16 * 1024
+MAX_INPUT_DEPTH = 64
 MAX_IDEMPOTENCY_KEY = 255
 JSON_TYPES = ("application/json",)
 
@@ -87,9 +88,24 @@ def parse_job_request(body: bytes, content_type: str) -> JobRequest:
             f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()
         )
         raise Problem(400, "invalid-request", detail) from None
+    if _depth(req.inputs) > MAX_INPUT_DEPTH:
+        raise Problem(400, "invalid-request", f"inputs nest deeper than {MAX_INPUT_DEPTH} levels")
     if req.metadata is not None and len(orjson.dumps(req.metadata)) > MAX_METADATA_BYTES:
         raise Problem(400, "invalid-request", f"metadata exceeds {MAX_METADATA_BYTES} bytes")
     return req
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+    return deepest
 
 
 async def _check_callback(rt: Runtime, url: str) -> None:
