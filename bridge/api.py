@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from bridge.urlpolicy import CallbackRejected
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64
-MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,255}")
 JSON_TYPES = ("application/json",)
 
 
@@ -118,9 +119,11 @@ async def _check_callback(rt: Runtime, url: str) -> None:
 async def create_job(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
-    idem_key = request.headers.get("idempotency-key")
-    if idem_key is not None and not 0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY:
-        raise Problem(400, "invalid-request", "Idempotency-Key must be 1-255 characters")
+    idem_key = request.headers.get("idempotency-key") or None  # empty = no key
+    if idem_key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(idem_key):
+        raise Problem(
+            400, "invalid-request", "Idempotency-Key must be 1-255 visible ASCII characters"
+        )
     req = parse_job_request(
         await read_body(request, rt.config.listen.max_body_bytes),
         request.headers.get("content-type", ""),
@@ -289,10 +292,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def job_resource(request: Request) -> Response:
+    """GET reads a job, DELETE cancels it (one route, so 405 answers list both)."""
+    return await (cancel(request) if request.method == "DELETE" else get_job(request))
+
+
 ROUTES = [
     Route("/v1/jobs", create_job, methods=["POST"]),
-    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
-    Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
+    Route("/v1/jobs/{job_id}", job_resource, methods=["GET", "DELETE"]),
     Route("/v1/jobs/{job_id}/attempts", get_attempts, methods=["GET"]),
     Route("/v1/jobs/{job_id}/redeliver", redeliver, methods=["POST"]),
     Route("/v1/jobs/{job_id}/result", get_result, methods=["GET"]),

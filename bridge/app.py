@@ -47,7 +47,7 @@ async def _problem(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "invalid-request")
-    return Problem(exc.status_code, code, str(exc.detail)).response()
+    return Problem(exc.status_code, code, str(exc.detail), headers=exc.headers).response()
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:

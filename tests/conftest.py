@@ -109,6 +109,13 @@ def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
     return raw
 
 
+async def loopback_only_dns(host: str, port: int) -> list[str]:
+    """Default resolver of test stacks: no test may send a DNS query off the machine."""
+    if host == "localhost":
+        return ["127.0.0.1"]
+    raise OSError(f"no DNS in tests: {host}")
+
+
 @dataclass
 class Stack:
     rt: Runtime
@@ -151,7 +158,9 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             cfg = config.model_copy(
                 update={"listen": config.listen.model_copy(update={"port": port})}
             )
-            rt = await build_runtime(cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver)
+            rt = await build_runtime(
+                cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver or loopback_only_dns
+            )
             bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(

@@ -15,11 +15,15 @@ from tests.conftest import UPSTREAM_TOKEN
 
 async def test_rate_limits_hold_across_replicas(make_stack):
     settings = EmulatorSettings(duration_s=0.5, token=UPSTREAM_TOKEN)
-    s = await make_stack(emulator=settings, replicas_n=3,
-                         upstreams__echo__rate_limit={"submit_per_s": 20, "poll_per_s": 20})
+    s = await make_stack(
+        emulator=settings,
+        replicas_n=3,
+        upstreams__echo__rate_limit={"submit_per_s": 20, "poll_per_s": 20},
+    )
     clients = [c for _, _, c in s.replicas]
-    results = await asyncio.gather(*(
-        s.submit(client=clients[i % 3], inputs={"i": i}) for i in range(90)))
+    results = await asyncio.gather(
+        *(s.submit(client=clients[i % 3], inputs={"i": i}) for i in range(90))
+    )
     assert all(r.status_code == 202 for r in results)
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 90, 30)
     # 20/s, measured by the upstream over every sliding 1 s window: within 10 %
@@ -32,33 +36,41 @@ async def test_rate_limits_hold_across_replicas(make_stack):
 
 def _fast_lags(s, path: str) -> list[float]:
     ready = {f.id: f.ready_at for f in s.emulator.futures.values()}
-    return [d.arrived_at - ready[d.event["data"]["upstream_id"]]
-            for d in s.receiver.succeeded() if d.path == path]
+    return [
+        d.arrived_at - ready[d.event["data"]["upstream_id"]]
+        for d in s.receiver.succeeded()
+        if d.path == path
+    ]
 
 
 async def test_hanging_host_does_not_delay_other_hosts(make_stack):
     async def resolver(host: str, port: int) -> list[str]:
         return ["127.0.0.1"]  # slow.test and fast.test are two hosts on loopback
 
-    s = await make_stack(resolver=resolver, worker__concurrency=8,
-                         callbacks__per_host_concurrency=2, callbacks__timeout_s=3)
+    s = await make_stack(
+        resolver=resolver,
+        worker__concurrency=8,
+        callbacks__per_host_concurrency=2,
+        callbacks__timeout_s=3,
+    )
     port = s.receiver_srv.port
     s.receiver.path_defaults["/slow"] = Reply(200, delay_s=5)
 
     async def run_fast(tag: str, n: int) -> list[float]:
         path = f"/fast-{tag}"
-        await asyncio.gather(*(s.submit(callback_url=f"http://fast.test:{port}{path}")
-                               for _ in range(n)))
+        await asyncio.gather(
+            *(s.submit(callback_url=f"http://fast.test:{port}{path}") for _ in range(n))
+        )
         assert await s.receiver.wait_for(lambda: len(s.receiver.to(path)) == n, 15)
         return _fast_lags(s, path)
 
     baseline = await run_fast("baseline", 10)
-    await asyncio.gather(*(s.submit(callback_url=f"http://slow.test:{port}/slow")
-                           for _ in range(30)))
+    await asyncio.gather(
+        *(s.submit(callback_url=f"http://slow.test:{port}/slow") for _ in range(30))
+    )
     await asyncio.sleep(0.5)  # the slow host's deliveries are hanging now
     with_hang = await run_fast("hang", 10)
-    assert statistics.median(with_hang) <= statistics.median(baseline) + 0.5, (
-        baseline, with_hang)
+    assert statistics.median(with_hang) <= statistics.median(baseline) + 0.5, (baseline, with_hang)
     assert max(with_hang) <= max(baseline) + 1.0, (baseline, with_hang)
 
 
@@ -80,8 +92,11 @@ async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
     store.start()
     try:
         s = await make_stack(store_url=store.url)
-        body = {"upstream": "echo", "inputs": {"_emulate": {"duration_s": 0.5}},
-                "callback_url": s.hook("/load")}
+        body = {
+            "upstream": "echo",
+            "inputs": {"_emulate": {"duration_s": 0.5}},
+            "callback_url": s.hook("/load"),
+        }
         accepted: list[dict] = []
 
         async def producer() -> None:
@@ -101,7 +116,8 @@ async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
         ids = {j["id"] for j in accepted}
         assert len(ids) == 60
         assert await s.receiver.wait_for(
-            lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()} >= ids, 30)
+            lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()} >= ids, 30
+        )
         assert (await s.client.get("/readyz")).status_code == 200
     finally:
         store.stop()

@@ -32,9 +32,16 @@ async def replica(stack, valkey, tmp_path: Path, **worker) -> AsyncIterator[dict
     path = tmp_path / f"replica-{port}.yaml"
     path.write_text(yaml.safe_dump(raw))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "serve", "--config", str(path),
-        env={**os.environ, **ENV}, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "bridge",
+        "serve",
+        "--config",
+        str(path),
+        env={**os.environ, **ENV},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url) as c:
         for _ in range(200):
@@ -79,8 +86,11 @@ async def test_frozen_replica_cannot_overwrite_newer_state(make_stack, valkey, t
             assert await s.receiver.wait_for(lambda: len(s.receiver.to("/fence")) >= 1, 10)
             await asyncio.sleep(0.3)
             after_b = await s.job(job_id)
-            assert after_b["delivery"] == {**after_b["delivery"], "state": "delivered",
-                                           "attempts": 1}
+            assert after_b["delivery"] == {
+                **after_b["delivery"],
+                "state": "delivered",
+                "attempts": 1,
+            }
             a["proc"].send_signal(signal.SIGCONT)  # A wakes up with a stale token
             await asyncio.sleep(4)
             final = await s.job(job_id)

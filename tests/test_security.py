@@ -92,8 +92,9 @@ HOSTILE = [
 
 async def test_hostile_callback_urls_are_refused_with_the_rule(make_stack):
     assert len(HOSTILE) >= 30
-    s = await make_stack(resolver=fake_dns, callbacks__allow_http=False,
-                         callbacks__allow_private_networks=False)
+    s = await make_stack(
+        resolver=fake_dns, callbacks__allow_http=False, callbacks__allow_private_networks=False
+    )
     wrong = {}
     for url, rule in HOSTILE:
         r = await s.submit(callback_url=url)
@@ -114,8 +115,9 @@ async def test_dns_rebinding_is_refused_at_delivery(make_stack):
 
     s = await make_stack(resolver=resolver, callbacks__allow_private_networks=False)
     port = s.receiver_srv.port
-    r = await s.submit(callback_url=f"http://rebind.test:{port}/rb",
-                       inputs={"_emulate": {"duration_s": 0.3}})
+    r = await s.submit(
+        callback_url=f"http://rebind.test:{port}/rb", inputs={"_emulate": {"duration_s": 0.3}}
+    )
     assert r.status_code == 202  # public at submission
     answers["rebind.test"] = ["127.0.0.1"]  # ... and loopback at delivery
     await asyncio.sleep(1.5)
@@ -126,36 +128,51 @@ async def test_dns_rebinding_is_refused_at_delivery(make_stack):
 
 
 async def test_allowed_networks_let_self_hosters_opt_in(make_stack):
-    s = await make_stack(callbacks__allow_private_networks=False,
-                         callbacks__allowed_networks=["127.0.0.0/8"])
+    s = await make_stack(
+        callbacks__allow_private_networks=False, callbacks__allowed_networks=["127.0.0.0/8"]
+    )
     assert (await s.submit()).status_code == 202
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1)
-    body = assert_problem(await s.submit(callback_url="http://10.1.1.1/"), 422,
-                          "callback-rejected")
+    body = assert_problem(await s.submit(callback_url="http://10.1.1.1/"), 422, "callback-rejected")
     assert body["rule"] == "private-address"
 
 
 @pytest.mark.parametrize(
     ("payload", "status"),
     [
-        (b'{"upstream": "echo", "callback_url": "http://127.0.0.1/", "inputs": '
-         + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}", 400),
-        (b'{"upstream": "echo", "callback_url": "http://127.0.0.1/", "inputs": {"a": '
-         + b"[" * 5000 + b"]" * 5000 + b"}}", 400),
+        (
+            b'{"upstream": "echo", "callback_url": "http://127.0.0.1/", "inputs": '
+            + b'{"a": ' * 70
+            + b"1"
+            + b"}" * 70
+            + b"}",
+            400,
+        ),
+        (
+            b'{"upstream": "echo", "callback_url": "http://127.0.0.1/", "inputs": {"a": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b"}}",
+            400,
+        ),
         (b"\xff\xfe not utf-8", 400),
         (b"null", 400),
         (b"[]", 400),
         (b'"just a string"', 400),
         (b'{"upstream": "echo", "inputs": {}, "callback_url": ""}', 400),
         (b'{"upstream": "", "inputs": {}, "callback_url": "http://127.0.0.1/"}', 400),
-        (b'{"upstream": "echo", "inputs": {}, "callback_url": "http://127.0.0.1/",'
-         b' "metadata": []}', 400),
+        (
+            b'{"upstream": "echo", "inputs": {}, "callback_url": "http://127.0.0.1/",'
+            b' "metadata": []}',
+            400,
+        ),
     ],
 )
 async def test_malformed_bodies_get_4xx_never_5xx(make_stack, payload, status):
     s = await make_stack()
-    r = await s.client.post("/v1/jobs", content=payload,
-                            headers={"content-type": "application/json"})
+    r = await s.client.post(
+        "/v1/jobs", content=payload, headers={"content-type": "application/json"}
+    )
     assert_problem(r, status, "invalid-request")
 
 
@@ -169,8 +186,9 @@ async def test_chunked_body_over_limit_is_refused_without_reading_it_all(make_st
             sent += 1024
             yield b" " * 1024
 
-    r = await s.client.post("/v1/jobs", content=body(),
-                            headers={"content-type": "application/json"})
+    r = await s.client.post(
+        "/v1/jobs", content=body(), headers={"content-type": "application/json"}
+    )
     assert_problem(r, 413, "payload-too-large")
 
 
@@ -198,17 +216,30 @@ async def test_secrets_never_appear_in_logs_responses_or_callbacks(make_stack, v
         seen.append((await s.client.get("/metrics")).text)
         seen.append((await s.client.get("/openapi.json")).text)
         async with s.client.__class__(base_url=s.bridge.url) as anon:
-            seen.append((await anon.get(f"/v1/jobs/{job_id}",
-                                        headers={"Authorization": "Bearer guess"})).text)
+            seen.append(
+                (
+                    await anon.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer guess"})
+                ).text
+            )
     finally:
         configure_logging("json", "info")
     logs = buf.getvalue()
     assert '"event": "delivery attempt"' in logs and "job accepted" in logs
     callbacks = [d.body.decode() + repr(d.headers) for d in s.receiver.deliveries]
-    secrets = [API_KEY, UPSTREAM_TOKEN, SECRET, SECRET.removeprefix("whsec_"),
-               ENV["BETA_KEYS"], OTHER_SECRET, "rotated-upstream-token"]
-    for where, text in [("logs", logs), ("responses", "\n".join(seen)),
-                        ("callbacks", "\n".join(callbacks))]:
+    secrets = [
+        API_KEY,
+        UPSTREAM_TOKEN,
+        SECRET,
+        SECRET.removeprefix("whsec_"),
+        ENV["BETA_KEYS"],
+        OTHER_SECRET,
+        "rotated-upstream-token",
+    ]
+    for where, text in [
+        ("logs", logs),
+        ("responses", "\n".join(seen)),
+        ("callbacks", "\n".join(callbacks)),
+    ]:
         for secret in secrets:
             assert secret not in text, f"a secret leaked into {where}"
 
