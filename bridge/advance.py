@@ -6,6 +6,7 @@ ran out cannot overwrite newer state.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -28,8 +29,13 @@ class Advancer:
     async def commit(self, job: dict[str, str], token: str, c: Commit) -> bool:
         return await self.rt.commit("due", job["id"], token, c)
 
+    def _finished(self, job: dict[str, str], outcome: str) -> None:
+        self.rt.metrics.jobs_finished.labels(job["upstream"], outcome).inc()
+        duration_s = time.time() - int(job["created_at"]) / 1000
+        self.rt.metrics.job_duration.labels(job["upstream"]).observe(max(0.0, duration_s))
+
     def _count(self, job: dict[str, str], kind: str, outcome: Outcome) -> None:
-        self.rt.metrics.upstream_requests.labels(job["upstream"], kind, outcome.kind).inc()
+        self.rt.metrics.count_upstream(job["upstream"], kind, outcome.status_code)
 
     async def fail(
         self,
@@ -42,7 +48,7 @@ class Advancer:
         **fields: Any,
     ) -> bool:
         """Terminal failure; `notify` schedules the job.failed callback."""
-        self.rt.metrics.jobs_finished.labels(job["upstream"], "failed").inc()
+        self._finished(job, "failed")
         self.rt.log.info("job failed", job_id=job["id"], code=code, upstream=job["upstream"])
         commit = Commit(
             fields={
@@ -176,7 +182,7 @@ class Advancer:
             code = "upstream-expired" if outcome.kind == "expired" else "upstream-failed"
             await self.fail(job, token, code, outcome.detail, outcome.status_code, polls=polls)
             return
-        self.rt.metrics.jobs_finished.labels(job["upstream"], "completed").inc()
+        self._finished(job, "completed")
         await self.commit(
             job,
             token,

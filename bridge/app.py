@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bridge.api import ROUTES
 from bridge.openapi import openapi_spec
 from bridge.problems import Problem
-from bridge.runtime import Runtime, watch_health
+from bridge.runtime import Runtime, check_health, every, measure_backlog
 from bridge.worker import Workers
 
 Role = Literal["all", "api", "worker"]
@@ -77,7 +77,23 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        health_task = asyncio.create_task(watch_health(rt, stop))
+        w = rt.config.worker
+        # the first health check waits a moment, so that an upstream served by this very
+        # process (the dev-mode emulator) is listening by then
+        background = [
+            asyncio.create_task(
+                every(
+                    "health",
+                    w.health_interval_s,
+                    lambda: check_health(rt),
+                    stop,
+                    first_delay_s=min(0.5, w.health_interval_s),
+                )
+            ),
+            asyncio.create_task(
+                every("backlog", w.health_interval_s, lambda: measure_backlog(rt), stop)
+            ),
+        ]
         if workers:
             workers.start()
         rt.log.info("bridge started", role=role, upstreams=sorted(rt.upstreams))
@@ -87,7 +103,7 @@ def create_app(
             stop.set()
             if workers:
                 await workers.stop(rt.config.worker.shutdown_grace_s)
-            await health_task
+            await asyncio.gather(*background)
             rt.log.info("bridge stopped", role=role)
 
     routes = [*ROUTES, Route("/metrics", _metrics), Route("/openapi.json", _openapi), *extra_routes]

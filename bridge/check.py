@@ -39,7 +39,8 @@ async def _check_upstreams(config: Config, tokens: dict[str, str | None], consol
     async with upstream_client() as client:
         for name, u in config.upstreams.items():
             upstream = OctoAIUpstream(name, u, tokens.get(name), client)
-            healthy, reason = await upstream.health()
+            outcome = await upstream.health()
+            healthy, reason = outcome.kind == "completed", outcome.detail
             ok &= healthy
             mark = "[green]ok[/green]   " if healthy else "[red]error[/red]"
             console.print(f"{mark} upstream {name} ({u.health_url or u.url}): {reason}")

@@ -100,6 +100,7 @@ class Dispatcher:
             commit.source, commit.due_field = str(int(delay_s * 1000)), "next_attempt_at"
         if fields["delivery_state"] != "scheduled":
             commit.source, commit.expire_ms = "rm", self.rt.retention_ms
+            commit.failed_delivery = fields["delivery_state"] == "failed"
         log.info(
             "delivery attempt",
             outcome=a.outcome,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
 
@@ -23,7 +23,7 @@ class Metrics:
         self.upstream_requests = Counter(
             "pushbridge_upstream_requests",
             "Requests to upstreams by kind and outcome",
-            ["upstream", "kind", "outcome"],
+            ["upstream", "kind", "status"],
             registry=r,
         )
         self.delivery_attempts = Counter(
@@ -42,9 +42,30 @@ class Metrics:
             buckets=LAG_BUCKETS_S,
             registry=r,
         )
+        self.due_polls = Gauge(
+            "pushbridge_due_polls", "Submit/poll work that is due now (backlog)", registry=r
+        )
+        self.due_deliveries = Gauge(
+            "pushbridge_due_deliveries", "Callback deliveries that are due now", registry=r
+        )
+        self.scheduled_deliveries = Gauge(
+            "pushbridge_scheduled_deliveries",
+            "Callback deliveries waiting (due or later)",
+            registry=r,
+        )
+        self.failed_deliveries = Gauge(
+            "pushbridge_failed_deliveries",
+            "Retained jobs whose delivery failed for good (redeliver them)",
+            registry=r,
+        )
+        self.store_up = Gauge("pushbridge_store_up", "1 if the store answered", registry=r)
         self.lost_leases = Counter(
             "pushbridge_lost_leases",
             "Commits refused because a newer claim exists",
             ["schedule"],
             registry=r,
         )
+
+    def count_upstream(self, upstream: str, kind: str, status_code: int | None) -> None:
+        status = "error" if status_code is None else str(status_code)
+        self.upstream_requests.labels(upstream, kind, status).inc()

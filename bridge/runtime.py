@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 import structlog
+from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
 from bridge.delivery import Deliverer
@@ -114,21 +115,52 @@ def callback_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, follow_redirects=False)
 
 
-async def watch_health(rt: Runtime, stop: asyncio.Event) -> None:
-    """Check every upstream's health_url every health_interval_s until `stop` is set.
-
-    The first check waits a moment, so that an upstream served by this very process
-    (the dev-mode emulator) is listening by then."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), min(0.5, rt.config.worker.health_interval_s))
-    while not stop.is_set():
-        for name, upstream in rt.upstreams.items():
-            healthy, reason = await upstream.health()
-            if rt.health.state.get(name, True) != healthy:
-                rt.log.info(
-                    "upstream health changed", upstream=name, healthy=healthy, reason=reason
-                )
-            rt.health.state[name] = healthy
-            rt.metrics.upstream_requests.labels(name, "health", "ok" if healthy else "error").inc()
+async def every(
+    name: str,
+    interval_s: float,
+    step: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+    first_delay_s: float = 0.0,
+) -> None:
+    """Run `step` every interval_s until `stop` is set; a failing step is logged, not fatal."""
+    log = structlog.get_logger("pushbridge")
+    delay_s = first_delay_s
+    while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), rt.config.worker.health_interval_s)
+            await asyncio.wait_for(stop.wait(), delay_s)
+        if stop.is_set():
+            return
+        try:
+            await step()
+        except Exception as e:  # a background loop logs and goes on
+            log.warning("background step failed", step=name, error=str(e))
+        delay_s = interval_s
+
+
+async def check_health(rt: Runtime) -> None:
+    """Check every upstream's health_url once; remember the result."""
+    for name, upstream in rt.upstreams.items():
+        outcome = await upstream.health()
+        healthy = outcome.kind == "completed"
+        if rt.health.state.get(name, True) != healthy:
+            rt.log.info(
+                "upstream health changed", upstream=name, healthy=healthy, reason=outcome.detail
+            )
+        rt.health.state[name] = healthy
+        if upstream.config.health_url:
+            rt.metrics.count_upstream(name, "health", outcome.status_code)
+
+
+async def measure_backlog(rt: Runtime) -> None:
+    """Refresh the backlog gauges from the store."""
+    try:
+        b = await rt.store.backlog(rt.retention_ms)
+    except RedisError:
+        rt.metrics.store_up.set(0)
+        raise
+    m = rt.metrics
+    m.store_up.set(1)
+    m.due_polls.set(b.due_now)
+    m.due_deliveries.set(b.deliveries_due_now)
+    m.scheduled_deliveries.set(b.deliveries_scheduled)
+    m.failed_deliveries.set(b.failed_deliveries)

@@ -10,6 +10,7 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:due             zset   submit/poll work, score = due time (ms, Redis TIME)
     <prefix>:{p7}:deliver         zset   callback deliveries, score = due time
     <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
+    <prefix>:{p7}:failed          zset   jobs whose delivery failed for good (score = when)
     <prefix>:url-key              string key that signs result_url links
 
 A sorted set is both schedule and lease: claiming re-scores a member to
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
+Index = Literal["due", "deliver", "failed"]
 
 
 class StoreUnavailable(Exception):
@@ -57,6 +59,14 @@ class Created:
     body_sha256: str
 
 
+@dataclass(frozen=True)
+class Backlog:
+    due_now: int
+    deliveries_due_now: int
+    deliveries_scheduled: int
+    failed_deliveries: int
+
+
 @dataclass
 class Commit:
     """What a worker decided about a claimed job; applied atomically if still fenced."""
@@ -69,6 +79,7 @@ class Commit:
     attempt: str | None = None
     expire_ms: int | None = None
     due_field: str = ""
+    failed_delivery: bool = False
 
 
 def _lua(name: str) -> str:
@@ -95,7 +106,7 @@ class Keys:
     def attempts(self, job_id: str) -> str:
         return f"{self.tag(self.partition_of(job_id))}:attempts:{job_id}"
 
-    def schedule(self, which: Schedule, partition: int) -> str:
+    def schedule(self, which: Index, partition: int) -> str:
         return f"{self.tag(partition)}:{which}"
 
     def fence(self, partition: int) -> str:
@@ -135,6 +146,7 @@ class Store:
         self._release = redis.register_script(_lua("release"))
         self._cancel = redis.register_script(_lua("cancel"))
         self._redeliver = redis.register_script(_lua("redeliver"))
+        self._stats = redis.register_script(_lua("stats"))
 
     @property
     def partitions(self) -> int:
@@ -234,6 +246,7 @@ class Store:
             self.keys.schedule(other, p),
             self.keys.result(job_id),
             self.keys.attempts(job_id),
+            self.keys.schedule("failed", p),
         ]
         args = [
             job_id,
@@ -245,6 +258,7 @@ class Store:
             c.attempt or "",
             "" if c.expire_ms is None else c.expire_ms,
             c.due_field,
+            "1" if c.failed_delivery else "",
             *_flatten(c.fields),
         ]
         return await self._commit(keys=keys, args=args) == 1
@@ -269,7 +283,10 @@ class Store:
         return await self._cancel(keys=keys, args=[job_id, tenant, expire_ms])
 
     async def redeliver(self, job_id: str, tenant: str) -> str:
-        keys = self._job_keys(job_id, "deliver")
+        keys = [
+            *self._job_keys(job_id, "deliver"),
+            self.keys.schedule("failed", self.keys.partition_of(job_id)),
+        ]
         return await self._redeliver(keys=keys, args=[job_id, tenant])
 
     async def url_key(self) -> bytes:
@@ -279,8 +296,11 @@ class Store:
         value = await self.redis.get(key)
         return bytes.fromhex(value)
 
-    async def schedule_sizes(self, which: Schedule) -> int:
+    async def backlog(self, retention_ms: int) -> Backlog:
+        """Due work, scheduled deliveries and failed deliveries over all partitions."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
-                pipe.zcard(self.keys.schedule(which, p))
-            return sum(await pipe.execute())
+                keys = [self.keys.schedule(w, p) for w in ("due", "deliver", "failed")]
+                await self._stats(keys=keys, args=[retention_ms], client=pipe)
+            replies = await pipe.execute()
+        return Backlog(*(sum(int(r[i]) for r in replies) for i in range(4)))

@@ -169,14 +169,16 @@ class OctoAIUpstream:
             return _transient(f"malformed result: {excerpt(body, 200)}", response)
         return Outcome("completed", status_code=response.status_code, body=body)
 
-    async def health(self) -> tuple[bool, str]:
-        """(healthy, reason). Without a health_url the upstream counts as healthy."""
+    async def health(self) -> Outcome:
+        """kind "completed" when healthy. Without a health_url the upstream counts as healthy."""
         if not self.config.health_url:
-            return True, "no health_url"
+            return Outcome("completed", detail="no health_url")
         try:
             response, _ = await self._request(
                 "GET", self.config.health_url, self.config.submit_timeout_s, 64 * 1024
             )
         except (httpx.HTTPError, BodyTooLarge) as e:
-            return False, describe_error(e)
-        return response.status_code == 200, f"health answered {response.status_code}"
+            return _transient(describe_error(e))
+        code = response.status_code
+        kind: Kind = "completed" if code == 200 else "transient"
+        return Outcome(kind, status_code=code, detail=f"health answered {code}")

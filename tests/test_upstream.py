@@ -83,8 +83,8 @@ async def test_transport_errors_are_transient(exc, fragment):
         await up.fetch_result("http://up.test/r"),
     ):
         assert out.kind == "transient" and fragment in out.detail
-    healthy, reason = await up.health()
-    assert not healthy and fragment in reason
+    health = await up.health()
+    assert health.kind == "transient" and fragment in health.detail
 
 
 @pytest.mark.parametrize(
@@ -134,6 +134,7 @@ async def test_redirects_are_followed_for_upstreams():
 
 async def test_health_and_token_not_in_repr():
     up = upstream(answer(503))
-    assert await up.health() == (False, "health answered 503")
-    assert await upstream(answer(200)).health() == (True, "health answered 200")
+    assert (await up.health()).kind == "transient"
+    assert (await up.health()).status_code == 503
+    assert (await upstream(answer(200)).health()).kind == "completed"
     assert "tok-123" not in repr(up)

@@ -1,5 +1,6 @@
 -- Apply a worker's decision about a claimed job, only if its fencing token is current.
--- KEYS: 1 job hash, 2 fence hash, 3 source zset, 4 target zset, 5 result key, 6 attempts list
+-- KEYS: 1 job hash, 2 fence hash, 3 source zset, 4 target zset, 5 result key, 6 attempts list,
+--       7 failed-deliveries zset
 -- ARGV: 1 id, 2 token,
 --       3 source action: 'keep' | 'rm' | delay_ms (re-schedule in source)
 --       4 target delay_ms ('' = none)
@@ -8,7 +9,8 @@
 --       7 attempt record ('' = none)
 --       8 expire_ms for job, result and attempts ('' = none; also ends fencing)
 --       9 hash field that receives the next due time ('' = none)
---       10.. field/value pairs
+--       10 '1' to index the job as a failed delivery
+--       11.. field/value pairs
 local id = ARGV[1]
 if redis.call('HGET', KEYS[2], id) ~= ARGV[2] then return 0 end
 local t = redis.call('TIME')
@@ -18,7 +20,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HDEL', KEYS[2], id)
   return -1
 end
-redis.call('HSET', KEYS[1], 'updated_at', now, unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], 'updated_at', now, unpack(ARGV, 11))
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'completed_at', now) end
 local src = ARGV[3]
 local due = nil
@@ -34,6 +36,7 @@ if ARGV[4] ~= '' then
 end
 if ARGV[9] ~= '' and due then redis.call('HSET', KEYS[1], ARGV[9], due) end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6]) end
+if ARGV[10] == '1' then redis.call('ZADD', KEYS[7], now, id) end
 if ARGV[7] ~= '' then
   redis.call('RPUSH', KEYS[6], ARGV[7])
   redis.call('LTRIM', KEYS[6], -100, -1)

@@ -1,5 +1,5 @@
 -- Schedule one more delivery of a terminal job's event (same webhook-id).
--- KEYS: 1 job hash, 2 deliver zset, 3 fence hash, 4 result, 5 attempts
+-- KEYS: 1 job hash, 2 deliver zset, 3 fence hash, 4 result, 5 attempts, 6 failed zset
 -- ARGV: 1 id, 2 tenant
 -- Returns 'ok', 'missing' or the current (non-deliverable) status.
 local owner = redis.call('HGET', KEYS[1], 'tenant')
@@ -20,5 +20,6 @@ for i = 1, 5 do
   if i ~= 2 and i ~= 3 then redis.call('PERSIST', KEYS[i]) end
 end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 return 'ok'
