@@ -1,0 +1,75 @@
+{{- define "pushbridge.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pushbridge.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pushbridge.labels" -}}
+app.kubernetes.io/name: {{ include "pushbridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "pushbridge.selector" -}}
+app.kubernetes.io/name: {{ include "pushbridge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pushbridge.serviceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pushbridge.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Roles to deploy: [all] or [api, worker] */}}
+{{- define "pushbridge.roles" -}}
+{{- if .Values.roles.split -}}api worker{{- else -}}all{{- end -}}
+{{- end -}}
+
+{{/* Environment variable names that carry secrets */}}
+{{- define "pushbridge.tenantKeysEnv" -}}PB_TENANT_{{ . }}_API_KEYS{{- end -}}
+{{- define "pushbridge.tenantSecretEnv" -}}PB_TENANT_{{ . }}_WEBHOOK_SECRET{{- end -}}
+{{- define "pushbridge.tokenEnv" -}}PB_UPSTREAM_{{ . | upper | replace "-" "_" }}_TOKEN{{- end -}}
+
+{{/* The bridge's config.yaml, built from values */}}
+{{- define "pushbridge.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $store := dict "cluster" .Values.store.cluster "key_prefix" .Values.store.keyPrefix -}}
+{{- if .Values.store.url }}{{ $_ := set $store "url" .Values.store.url }}{{ end -}}
+{{- $_ := set $cfg "store" $store -}}
+{{- $listen := default dict $cfg.listen -}}
+{{- $_ := set $listen "host" "0.0.0.0" -}}
+{{- $_ := set $listen "port" 8080 -}}
+{{- if .Values.publicUrl }}{{ $_ := set $listen "public_url" .Values.publicUrl }}{{ end -}}
+{{- $_ := set $cfg "listen" $listen -}}
+{{- $tenants := list -}}
+{{- range $i, $t := .Values.tenants -}}
+{{- $tenant := dict "name" $t.name "webhook_secret_env" (include "pushbridge.tenantSecretEnv" $i) -}}
+{{- if $t.apiKeysSecret }}{{ $_ := set $tenant "api_keys_env" (include "pushbridge.tenantKeysEnv" $i) }}{{ end -}}
+{{- if $t.apiKeyHashes }}{{ $_ := set $tenant "api_key_hashes" $t.apiKeyHashes }}{{ end -}}
+{{- $tenants = append $tenants $tenant -}}
+{{- end -}}
+{{- $_ := set $cfg "tenants" $tenants -}}
+{{- $ups := dict -}}
+{{- range $name, $u := .Values.upstreams -}}
+{{- $up := dict "protocol" (default "octoai" $u.protocol) "url" $u.url -}}
+{{- if $u.healthUrl }}{{ $_ := set $up "health_url" $u.healthUrl }}{{ end -}}
+{{- if $u.tokenSecret }}{{ $_ := set $up "token_env" (include "pushbridge.tokenEnv" $name) }}{{ end -}}
+{{- if $u.submitTimeoutS }}{{ $_ := set $up "submit_timeout_s" $u.submitTimeoutS }}{{ end -}}
+{{- if $u.poll }}{{ $_ := set $up "poll" $u.poll }}{{ end -}}
+{{- if $u.rateLimit }}{{ $_ := set $up "rate_limit" $u.rateLimit }}{{ end -}}
+{{- $_ := set $ups $name $up -}}
+{{- end -}}
+{{- $_ := set $cfg "upstreams" $ups -}}
+{{- toYaml $cfg -}}
+{{- end -}}

