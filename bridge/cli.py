@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--duration-s", type=float, default=1.0)
     emu.add_argument("--duration-p95-s", type=float)
     emu.add_argument("--fail-rate", type=float, default=0.0)
+    emu.add_argument("--seed", type=int)
     check = sub.add_parser("check", help="validate config, ping store, check upstreams")
     check.add_argument("--config")
     return p
@@ -103,13 +104,23 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from bridge.emulator import EmulatorSettings, create_emulator_app
 
     settings = EmulatorSettings(
-        duration_s=args.duration_s, duration_p95_s=args.duration_p95_s, fail_rate=args.fail_rate
+        duration_s=args.duration_s,
+        duration_p95_s=args.duration_p95_s,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
     )
     print(
         f"emulator: POST http://{args.host}:{args.port}/infer/<model> (health: /healthz)",
         file=sys.stderr,
     )
-    uvicorn.run(create_emulator_app(settings), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        create_emulator_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+    )
     return 0
 
 

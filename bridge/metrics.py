@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections import Counter as Tally
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+LATENESS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
 
 
+class RoundTrips(Collector):
+    """Exposes the store's own count of network round trips (one per call or pipeline)."""
+
+    def __init__(self, tally: Tally[str]) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "pushbridge_store_round_trips", "Round trips to the store by operation", labels=["op"]
+        )
+        for op, n in sorted(self.tally.items()):
+            family.add_metric([op], n)
+        yield family
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, round_trips: Tally[str] | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        if round_trips is not None:
+            r.register(RoundTrips(round_trips))
         self.jobs_submitted = Counter(
             "pushbridge_jobs_submitted", "Jobs accepted by the API", ["upstream"], registry=r
         )
@@ -59,6 +84,13 @@ class Metrics:
             registry=r,
         )
         self.store_up = Gauge("pushbridge_store_up", "1 if the store answered", registry=r)
+        self.due_lateness = Histogram(
+            "pushbridge_due_lateness_seconds",
+            "How late claimed work ran versus its due time",
+            ["schedule"],
+            buckets=LATENESS_BUCKETS_S,
+            registry=r,
+        )
         self.lost_leases = Counter(
             "pushbridge_lost_leases",
             "Commits refused because a newer claim exists",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from importlib import resources
 
 from redis.asyncio import Redis
@@ -13,8 +14,9 @@ MAX_WAIT_S = 1.0
 class RateLimiter:
     """`acquire` reserves a slot and sleeps until it, or says how long until one is free."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, round_trips: Counter[str] | None = None):
         self.prefix = prefix
+        self.round_trips = Counter() if round_trips is None else round_trips
         script = resources.files("bridge").joinpath("lua/ratelimit.lua").read_text()
         self._script = redis.register_script(script)
 
@@ -27,6 +29,7 @@ class RateLimiter:
         """0.0 once a slot is ours (after waiting for it); else the seconds to come back in."""
         if per_s is None:
             return 0.0
+        self.round_trips["ratelimit"] += 1
         reserved, wait_us = await self._script(
             keys=[self.key(upstream, kind)],
             args=[int(1_000_000 / per_s), int(max_wait_s * 1_000_000)],

@@ -98,9 +98,9 @@ async def build_runtime(
         deliverer=Deliverer(callback_client, config.callbacks, policy),
         policy=policy,
         links=links,
-        metrics=metrics or Metrics(),
+        metrics=metrics or Metrics(round_trips=store.round_trips),
         health=Health(),
-        limiter=RateLimiter(store.redis, config.store.key_prefix),
+        limiter=RateLimiter(store.redis, config.store.key_prefix, store.round_trips),
         log=structlog.get_logger("pushbridge"),
     )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -41,6 +42,7 @@ class StoreUnavailable(Exception):
 class Claim:
     job_id: str
     token: str
+    due_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class Store:
     def __init__(self, redis: Redis, prefix: str = "pushbridge", partitions: int = 16) -> None:
         self.redis = redis
         self.keys = Keys(prefix, partitions)
+        self.round_trips: Counter[str] = Counter()  # network round trips by operation
         self._create = redis.register_script(_lua("create"))
         self._claim = redis.register_script(_lua("claim"))
         self._commit = redis.register_script(_lua("commit"))
@@ -153,6 +156,7 @@ class Store:
         return self.keys.partitions
 
     async def ping(self) -> bool:
+        self.round_trips["ping"] += 1
         return bool(await self.redis.ping())
 
     async def create_job(
@@ -164,6 +168,7 @@ class Store:
         idempotency_key: str | None = None,
         idem_ttl_ms: int = 0,
     ) -> Created:
+        self.round_trips["create"] += 1
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
             partition = int(digest[:8], 16) % self.partitions
@@ -188,6 +193,7 @@ class Store:
 
     async def claim(self, which: Schedule, lease_ms: int, limit: int) -> ClaimBatch:
         """Claim due members from every partition in one pipelined round trip."""
+        self.round_trips["claim"] += 1
         per_partition = max(1, -(-limit // self.partitions)) if limit > 0 else 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
@@ -199,12 +205,16 @@ class Store:
         now_ms = 0
         for now, nxt, flat in replies:
             now_ms = max(now_ms, int(now))
-            claims += [Claim(flat[i], str(flat[i + 1])) for i in range(0, len(flat), 2)]
+            claims += [
+                Claim(flat[i], str(flat[i + 1]), int(float(flat[i + 2])))
+                for i in range(0, len(flat), 3)
+            ]
             if int(nxt) >= 0:
                 next_due = int(nxt) if next_due is None else min(next_due, int(nxt))
         return ClaimBatch(now_ms, next_due, claims)
 
     async def load_jobs(self, job_ids: list[str]) -> list[dict[str, str]]:
+        self.round_trips["load"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
@@ -213,6 +223,7 @@ class Store:
     async def load_for_delivery(
         self, job_ids: list[str]
     ) -> list[tuple[dict[str, str], str | None]]:
+        self.round_trips["load"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
@@ -221,9 +232,11 @@ class Store:
         return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     async def get_job(self, job_id: str) -> dict[str, str]:
+        self.round_trips["read"] += 1
         return await self.redis.hgetall(self.keys.job(job_id))
 
     async def get_job_and_result(self, job_id: str) -> tuple[dict[str, str], str | None]:
+        self.round_trips["read"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.get(self.keys.result(job_id))
@@ -231,12 +244,15 @@ class Store:
         return job, result
 
     async def get_result(self, job_id: str) -> str | None:
+        self.round_trips["read"] += 1
         return await self.redis.get(self.keys.result(job_id))
 
     async def get_attempts(self, job_id: str) -> list[str]:
+        self.round_trips["read"] += 1
         return await self.redis.lrange(self.keys.attempts(job_id), 0, -1)
 
     async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> bool:
+        self.round_trips["commit"] += 1
         p = self.keys.partition_of(job_id)
         other: Schedule = "deliver" if which == "due" else "due"
         keys = [
@@ -264,6 +280,7 @@ class Store:
         return await self._commit(keys=keys, args=args) == 1
 
     async def release(self, which: Schedule, job_id: str, token: str) -> bool:
+        self.round_trips["release"] += 1
         p = self.keys.partition_of(job_id)
         keys = [self.keys.schedule(which, p), self.keys.fence(p)]
         return await self._release(keys=keys, args=[job_id, token]) == 1
@@ -279,10 +296,12 @@ class Store:
         ]
 
     async def cancel(self, job_id: str, tenant: str, expire_ms: int) -> str:
+        self.round_trips["cancel"] += 1
         keys = self._job_keys(job_id, "due")
         return await self._cancel(keys=keys, args=[job_id, tenant, expire_ms])
 
     async def redeliver(self, job_id: str, tenant: str) -> str:
+        self.round_trips["redeliver"] += 1
         keys = [
             *self._job_keys(job_id, "deliver"),
             self.keys.schedule("failed", self.keys.partition_of(job_id)),
@@ -298,6 +317,7 @@ class Store:
 
     async def backlog(self, retention_ms: int) -> Backlog:
         """Due work, scheduled deliveries and failed deliveries over all partitions."""
+        self.round_trips["backlog"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
                 keys = [self.keys.schedule(w, p) for w in ("due", "deliver", "failed")]

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from bridge.advance import Advancer
 from bridge.dispatch import Dispatcher
 from bridge.runtime import Runtime
-from bridge.store import Claim, Commit, Schedule, Store
+from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
 STORE_RETRY_MAX_S = 5.0
@@ -49,6 +49,7 @@ class ClaimLoop:
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.on_claim: Callable[[ClaimBatch], None] | None = None
         self._wake_at = math.inf
         self.log = structlog.get_logger("pushbridge.worker").bind(schedule=which)
 
@@ -75,6 +76,8 @@ class ClaimLoop:
             return 0.0
         limit = min(free, self.batch_size)
         batch = await self.store.claim(self.which, self.lease_ms, limit)
+        if self.on_claim is not None:
+            self.on_claim(batch)
         for claim, coro in zip(
             batch.claims, await self.handler(batch.claims, batch.now_ms), strict=True
         ):
@@ -150,7 +153,18 @@ class Workers:
             "due": ClaimLoop(rt.store, "due", self._advance, **opts),
             "deliver": ClaimLoop(rt.store, "deliver", self._deliver, **opts),
         }
+        for which, loop in self.loops.items():
+            loop.on_claim = self._lateness_observer(which)
         rt.hint = self.hint
+
+    def _lateness_observer(self, which: Schedule) -> Callable[[ClaimBatch], None]:
+        histogram = self.rt.metrics.due_lateness.labels(which)
+
+        def observe(batch: ClaimBatch) -> None:
+            for c in batch.claims:
+                histogram.observe(max(0, batch.now_ms - c.due_ms) / 1000)
+
+        return observe
 
     async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
         jobs = await self.rt.store.load_jobs([c.job_id for c in claims])

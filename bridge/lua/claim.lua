@@ -1,18 +1,20 @@
 -- Claim up to N due members: re-score each to now + lease and hand out a fencing token.
 -- KEYS: 1 schedule zset, 2 fence hash
 -- ARGV: 1 lease_ms, 2 limit
--- Returns {now_ms, next_due_ms or -1, {id1, token1, id2, token2, ...}}
+-- Returns {now_ms, next_due_ms or -1, {id1, token1, due1, id2, token2, due2, ...}}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local limit = tonumber(ARGV[2])
 if limit > 0 then
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
   local until_ms = now + tonumber(ARGV[1])
-  for _, id in ipairs(ids) do
+  for i = 1, #due, 2 do
+    local id = due[i]
     redis.call('ZADD', KEYS[1], until_ms, id)
     out[#out + 1] = id
     out[#out + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
+    out[#out + 1] = due[i + 1]
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

@@ -1,0 +1,415 @@
+"""pushbridge against the naive alternatives, on loopback, in one run.
+
+    python -m bench.run                         # all workloads, all variants
+    python -m bench.run --workloads realistic --scale 0.1    # smaller and quicker
+
+Variants: (a) pushbridge as configured by default, (b) the naive pattern (one asyncio
+task per job polling every 1 s and POSTing the callback itself, no store),
+(c) pushbridge with fixed 1 s polling. Every variant runs against the same emulator
+settings and the same receiver; the bridge, the emulator and Valkey are separate
+processes, so CPU is measured per process (/proc). Prints a table and writes
+bench/out/results.json (and the plot, with --plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis.asyncio as aioredis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.workloads import WORKLOADS, Workload
+from bridge.embedded import EmbeddedValkey, free_port
+from bridge.receiver import Receiver
+from bridge.serving import start_server
+
+OUT = Path(__file__).resolve().parent / "out"
+API_KEY = "bench-key"
+SECRET = "whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldC1iZW5jaA=="
+SUBMIT_CONCURRENCY = 64
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+FIXED_1S = {
+    "initial_delay_s": 1.0,
+    "min_interval_s": 1.0,
+    "max_interval_s": 1.0,
+    "backoff_factor": 1.0,
+}
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+def bridge_config(store_url: str, port: int, emulator: str, poll: dict | None) -> dict:
+    upstream: dict[str, Any] = {
+        "url": f"{emulator}/infer/echo",
+        "health_url": f"{emulator}/healthz",
+    }
+    if poll:
+        upstream["poll"] = poll
+    return {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "store": {"url": store_url},
+        "tenants": [
+            {"name": "bench", "api_keys_env": "BENCH_KEY", "webhook_secret_env": "BENCH_SECRET"}
+        ],
+        "callbacks": {"allow_http": True, "allow_private_networks": True},
+        "upstreams": {"echo": upstream},
+        "log": {"format": "json", "level": "warning"},
+    }
+
+
+@dataclass
+class Procs:
+    started: list[subprocess.Popen] = field(default_factory=list)
+
+    def spawn(
+        self, *args: str, env: dict | None = None, stdout: Any = subprocess.DEVNULL
+    ) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env={**os.environ, **(env or {})},
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+        )
+        self.started.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for p in self.started:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+async def wait_http(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() < deadline:
+            try:
+                if (await c.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def redis_stats(client: aioredis.Redis) -> dict[str, float]:
+    stats = await client.info("commandstats")
+    mem = await client.info("memory")
+    return {"commands": sum(v["calls"] for v in stats.values()), "used_memory": mem["used_memory"]}
+
+
+def metric_samples(text: str) -> dict[tuple, float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def histogram_quantile(samples: dict, name: str, labels: dict, q: float) -> float | None:
+    buckets = sorted(
+        (float(dict(lbl)["le"]), v)
+        for (n, lbl), v in samples.items()
+        if n == f"{name}_bucket" and all(dict(lbl).get(k) == x for k, x in labels.items())
+    )
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    return next(le for le, count in buckets if count >= target)
+
+
+@dataclass
+class Run:
+    """One variant on one workload."""
+
+    variant: str
+    workload: Workload
+    work: Path
+    procs: Procs = field(default_factory=Procs)
+    receiver: Receiver = field(default_factory=lambda: Receiver([SECRET]))
+    submit_s: list[float] = field(default_factory=list)
+    mem_samples: list[tuple[int, int]] = field(default_factory=list)  # (in flight, bytes)
+
+    async def start_emulator(self) -> str:
+        port = free_port()
+        w = self.workload
+        args = [
+            "-m",
+            "bridge",
+            "emulator",
+            "--port",
+            str(port),
+            "--duration-s",
+            str(w.duration_s),
+            "--seed",
+            str(w.seed),
+        ]
+        if w.duration_p95_s:
+            args += ["--duration-p95-s", str(w.duration_p95_s)]
+        self.procs.spawn(*args)
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(f"{url}/healthz")
+        return url
+
+    async def submit_all(self, bridge_url: str, recv_url: str) -> None:
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+        started = time.perf_counter()
+        limits = httpx.Limits(max_connections=SUBMIT_CONCURRENCY)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(
+            base_url=bridge_url, headers=headers, limits=limits, timeout=60
+        ) as client:
+
+            async def one(i: int, at_s: float) -> None:
+                await asyncio.sleep(max(0.0, started + at_s - time.perf_counter()))
+                async with gate:
+                    t0 = time.perf_counter()
+                    r = await client.post(
+                        "/v1/jobs",
+                        json={
+                            "upstream": "echo",
+                            "inputs": {"i": i},
+                            "callback_url": f"{recv_url}/bench",
+                        },
+                    )
+                    self.submit_s.append(time.perf_counter() - t0)
+                    assert r.status_code == 202, r.text
+
+            await asyncio.gather(*(one(i, at) for i, at in enumerate(self.workload.arrivals_s())))
+
+    def delivered(self) -> int:
+        return len({d.webhook_id for d in self.receiver.succeeded()})
+
+    async def sample_memory(self, store: aioredis.Redis, base: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            used = (await store.info("memory"))["used_memory"]
+            in_flight = len(self.submit_s) - self.delivered()
+            self.mem_samples.append((in_flight, used - base))
+            await asyncio.sleep(0.5)
+
+    def memory_per_job(self) -> float | None:
+        peak = max(self.mem_samples, default=(0, 0))
+        return peak[1] / peak[0] if peak[0] >= 100 else None
+
+    async def wait_delivered(self, timeout_s: float) -> None:
+        n = self.workload.jobs
+        deadline = time.monotonic() + timeout_s
+        while self.delivered() < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    async def emulator_stats(self, url: str) -> dict:
+        async with httpx.AsyncClient(timeout=120) as c:
+            return (await c.get(f"{url}/_emulator/stats")).json()
+
+    def lags(self, stats: dict) -> list[float]:
+        futures = stats["futures"]
+        first: dict[str, float] = {}
+        for d in self.receiver.succeeded():
+            first.setdefault(
+                d.webhook_id, d.arrived_at - futures[d.event["data"]["upstream_id"]]["ready_at"]
+            )
+        return list(first.values())
+
+
+def summarize(run: Run, stats: dict, elapsed_s: float, cpu: float, extra: dict) -> dict:
+    n = run.workload.jobs
+    lags = run.lags(stats)
+    return {
+        "variant": run.variant,
+        "workload": run.workload.name,
+        "jobs": n,
+        "delivered": run.delivered(),
+        "jobs_per_s": round(run.delivered() / elapsed_s, 1) if elapsed_s else None,
+        "submit_p50_ms": _ms(pct(run.submit_s, 50)),
+        "submit_p99_ms": _ms(pct(run.submit_s, 99)),
+        "lag_p50_ms": _ms(pct(lags, 50)),
+        "lag_p99_ms": _ms(pct(lags, 99)),
+        "polls_per_job": round(stats["requests"].get("poll", 0) / n, 2),
+        "cpu_s_per_job_ms": round(cpu / n * 1000, 3),
+        **extra,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
+    store = EmbeddedValkey(run.work / f"valkey-{run.variant}", appendonly=True)
+    store.start()
+    run.procs.started.append(store.proc)  # type: ignore[arg-type]
+    emulator = await run.start_emulator()
+    recv = await start_server(run.receiver.app())
+    port = free_port()
+    cfg = run.work / f"{run.variant}.yaml"
+    cfg.write_text(yaml.safe_dump(bridge_config(store.url, port, emulator, poll)))
+    bridge = run.procs.spawn(
+        "-m",
+        "bridge",
+        "serve",
+        "--config",
+        str(cfg),
+        env={"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET},
+    )
+    url = f"http://127.0.0.1:{port}"
+    await wait_http(f"{url}/readyz")
+    client = aioredis.Redis.from_url(store.url, decode_responses=True)
+    before = await redis_stats(client)
+    cpu0 = cpu_s(bridge.pid)
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(run.sample_memory(client, before["used_memory"], stop))
+    t0 = time.perf_counter()
+    try:
+        await run.submit_all(url, recv.url)
+        await run.wait_delivered(settle_s)
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_s(bridge.pid) - cpu0
+        stop.set()
+        await sampler
+        after = await redis_stats(client)
+        async with httpx.AsyncClient() as c:
+            m = metric_samples((await c.get(f"{url}/metrics")).text)
+        stats = await run.emulator_stats(emulator)
+    finally:
+        await client.aclose()
+        await recv.stop()
+        run.procs.stop()
+    n = run.workload.jobs
+    trips = sum(v for (name, _), v in m.items() if name == "pushbridge_store_round_trips_total")
+    return summarize(
+        run,
+        stats,
+        elapsed,
+        cpu,
+        {
+            "redis_cmds_per_job": round((after["commands"] - before["commands"]) / n, 1),
+            "redis_round_trips_per_job": round(trips / n, 2),
+            "redis_bytes_per_inflight_job": _round(run.memory_per_job()),
+            "due_lateness_p99_ms": _ms(
+                histogram_quantile(m, "pushbridge_due_lateness_seconds", {"schedule": "due"}, 0.99)
+            ),
+        },
+    )
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x)
+
+
+async def run_naive(run: Run, settle_s: float) -> dict:
+    emulator = await run.start_emulator()
+    recv = await start_server(run.receiver.app())
+    try:
+        naive = run.procs.spawn(
+            "-m",
+            "bench.naive",
+            "--emulator",
+            emulator,
+            "--receiver",
+            recv.url,
+            "--workload",
+            run.workload.name,
+            "--scale",
+            str(run.workload.jobs / WORKLOADS[run.workload.name].jobs),
+            stdout=subprocess.PIPE,
+        )
+        t0 = time.perf_counter()
+        cpu = 0.0
+        while naive.poll() is None and time.perf_counter() - t0 < settle_s + 120:
+            cpu = cpu_s(naive.pid)
+            await asyncio.sleep(0.2)
+        await run.wait_delivered(5)
+        elapsed = time.perf_counter() - t0
+        out = naive.stdout.read() if naive.stdout else b"{}"
+        run.submit_s = orjson.loads(out.strip().splitlines()[-1] or b"{}").get("submit_s", [])
+        stats = await run.emulator_stats(emulator)
+    finally:
+        await recv.stop()
+        run.procs.stop()
+    return summarize(
+        run,
+        stats,
+        elapsed,
+        cpu,
+        {
+            "redis_cmds_per_job": None,
+            "redis_round_trips_per_job": None,
+            "redis_bytes_per_inflight_job": None,
+            "due_lateness_p99_ms": None,
+        },
+    )
+
+
+VARIANTS = {
+    "a-pushbridge": lambda run, s: run_bridge(run, None, s),
+    "b-naive-1s": run_naive,
+    "c-pushbridge-1s": lambda run, s: run_bridge(run, FIXED_1S, s),
+}
+
+
+async def main_async(workloads: list[str], variants: list[str], scale: float) -> list[dict]:
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="pushbridge-bench-"))
+    for wname in workloads:
+        w = WORKLOADS[wname].scaled(scale)
+        settle_s = 30 + w.duration_s * 10 + (w.duration_p95_s or 0) * 4
+        for v in variants:
+            print(f"… {wname} / {v} ({w.jobs} jobs)", file=sys.stderr, flush=True)
+            results.append(await VARIANTS[v](Run(v, w, work), settle_s))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def print_table(results: list[dict]) -> None:
+    cols = [k for k in results[0] if k not in ("jobs",)]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in results:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", default="burst,realistic")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--scale", type=float, default=1.0, help="multiply job counts")
+    a = p.parse_args()
+    import uvloop
+
+    results = uvloop.run(main_async(a.workloads.split(","), a.variants.split(","), a.scale))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+    return 0 if all(r["delivered"] == r["jobs"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
