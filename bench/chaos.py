@@ -69,10 +69,13 @@ class Replica:
             await self.proc.wait()
 
     async def terminate(self) -> int | None:
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            return await asyncio.wait_for(self.proc.wait(), 30)
-        return None
+        """SIGTERM and the exit code; a replica that had died on its own says 'died: N'."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is not None:
+            return f"died: {self.proc.returncode}"  # type: ignore[return-value]
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 30)
 
 
 @dataclass

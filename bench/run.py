@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ API_KEY = "bench-key"
 SECRET = "whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldC1iZW5jaA=="
 SUBMIT_CONCURRENCY = 64
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE = bool(os.environ.get("BENCH_PROFILE"))
 
 FIXED_1S = {
     "initial_delay_s": 1.0,
@@ -79,6 +81,36 @@ def bridge_config(store_url: str, port: int, emulator: str, poll: dict | None) -
         "upstreams": {"echo": upstream},
         "log": {"format": "json", "level": "warning"},
     }
+
+
+def start_profiler(pid: int, name: str) -> subprocess.Popen | None:
+    """With BENCH_PROFILE=1, py-spy samples the bridge into bench/out/profile-NAME.txt."""
+    if not PROFILE:
+        return None
+    OUT.mkdir(exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen(
+        [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "-o",
+            str(OUT / f"profile-{name}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
 
 
 @dataclass
@@ -281,6 +313,7 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
     )
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/readyz")
+    profiler = start_profiler(bridge.pid, f"{run.variant}-{run.workload.name}")
     client = aioredis.Redis.from_url(store.url, decode_responses=True)
     before = await redis_stats(client)
     cpu0 = cpu_s(bridge.pid)
@@ -299,6 +332,7 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
             m = metric_samples((await c.get(f"{url}/metrics")).text)
         stats = await run.emulator_stats(emulator)
     finally:
+        stop_profiler(profiler)
         await client.aclose()
         await recv.stop()
         run.procs.stop()

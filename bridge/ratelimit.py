@@ -26,16 +26,26 @@ class RateLimiter:
     async def acquire(
         self, upstream: str, kind: str, per_s: float | None, max_wait_s: float = MAX_WAIT_S
     ) -> float:
-        """0.0 once a slot is ours (after waiting for it); else the seconds to come back in."""
+        """0.0 once a slot is ours (after waiting for it); else the seconds to come back in.
+
+        A slot is used within one interval of its time: if this process woke up later
+        than that (a stalled event loop), the slot is dropped and a new one reserved, so
+        late wake-ups cannot bunch requests above the rate.
+        """
         if per_s is None:
             return 0.0
-        self.round_trips["ratelimit"] += 1
-        reserved, wait_us = await self._script(
-            keys=[self.key(upstream, kind)],
-            args=[int(1_000_000 / per_s), int(max_wait_s * 1_000_000)],
-        )
-        if not reserved:
-            return wait_us / 1_000_000
-        if wait_us > 0:
-            await asyncio.sleep(wait_us / 1_000_000)
-        return 0.0
+        loop = asyncio.get_running_loop()
+        interval_s = 1 / per_s
+        while True:
+            self.round_trips["ratelimit"] += 1
+            reserved, wait_us = await self._script(
+                keys=[self.key(upstream, kind)],
+                args=[int(1_000_000 * interval_s), int(max_wait_s * 1_000_000)],
+            )
+            if not reserved:
+                return wait_us / 1_000_000
+            slot = loop.time() + wait_us / 1_000_000
+            if wait_us > 0:
+                await asyncio.sleep(wait_us / 1_000_000)
+            if loop.time() - slot <= interval_s:
+                return 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 from starlette.routing import Mount
 
 from bridge.app import Role, create_app
@@ -60,7 +62,22 @@ async def open_runtime(
     config: Config, secrets: Secrets, resolver: Resolver | None = None
 ) -> AsyncIterator[Runtime]:
     async with open_store(config) as store, upstream_client() as up, callback_client() as cb:
+        await wait_for_store(store)
         yield await build_runtime(config, secrets, store, up, cb, resolver)
+
+
+async def wait_for_store(store: Store, max_sleep_s: float = 5.0) -> None:
+    """Start even while the store is down (a restart, a failover): retry until it answers."""
+    log = structlog.get_logger("pushbridge")
+    delay_s = 0.1
+    while True:
+        try:
+            await store.ping()
+            return
+        except RedisError as e:
+            log.warning("store unavailable at start; retrying", error=str(e), sleep_s=delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(max_sleep_s, delay_s * 2)
 
 
 async def serve(config: Config, secrets: Secrets, role: Role) -> None:
