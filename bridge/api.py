@@ -235,7 +235,7 @@ async def redeliver(request: Request) -> Response:
         raise Problem(404, "not-found", f"no job {job['id']}")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
-    rt.hint("deliver", 0)
+    rt.hint("deliver", 0, rt.store.keys.partition_of(job["id"]))
     return _json(await _view(rt, await rt.store.get_job(job["id"])), 202)
 
 

@@ -45,7 +45,7 @@ class Runtime:
     health: Health
     limiter: RateLimiter
     log: structlog.stdlib.BoundLogger
-    hint: Callable[[Schedule, float], None] = lambda which, delay_s: None
+    hint: Callable[[Schedule, float, int | None], None] = lambda which, delay_s, p=None: None
 
     @property
     def retention_ms(self) -> int:
@@ -61,10 +61,11 @@ class Runtime:
             )
             return False
         other: Schedule = "deliver" if which == "due" else "due"
+        p = self.store.keys.partition_of(job_id)
         if c.source not in ("keep", "rm"):
-            self.hint(which, int(c.source) / 1000)
+            self.hint(which, int(c.source) / 1000, p)
         if c.target_delay_ms is not None:
-            self.hint(other, c.target_delay_ms / 1000)
+            self.hint(other, c.target_delay_ms / 1000, p)
         return True
 
 

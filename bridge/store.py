@@ -23,11 +23,12 @@ import hashlib
 import re
 import secrets
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
@@ -45,11 +46,13 @@ class Claim:
     due_ms: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClaimBatch:
     now_ms: int
     next_due_ms: int | None
     claims: list[Claim]
+    next_due: dict[int, int | None] = field(default_factory=dict)  # by partition
+    full: set[int] = field(default_factory=set)  # partitions that may have more due now
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,15 @@ class Store:
         self._cancel = redis.register_script(_lua("cancel"))
         self._redeliver = redis.register_script(_lua("redeliver"))
         self._stats = redis.register_script(_lua("stats"))
+        self._scripts = [
+            self._create,
+            self._claim,
+            self._commit,
+            self._release,
+            self._cancel,
+            self._redeliver,
+            self._stats,
+        ]
 
     @property
     def partitions(self) -> int:
@@ -191,27 +203,54 @@ class Store:
             return Created(False, prev_id, "", int(now_ms), prev_sha)
         return Created(True, job_id, str(value), int(now_ms), body_sha256)
 
-    async def claim(self, which: Schedule, lease_ms: int, limit: int) -> ClaimBatch:
-        """Claim due members from every partition in one pipelined round trip."""
+    async def claim(
+        self, which: Schedule, lease_ms: int, limit: int, partitions: list[int] | None = None
+    ) -> ClaimBatch:
+        """Claim due members of the given partitions (default all) in one pipelined round trip."""
         self.round_trips["claim"] += 1
-        per_partition = max(1, -(-limit // self.partitions)) if limit > 0 else 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for p in range(self.partitions):
-                keys = [self.keys.schedule(which, p), self.keys.fence(p)]
-                await self._claim(keys=keys, args=[lease_ms, per_partition], client=pipe)
-            replies = await pipe.execute()
-        claims: list[Claim] = []
-        next_due: int | None = None
-        now_ms = 0
-        for now, nxt, flat in replies:
-            now_ms = max(now_ms, int(now))
-            claims += [
+        parts = list(range(self.partitions)) if partitions is None else partitions
+        per_partition = max(1, -(-limit // len(parts))) if limit > 0 and parts else 0
+        calls = [
+            (
+                self._claim,
+                [self.keys.schedule(which, p), self.keys.fence(p)],
+                [lease_ms, per_partition],
+            )
+            for p in parts
+        ]
+        replies = await self.run_scripts(calls)
+        batch = ClaimBatch(0, None, [])
+        for p, (now, nxt, flat) in zip(parts, replies, strict=True):
+            batch.now_ms = max(batch.now_ms, int(now))
+            batch.claims += [
                 Claim(flat[i], str(flat[i + 1]), int(float(flat[i + 2])))
                 for i in range(0, len(flat), 3)
             ]
-            if int(nxt) >= 0:
-                next_due = int(nxt) if next_due is None else min(next_due, int(nxt))
-        return ClaimBatch(now_ms, next_due, claims)
+            batch.next_due[p] = None if int(nxt) < 0 else int(nxt)
+            if per_partition and len(flat) // 3 >= per_partition:
+                batch.full.add(p)
+        due = [d for d in batch.next_due.values() if d is not None]
+        batch.next_due_ms = min(due) if due else None
+        return batch
+
+    async def run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA calls in one pipeline (no SCRIPT EXISTS round trip); after a store
+        restart (NOSCRIPT) the scripts are loaded and the calls sent once more."""
+        replies = await self._pipeline_evalsha(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            for script in self._scripts:
+                await self.redis.script_load(script.script)
+            replies = await self._pipeline_evalsha(calls)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return replies
+
+    async def _pipeline_evalsha(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
 
     async def load_jobs(self, job_ids: list[str]) -> list[dict[str, str]]:
         self.round_trips["load"] += 1
@@ -318,9 +357,13 @@ class Store:
     async def backlog(self, retention_ms: int) -> Backlog:
         """Due work, scheduled deliveries and failed deliveries over all partitions."""
         self.round_trips["backlog"] += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for p in range(self.partitions):
-                keys = [self.keys.schedule(w, p) for w in ("due", "deliver", "failed")]
-                await self._stats(keys=keys, args=[retention_ms], client=pipe)
-            replies = await pipe.execute()
+        calls = [
+            (
+                self._stats,
+                [self.keys.schedule(w, p) for w in ("due", "deliver", "failed")],
+                [retention_ms],
+            )
+            for p in range(self.partitions)
+        ]
+        replies = await self.run_scripts(calls)
         return Backlog(*(sum(int(r[i]) for r in replies) for i in range(4)))

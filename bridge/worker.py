@@ -51,6 +51,8 @@ class ClaimLoop:
         self.task: asyncio.Task[None] | None = None
         self.on_claim: Callable[[ClaimBatch], None] | None = None
         self._wake_at = math.inf
+        self._due_at = [0.0] * store.partitions  # local monotonic time each partition is due
+        self._sweep_at = 0.0
         self.log = structlog.get_logger("pushbridge.worker").bind(schedule=which)
 
     def start(self) -> None:
@@ -69,27 +71,38 @@ class ClaimLoop:
             await self._sleep(sleep_s)
 
     async def tick(self) -> float:
-        """Claim and start one batch; return how long to sleep before the next."""
+        """Claim and start one batch; return how long to sleep before the next.
+
+        Only partitions whose earliest due time has come (as the last claim reported,
+        or as this process scheduled it) are claimed, plus a sweep of all of them every
+        max_idle_s, which finds work that other replicas scheduled.
+        """
         free = self.concurrency - len(self.inflight)
         if free <= 0:
             await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
             return 0.0
-        limit = min(free, self.batch_size)
-        batch = await self.store.claim(self.which, self.lease_ms, limit)
+        now = time.monotonic()
+        if now >= self._sweep_at:
+            parts, self._sweep_at = None, now + self.max_idle_s
+        else:
+            parts = [p for p, at in enumerate(self._due_at) if at <= now]
+        if parts != []:
+            await self._claim(parts, min(free, self.batch_size), now)
+        wait_s = min(min(self._due_at), self._sweep_at) - time.monotonic()
+        return max(0.0, wait_s) + (random.uniform(0, 0.005) if wait_s > 0 else 0.0)
+
+    async def _claim(self, parts: list[int] | None, limit: int, now: float) -> None:
+        batch = await self.store.claim(self.which, self.lease_ms, limit, parts)
+        for p, due_ms in batch.next_due.items():
+            due_s = math.inf if due_ms is None else (due_ms - batch.now_ms) / 1000
+            self._due_at[p] = now if p in batch.full else now + due_s
         if self.on_claim is not None:
             self.on_claim(batch)
-        for claim, coro in zip(
-            batch.claims, await self.handler(batch.claims, batch.now_ms), strict=True
-        ):
+        coros = await self.handler(batch.claims, batch.now_ms)
+        for claim, coro in zip(batch.claims, coros, strict=True):
             task = asyncio.create_task(coro)
             self.inflight[task] = claim
             task.add_done_callback(self._done)
-        if batch.claims and len(batch.claims) >= min(limit, self.store.partitions):
-            return 0.0
-        if batch.next_due_ms is None:
-            return self.max_idle_s
-        wait_s = (batch.next_due_ms - batch.now_ms) / 1000
-        return max(0.0, min(self.max_idle_s, wait_s)) + random.uniform(0, 0.005)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         claim = self.inflight.pop(task, None)
@@ -97,9 +110,11 @@ class ClaimLoop:
             job_id = claim.job_id if claim else None
             self.log.error("job step failed", job_id=job_id, exc_info=task.exception())
 
-    def hint(self, delay_s: float) -> None:
+    def hint(self, delay_s: float, partition: int | None = None) -> None:
         """Work this process just scheduled becomes due in delay_s: wake up by then."""
         at = time.monotonic() + max(0.0, delay_s)
+        for p in range(len(self._due_at)) if partition is None else (partition,):
+            self._due_at[p] = min(self._due_at[p], at)
         if at < self._wake_at:
             self._wake_at = at
             self.wake.set()
@@ -204,11 +219,8 @@ class Workers:
         for loop in self.loops.values():
             loop.start()
 
-    def hint(self, which: Schedule, delay_s: float) -> None:
-        self.loops[which].hint(delay_s)
-
-    def wake(self) -> None:
-        self.hint("deliver", 0)
+    def hint(self, which: Schedule, delay_s: float, partition: int | None = None) -> None:
+        self.loops[which].hint(delay_s, partition)
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
