@@ -337,7 +337,9 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
         await recv.stop()
         run.procs.stop()
     n = run.workload.jobs
-    trips = sum(v for (name, _), v in m.items() if name == "pushbridge_store_round_trips_total")
+    by_op = {dict(lbl)["op"]: v for (name, lbl), v in m.items()
+             if name == "pushbridge_store_round_trips_total"}
+    trips = sum(by_op.values())
     return summarize(
         run,
         stats,
@@ -346,6 +348,7 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
         {
             "redis_cmds_per_job": round((after["commands"] - before["commands"]) / n, 1),
             "redis_round_trips_per_job": round(trips / n, 2),
+        "round_trips_by_op": {k: round(v / n, 2) for k, v in sorted(by_op.items())},
             "redis_bytes_per_inflight_job": _round(run.memory_per_job()),
             "due_lateness_p99_ms": _ms(
                 histogram_quantile(m, "pushbridge_due_lateness_seconds", {"schedule": "due"}, 0.99)

@@ -1,7 +1,11 @@
 """Moving a job forward: submit it upstream, poll its future, record its outcome.
 
 Every step ends in one fenced commit (store.Commit), so a replica whose lease
-ran out cannot overwrite newer state.
+ran out cannot overwrite newer state. A process that holds a job keeps its lease
+across polls that are due soon (the store's score stays at due + lease, so a crash
+hands the job to another replica after one lease), and delivers a finished job's
+event itself, under the same fencing token: three store round trips per job plus
+one per poll.
 """
 
 from __future__ import annotations
@@ -27,7 +31,38 @@ class Advancer:
         self.rt = rt
 
     async def commit(self, job: dict[str, str], token: str, c: Commit) -> bool:
-        return await self.rt.commit("due", job["id"], token, c)
+        """Commit and mirror the change in `job`, which this process may keep using."""
+        applied = await self.rt.commit("due", job["id"], token, c)
+        if applied is None:
+            return False
+        job.update({k: "" if v is None else str(v) for k, v in c.fields.items()})
+        job["updated_at"] = str(applied)
+        if c.completed:
+            job["completed_at"] = str(applied)
+        return True
+
+    async def reschedule(
+        self, job: dict[str, str], token: str, delay_s: float, **fields: Any
+    ) -> None:
+        """The job's next step is due in delay_s: keep holding it when that is soon."""
+        hold = self.rt.hold
+        keep = hold is not None and delay_s <= self.rt.config.worker.sticky_horizon_s
+        delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
+        if await self.commit(job, token, Commit(fields=fields, source=str(delay_ms))) and keep:
+            assert hold is not None
+            if not hold(job, token, delay_s):  # no room to hold it: due after the lease
+                await self.commit(job, token, Commit(fields={}, source=str(_ms(delay_s))))
+
+    async def finish(
+        self, job: dict[str, str], token: str, c: Commit, result: str | None = None
+    ) -> None:
+        """Commit a terminal status with its event due now; deliver it at once if we can."""
+        direct = self.rt.deliver_now is not None and c.target_delay_ms == 0
+        if direct:  # the delivery stays leased to us while we make the first attempt
+            c.target_delay_ms, c.due_field = self.rt.lease_ms, ""
+        if await self.commit(job, token, c) and direct:
+            assert self.rt.deliver_now is not None
+            await self.rt.deliver_now(job, result, token)
 
     def _finished(self, job: dict[str, str], outcome: str) -> None:
         self.rt.metrics.jobs_finished.labels(job["upstream"], outcome).inc()
@@ -46,31 +81,33 @@ class Advancer:
         upstream_status: int | None = None,
         notify: bool = True,
         **fields: Any,
-    ) -> bool:
-        """Terminal failure; `notify` schedules the job.failed callback."""
+    ) -> None:
+        """Terminal failure; `notify` sends the job.failed callback."""
         self._finished(job, "failed")
         self.rt.log.info("job failed", job_id=job["id"], code=code, upstream=job["upstream"])
-        commit = Commit(
-            fields={
-                "status": "failed",
-                "error": error_json(code, message, upstream_status),
-                "delivery_state": "pending" if notify else "none",
-                **fields,
-            },
-            source="rm",
-            completed=True,
-            target_delay_ms=0 if notify else None,
-            expire_ms=None if notify else self.rt.retention_ms,
-            due_field="next_attempt_at" if notify else "",
+        await self.finish(
+            job,
+            token,
+            Commit(
+                fields={
+                    "status": "failed",
+                    "error": error_json(code, message, upstream_status),
+                    "delivery_state": "pending" if notify else "none",
+                    **fields,
+                },
+                source="rm",
+                completed=True,
+                target_delay_ms=0 if notify else None,
+                expire_ms=None if notify else self.rt.retention_ms,
+                due_field="next_attempt_at" if notify else "",
+            ),
         )
-        job.update(commit.fields)
-        return await self.commit(job, token, commit)
 
     def past_deadline(self, job: dict[str, str], now_ms: int) -> bool:
         return now_ms >= int(job["created_at"]) + int(job["deadline_ms"])
 
     async def step(self, job: dict[str, str], token: str, now_ms: int) -> None:
-        """One unit of work for a claimed job in the `due` schedule."""
+        """One unit of work for a job this process holds in the `due` schedule."""
         if not job:
             return
         if job["status"] not in ("queued", "running"):
@@ -89,13 +126,8 @@ class Advancer:
         name = job["upstream"]
         submits = int(job.get("submits") or 0) + 1
         if not self.rt.health.healthy(name):
-            await self.commit(
-                job,
-                token,
-                Commit(
-                    fields={"last_error": "upstream unhealthy"},
-                    source=str(_ms(submit_retry_s(submits))),
-                ),
+            await self.reschedule(
+                job, token, submit_retry_s(submits), last_error="upstream unhealthy"
             )
             return None
         upstream = self.rt.upstreams[name]
@@ -104,17 +136,14 @@ class Advancer:
         outcome = await upstream.submit(orjson.loads(job["inputs"]))
         self._count(job, "submit", outcome)
         if outcome.kind == "accepted":
-            fields = {
-                "status": "running",
-                "upstream_id": outcome.upstream_id,
-                "poll_url": outcome.url,
-                "submits": submits,
-            }
-            job.update(fields)
-            await self.commit(
+            await self.reschedule(
                 job,
                 token,
-                Commit(fields=fields, source=str(_ms(upstream.config.poll.initial_delay_s))),
+                upstream.config.poll.initial_delay_s,
+                status="running",
+                upstream_id=outcome.upstream_id,
+                poll_url=outcome.url,
+                submits=submits,
             )
         elif outcome.kind == "rejected":
             await self.fail(
@@ -128,15 +157,7 @@ class Advancer:
             )
         else:
             delay_s = at_least(submit_retry_s(submits), outcome.retry_after_s)
-            job.update(submits=str(submits))
-            await self.commit(
-                job,
-                token,
-                Commit(
-                    fields={"submits": submits, "last_error": outcome.detail},
-                    source=str(_ms(delay_s)),
-                ),
-            )
+            await self.reschedule(job, token, delay_s, submits=submits, last_error=outcome.detail)
         return outcome
 
     async def _rate_limited(
@@ -146,7 +167,7 @@ class Advancer:
         wait_s = await self.rt.limiter.acquire(job["upstream"], kind, per_s)
         if wait_s <= 0:
             return False
-        await self.commit(job, token, Commit(fields={}, source=str(_ms(jittered(wait_s)))))
+        await self.reschedule(job, token, jittered(wait_s))
         return True
 
     async def poll(self, job: dict[str, str], token: str) -> None:
@@ -160,7 +181,7 @@ class Advancer:
             await self.complete(job, token, polls, outcome.url or "")
         elif outcome.kind in ("pending", "transient"):
             delay_s = at_least(poll_interval_s(upstream.config.poll, polls), outcome.retry_after_s)
-            await self.commit(job, token, Commit(fields={"polls": polls}, source=str(_ms(delay_s))))
+            await self.reschedule(job, token, delay_s, polls=polls)
         elif outcome.kind == "expired":
             await self.fail(
                 job, token, "upstream-expired", outcome.detail, outcome.status_code, polls=polls
@@ -176,14 +197,15 @@ class Advancer:
         self._count(job, "result", outcome)
         if outcome.kind == "transient":
             delay_s = at_least(upstream.config.poll.min_interval_s, outcome.retry_after_s)
-            await self.commit(job, token, Commit(fields={"polls": polls}, source=str(_ms(delay_s))))
+            await self.reschedule(job, token, delay_s, polls=polls)
             return
         if outcome.kind != "completed" or outcome.body is None:
             code = "upstream-expired" if outcome.kind == "expired" else "upstream-failed"
             await self.fail(job, token, code, outcome.detail, outcome.status_code, polls=polls)
             return
         self._finished(job, "completed")
-        await self.commit(
+        result = outcome.body.decode()
+        await self.finish(
             job,
             token,
             Commit(
@@ -195,8 +217,9 @@ class Advancer:
                 },
                 source="rm",
                 completed=True,
-                result=outcome.body.decode(),
+                result=result,
                 target_delay_ms=0,
                 due_field="next_attempt_at",
             ),
+            result,
         )

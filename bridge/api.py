@@ -244,6 +244,7 @@ async def cancel(request: Request) -> Response:
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
     outcome = await rt.store.cancel(job["id"], tenant.name, rt.retention_ms)
+    rt.forget(job["id"])  # another replica holding it polls at most once more, then is fenced
     if outcome == "missing":
         raise Problem(404, "not-found", f"no job {job['id']}")
     if outcome != "ok":

@@ -120,6 +120,8 @@ class WorkerConfig(_Section):
     concurrency: int = Field(256, ge=1)
     batch_size: int = Field(64, ge=1)
     lease_s: float = Field(60.0, gt=0)
+    sticky_horizon_s: float = Field(30.0, ge=0)  # keep holding jobs whose next poll is this soon
+    max_sticky_jobs: int = Field(20000, ge=0)
     max_idle_s: float = Field(1.0, gt=0)
     health_interval_s: float = Field(5.0, gt=0)
     shutdown_grace_s: float = Field(20.0, ge=0)

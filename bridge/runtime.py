@@ -46,27 +46,36 @@ class Runtime:
     limiter: RateLimiter
     log: structlog.stdlib.BoundLogger
     hint: Callable[[Schedule, float, int | None], None] = lambda which, delay_s, p=None: None
+    # set by the workers of this process (None in an api-only process):
+    hold: Callable[[dict[str, str], str, float], bool] | None = None  # keep a job's lease
+    forget: Callable[[str], None] = lambda job_id: None  # a cancelled job is no longer held
+    deliver_now: Callable[[dict[str, str], str | None, str], Awaitable[None]] | None = None
 
     @property
     def retention_ms(self) -> int:
         return int(self.config.retention_s * 1000)
 
-    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> bool:
-        """A fenced commit; tells this process's loops when the work it scheduled is due."""
-        ok = await self.store.commit(which, job_id, token, c)
-        if not ok:
+    @property
+    def lease_ms(self) -> int:
+        return int(self.config.worker.lease_s * 1000)
+
+    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> int | None:
+        """A fenced commit: the store time it was applied at, or None if a newer claim owns
+        the job. Tells this process's loops when the work it scheduled is due."""
+        applied = await self.store.commit(which, job_id, token, c)
+        if applied is None:
             self.metrics.lost_leases.labels(which).inc()
             self.log.warning(
                 "lease lost; a newer claim owns the job", job_id=job_id, schedule=which
             )
-            return False
+            return None
         other: Schedule = "deliver" if which == "due" else "due"
         p = self.store.keys.partition_of(job_id)
         if c.source not in ("keep", "rm"):
             self.hint(which, int(c.source) / 1000, p)
         if c.target_delay_ms is not None:
             self.hint(other, c.target_delay_ms / 1000, p)
-        return True
+        return applied
 
 
 def public_url(config: Config) -> str:

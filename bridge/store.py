@@ -44,6 +44,8 @@ class Claim:
     job_id: str
     token: str
     due_ms: int = 0
+    job: dict[str, str] = field(default_factory=dict)  # empty if the job is gone
+    result: str | None = None  # with the deliver schedule
 
 
 @dataclass
@@ -132,6 +134,10 @@ def valid_job_id(job_id: str) -> bool:
     return bool(JOB_ID_RE.match(job_id))
 
 
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _flatten(fields: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for k, v in fields.items():
@@ -210,11 +216,12 @@ class Store:
         self.round_trips["claim"] += 1
         parts = list(range(self.partitions)) if partitions is None else partitions
         per_partition = max(1, -(-limit // len(parts))) if limit > 0 and parts else 0
+        with_result = "1" if which == "deliver" else ""
         calls = [
             (
                 self._claim,
                 [self.keys.schedule(which, p), self.keys.fence(p)],
-                [lease_ms, per_partition],
+                [lease_ms, per_partition, f"{self.keys.tag(p)}:", with_result],
             )
             for p in parts
         ]
@@ -223,11 +230,17 @@ class Store:
         for p, (now, nxt, flat) in zip(parts, replies, strict=True):
             batch.now_ms = max(batch.now_ms, int(now))
             batch.claims += [
-                Claim(flat[i], str(flat[i + 1]), int(float(flat[i + 2])))
-                for i in range(0, len(flat), 3)
+                Claim(
+                    flat[i],
+                    str(flat[i + 1]),
+                    int(float(flat[i + 2])),
+                    _pairs(flat[i + 3]),
+                    flat[i + 4] or None,
+                )
+                for i in range(0, len(flat), 5)
             ]
             batch.next_due[p] = None if int(nxt) < 0 else int(nxt)
-            if per_partition and len(flat) // 3 >= per_partition:
+            if per_partition and len(flat) // 5 >= per_partition:
                 batch.full.add(p)
         due = [d for d in batch.next_due.values() if d is not None]
         batch.next_due_ms = min(due) if due else None
@@ -290,7 +303,8 @@ class Store:
         self.round_trips["read"] += 1
         return await self.redis.lrange(self.keys.attempts(job_id), 0, -1)
 
-    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> bool:
+    async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> int | None:
+        """Apply `c` if `token` is current: the store time (ms) it was applied at, else None."""
         self.round_trips["commit"] += 1
         p = self.keys.partition_of(job_id)
         other: Schedule = "deliver" if which == "due" else "due"
@@ -316,13 +330,29 @@ class Store:
             "1" if c.failed_delivery else "",
             *_flatten(c.fields),
         ]
-        return await self._commit(keys=keys, args=args) == 1
+        applied = int(await self._commit(keys=keys, args=args))
+        return applied if applied > 0 else None
 
-    async def release(self, which: Schedule, job_id: str, token: str) -> bool:
-        self.round_trips["release"] += 1
+    def _release_keys(self, job_id: str) -> list[str]:
         p = self.keys.partition_of(job_id)
-        keys = [self.keys.schedule(which, p), self.keys.fence(p)]
-        return await self._release(keys=keys, args=[job_id, token]) == 1
+        return [self.keys.schedule("due", p), self.keys.schedule("deliver", p), self.keys.fence(p)]
+
+    async def release(self, job_id: str, token: str) -> bool:
+        """Give a claim back: due now in whichever schedule holds the job."""
+        self.round_trips["release"] += 1
+        return await self._release(keys=self._release_keys(job_id), args=[job_id, token]) == 1
+
+    async def release_many(self, claims: list[tuple[str, str]]) -> None:
+        """Give back many claims (job id, token) in one round trip."""
+        if not claims:
+            return
+        self.round_trips["release"] += 1
+        await self.run_scripts(
+            [
+                (self._release, self._release_keys(job_id), [job_id, token])
+                for job_id, token in claims
+            ]
+        )
 
     def _job_keys(self, job_id: str, which: Schedule) -> list[str]:
         p = self.keys.partition_of(job_id)

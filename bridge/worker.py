@@ -143,11 +143,77 @@ class ClaimLoop:
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
-        for claim in leftover.values():
-            try:
-                await self.store.release(self.which, claim.job_id, claim.token)
-            except RedisError as e:
-                self.log.warning("could not release lease", job_id=claim.job_id, error=str(e))
+        try:
+            await self.store.release_many([(c.job_id, c.token) for c in leftover.values()])
+        except RedisError as e:  # the store is gone: the leases simply run out
+            self.log.warning("could not release leases", error=str(e))
+
+
+class Held:
+    """Jobs whose lease this process keeps between polls, each with a local timer.
+
+    The store still has them scheduled at due + lease: if this process dies, another
+    replica claims them one lease late; if it is frozen past that, its next commit is
+    fenced out. On shutdown the leases are given back (due now).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        step: Callable[[dict[str, str], str], Awaitable[None]],
+        max_jobs: int,
+        concurrency: int,
+    ) -> None:
+        self.store = store
+        self.step = step
+        self.max_jobs = max_jobs
+        self.gate = asyncio.Semaphore(concurrency)
+        self.timers: dict[str, tuple[asyncio.TimerHandle, str]] = {}
+        self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self.stopping = False
+
+    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+        if self.stopping or len(self.timers) >= self.max_jobs:
+            return False
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay_s, self._fire, job, token)
+        self.timers[job["id"]] = (handle, token)
+        return True
+
+    def forget(self, job_id: str) -> None:
+        """Stop holding a job (it was cancelled): no more polls from this process."""
+        timer = self.timers.pop(job_id, None)
+        if timer is not None:
+            timer[0].cancel()
+
+    def _fire(self, job: dict[str, str], token: str) -> None:
+        self.timers.pop(job["id"], None)
+        task = asyncio.create_task(self._run(job, token))
+        self.running[task] = (job["id"], token)
+        task.add_done_callback(lambda t: self.running.pop(t, None))
+
+    async def _run(self, job: dict[str, str], token: str) -> None:
+        async with self.gate:
+            await self.step(job, token)
+
+    async def stop(self, grace_s: float) -> None:
+        self.stopping = True
+        timers, self.timers = self.timers, {}
+        for handle, _ in timers.values():
+            handle.cancel()
+        if self.running:
+            await asyncio.wait(list(self.running), timeout=grace_s)
+        unfinished = dict(self.running)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        claims = [(job_id, token) for job_id, (_, token) in timers.items()]
+        try:
+            await self.store.release_many(claims + list(unfinished.values()))
+        except RedisError as e:  # the store is gone: the leases simply run out
+            structlog.get_logger("pushbridge.worker").warning(
+                "could not release held leases", error=str(e)
+            )
 
 
 class Workers:
@@ -170,6 +236,8 @@ class Workers:
         }
         for which, loop in self.loops.items():
             loop.on_claim = self._lateness_observer(which)
+        self.clock_offset_ms = 0.0
+        self.held = Held(rt.store, self._held_step, w.max_sticky_jobs, w.concurrency)
         rt.hint = self.hint
 
     def _lateness_observer(self, which: Schedule) -> Callable[[ClaimBatch], None]:
@@ -182,29 +250,30 @@ class Workers:
         return observe
 
     async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
-        jobs = await self.rt.store.load_jobs([c.job_id for c in claims])
-        out: list[Awaitable[None]] = []
-        for c, job in zip(claims, jobs, strict=True):
-            job = job or {"id": c.job_id}
-            out.append(
-                self._guard(
-                    self.advancer.step(job, c.token, now_ms)
-                    if "status" in job
-                    else self._drop("due", c)
-                )
+        self.clock_offset_ms = now_ms - time.time() * 1000
+        return [
+            self._guard(
+                self.advancer.step(c.job, c.token, now_ms) if c.job else self._drop("due", c)
             )
-        return out
+            for c in claims
+        ]
 
     async def _deliver(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
-        loaded = await self.rt.store.load_for_delivery([c.job_id for c in claims])
-        out: list[Awaitable[None]] = []
-        for c, (job, result) in zip(claims, loaded, strict=True):
-            out.append(
-                self._guard(
-                    self.dispatcher.step(job, result, c.token) if job else self._drop("deliver", c)
-                )
+        return [
+            self._guard(
+                self.dispatcher.step(c.job, c.result, c.token)
+                if c.job
+                else self._drop("deliver", c)
             )
-        return out
+            for c in claims
+        ]
+
+    def store_now_ms(self) -> int:
+        """The store's clock, estimated from the last claim (for jobs held across polls)."""
+        return int(time.time() * 1000 + self.clock_offset_ms)
+
+    async def _held_step(self, job: dict[str, str], token: str) -> None:
+        await self._guard(self.advancer.step(job, token, self.store_now_ms()))
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
         await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
@@ -218,9 +287,19 @@ class Workers:
     def start(self) -> None:
         for loop in self.loops.values():
             loop.start()
+        self.rt.hold = self.held.hold
+        self.rt.forget = self.held.forget
+        self.rt.deliver_now = self._deliver_now
+
+    async def _deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+        await self.dispatcher.step(job, result, token)
 
     def hint(self, which: Schedule, delay_s: float, partition: int | None = None) -> None:
         self.loops[which].hint(delay_s, partition)
 
     async def stop(self, grace_s: float) -> None:
-        await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
+        self.rt.hold = None
+        self.rt.deliver_now = None
+        await asyncio.gather(
+            self.held.stop(grace_s), *(loop.stop(grace_s) for loop in self.loops.values())
+        )

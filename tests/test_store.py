@@ -105,7 +105,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
 
 async def test_release_makes_work_due_now_and_fences_the_releaser(store: Store):
     job_id, token = await _create(store, lease_ms=60000)
-    assert await store.release("due", job_id, token)
+    assert await store.release(job_id, token)
     assert not await store.commit("due", job_id, token, Commit(fields={}))
     assert [c.job_id for c in (await store.claim("due", 1000, 5)).claims] == [job_id]
 

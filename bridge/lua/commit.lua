@@ -1,4 +1,5 @@
 -- Apply a worker's decision about a claimed job, only if its fencing token is current.
+-- Returns the store's time (ms) it was applied at, 0 if fenced out, -1 if the job is gone.
 -- KEYS: 1 job hash, 2 fence hash, 3 source zset, 4 target zset, 5 result key, 6 attempts list,
 --       7 failed-deliveries zset
 -- ARGV: 1 id, 2 token,
@@ -47,4 +48,4 @@ if ARGV[8] ~= '' then
   end
   redis.call('HDEL', KEYS[2], id)
 end
-return 1
+return now
