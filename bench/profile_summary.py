@@ -1,6 +1,6 @@
 """Summarise a py-spy raw profile: where the bridge spends its samples.
 
-    python -m bench.profile_summary bench/out/profile-a-pushbridge-burst.txt
+python -m bench.profile_summary bench/out/profile-a-pushbridge-burst.txt
 """
 
 from __future__ import annotations

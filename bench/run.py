@@ -120,11 +120,12 @@ class Procs:
     def spawn(
         self, *args: str, env: dict | None = None, stdout: Any = subprocess.DEVNULL
     ) -> subprocess.Popen:
+        log = Path(tempfile.gettempdir()) / f"pushbridge-bench-{args[1].replace('.', '-')}.log"
         proc = subprocess.Popen(
             [sys.executable, *args],
             env={**os.environ, **(env or {})},
             stdout=stdout,
-            stderr=subprocess.DEVNULL,
+            stderr=log.open("ab"),
         )
         self.started.append(proc)
         return proc
@@ -188,7 +189,7 @@ class Run:
     procs: Procs = field(default_factory=Procs)
     receiver: Receiver = field(default_factory=lambda: Receiver([SECRET]))
     submit_s: list[float] = field(default_factory=list)
-    mem_samples: list[tuple[int, int]] = field(default_factory=list)  # (in flight, bytes)
+    mem_samples: list[tuple[int, int]] = field(default_factory=list)  # (stored jobs, bytes)
 
     async def start_emulator(self) -> str:
         port = free_port()
@@ -243,11 +244,11 @@ class Run:
     async def sample_memory(self, store: aioredis.Redis, base: int, stop: asyncio.Event) -> None:
         while not stop.is_set():
             used = (await store.info("memory"))["used_memory"]
-            in_flight = len(self.submit_s) - self.delivered()
-            self.mem_samples.append((in_flight, used - base))
+            self.mem_samples.append((len(self.submit_s), used - base))
             await asyncio.sleep(0.5)
 
     def memory_per_job(self) -> float | None:
+        """Store memory per stored job (in flight or retained) at the fullest sample."""
         peak = max(self.mem_samples, default=(0, 0))
         return peak[1] / peak[0] if peak[0] >= 100 else None
 
@@ -337,8 +338,11 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
         await recv.stop()
         run.procs.stop()
     n = run.workload.jobs
-    by_op = {dict(lbl)["op"]: v for (name, lbl), v in m.items()
-             if name == "pushbridge_store_round_trips_total"}
+    by_op = {
+        dict(lbl)["op"]: v
+        for (name, lbl), v in m.items()
+        if name == "pushbridge_store_round_trips_total"
+    }
     trips = sum(by_op.values())
     return summarize(
         run,
@@ -348,8 +352,8 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
         {
             "redis_cmds_per_job": round((after["commands"] - before["commands"]) / n, 1),
             "redis_round_trips_per_job": round(trips / n, 2),
-        "round_trips_by_op": {k: round(v / n, 2) for k, v in sorted(by_op.items())},
-            "redis_bytes_per_inflight_job": _round(run.memory_per_job()),
+            "round_trips_by_op": {k: round(v / n, 2) for k, v in sorted(by_op.items())},
+            "redis_bytes_per_job": _round(run.memory_per_job()),
             "due_lateness_p99_ms": _ms(
                 histogram_quantile(m, "pushbridge_due_lateness_seconds", {"schedule": "due"}, 0.99)
             ),
@@ -399,7 +403,8 @@ async def run_naive(run: Run, settle_s: float) -> dict:
         {
             "redis_cmds_per_job": None,
             "redis_round_trips_per_job": None,
-            "redis_bytes_per_inflight_job": None,
+            "round_trips_by_op": None,
+            "redis_bytes_per_job": None,
             "due_lateness_p99_ms": None,
         },
     )
@@ -426,7 +431,7 @@ async def main_async(workloads: list[str], variants: list[str], scale: float) ->
 
 
 def print_table(results: list[dict]) -> None:
-    cols = [k for k in results[0] if k not in ("jobs",)]
+    cols = [k for k in results[0] if k not in ("jobs", "round_trips_by_op")]
     widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in results:
