@@ -8,9 +8,10 @@ import json
 import os
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.routing import Mount
 
@@ -29,11 +30,21 @@ DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"
 DEV_UPSTREAMS = ("echo", "whisper")
 
 
+STORE_CONNECTIONS = 64
+
+
 def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
-    opts = dict(decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0)
+    """A client whose pool waits for a free connection (up to the socket timeout) instead
+    of failing with "Too many connections" when many jobs touch the store at once."""
+    opts: dict[str, Any] = dict(
+        decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0
+    )
     if cluster:
-        return RedisCluster.from_url(url, **opts)
-    return Redis.from_url(url, health_check_interval=10, **opts)
+        return RedisCluster.from_url(url, max_connections=STORE_CONNECTIONS, **opts)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=STORE_CONNECTIONS, timeout=5.0, health_check_interval=10, **opts
+    )
+    return Redis(connection_pool=pool)
 
 
 @contextlib.asynccontextmanager
