@@ -17,6 +17,7 @@ import orjson
 
 from bridge.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.jobs import error_json
+from bridge.learning import bucket_of
 from bridge.runtime import Runtime
 from bridge.store import Commit
 from bridge.upstream import Outcome
@@ -170,6 +171,34 @@ class Advancer:
         await self.reschedule(job, token, jittered(wait_s))
         return True
 
+    def _elapsed_s(self, job: dict[str, str]) -> float:
+        return max(0.0, (self.rt.store_now_ms() - int(job["created_at"])) / 1000)
+
+    def first_poll_s(self, job: dict[str, str]) -> float:
+        poll = self.rt.upstreams[job["upstream"]].config.poll
+        learned = poll.adaptive and self.rt.durations.next_poll_s(
+            job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
+        )
+        return poll.initial_delay_s if learned is None or learned is False else learned
+
+    def next_poll_s(self, job: dict[str, str], polls_done: int) -> float:
+        """Learned from the upstream's durations when possible, else geometric backoff."""
+        poll = self.rt.upstreams[job["upstream"]].config.poll
+        learned = poll.adaptive and self.rt.durations.next_poll_s(
+            job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
+        )
+        if learned is None or learned is False:
+            return poll_interval_s(poll, polls_done)
+        return min(poll.max_interval_s, max(poll.min_interval_s, learned))
+
+    def duration_field(self, job: dict[str, str]) -> str:
+        """The histogram bucket of this job's duration: midway between the last poll that
+        saw it running (or its submission) and now."""
+        last_seen_ms = int(job.get("updated_at") or job["created_at"])
+        done_ms = (last_seen_ms + self.rt.store_now_ms()) / 2
+        duration_s = max(0.0, (done_ms - int(job["created_at"])) / 1000)
+        return f"{job['upstream']}:{bucket_of(duration_s)}"
+
     async def poll(self, job: dict[str, str], token: str) -> None:
         upstream = self.rt.upstreams[job["upstream"]]
         polls = int(job.get("polls") or 0) + 1
@@ -180,7 +209,7 @@ class Advancer:
         if outcome.kind == "completed":
             await self.complete(job, token, polls, outcome.url or "")
         elif outcome.kind in ("pending", "transient"):
-            delay_s = at_least(poll_interval_s(upstream.config.poll, polls), outcome.retry_after_s)
+            delay_s = at_least(self.next_poll_s(job, polls), outcome.retry_after_s)
             await self.reschedule(job, token, delay_s, polls=polls)
         elif outcome.kind == "expired":
             await self.fail(
@@ -220,6 +249,7 @@ class Advancer:
                 result=result,
                 target_delay_ms=0,
                 due_field="next_attempt_at",
+                duration_field=self.duration_field(job),
             ),
             result,
         )

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bridge.api import ROUTES
 from bridge.openapi import openapi_spec
 from bridge.problems import Problem
-from bridge.runtime import Runtime, check_health, every, measure_backlog
+from bridge.runtime import Runtime, check_health, every, learn_durations, measure_backlog
 from bridge.worker import Workers
 
 Role = Literal["all", "api", "worker"]
@@ -96,6 +96,9 @@ def create_app(
         ]
         if workers:
             workers.start()
+            background.append(
+                asyncio.create_task(every("durations", 10.0, lambda: learn_durations(rt), stop))
+            )
         rt.log.info("bridge started", role=role, upstreams=sorted(rt.upstreams))
         try:
             yield

@@ -99,6 +99,8 @@ class PollConfig(_Section):
     backoff_factor: float = Field(1.5, ge=1.0)
     deadline_s: float = Field(3600.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
+    adaptive: bool = True  # learn the upstream's durations and poll where completion is likely
+    adaptive_hazard: float = Field(0.5, gt=0, le=1)  # lower = more polls, less lag
 
 
 class RateLimitConfig(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
 from bridge.delivery import Deliverer
+from bridge.learning import Durations
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
 from bridge.signing import ResultLinks
@@ -48,12 +50,18 @@ class Runtime:
     hint: Callable[[Schedule, float, int | None], None] = lambda which, delay_s, p=None: None
     # set by the workers of this process (None in an api-only process):
     hold: Callable[[dict[str, str], str, float], bool] | None = None  # keep a job's lease
+    durations: Durations = field(default_factory=Durations)
+    clock_offset_ms: float = 0.0  # store clock minus local clock, from the last claim
     forget: Callable[[str], None] = lambda job_id: None  # a cancelled job is no longer held
     deliver_now: Callable[[dict[str, str], str | None, str], Awaitable[None]] | None = None
 
     @property
     def retention_ms(self) -> int:
         return int(self.config.retention_s * 1000)
+
+    def store_now_ms(self) -> int:
+        """The store's clock (Redis TIME), estimated locally from the last claim."""
+        return int(time.time() * 1000 + self.clock_offset_ms)
 
     @property
     def lease_ms(self) -> int:
@@ -180,3 +188,8 @@ async def measure_backlog(rt: Runtime) -> None:
     m.due_deliveries.set(b.deliveries_due_now)
     m.scheduled_deliveries.set(b.deliveries_scheduled)
     m.failed_deliveries.set(b.failed_deliveries)
+
+
+async def learn_durations(rt: Runtime) -> None:
+    """Refresh the learned duration histograms of every upstream from the store."""
+    rt.durations.update(await rt.store.duration_counts())

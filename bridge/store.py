@@ -11,6 +11,7 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:deliver         zset   callback deliveries, score = due time
     <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
     <prefix>:{p7}:failed          zset   jobs whose delivery failed for good (score = when)
+    <prefix>:{p7}:durations       hash   "<upstream>:<bucket>" -> completed jobs (learned polling)
     <prefix>:url-key              string key that signs result_url links
 
 A sorted set is both schedule and lease: claiming re-scores a member to
@@ -87,6 +88,7 @@ class Commit:
     expire_ms: int | None = None
     due_field: str = ""
     failed_delivery: bool = False
+    duration_field: str = ""  # "<upstream>:<bucket>" counted in the partition's histogram
 
 
 def _lua(name: str) -> str:
@@ -121,6 +123,9 @@ class Keys:
 
     def idem(self, partition: int, digest: str) -> str:
         return f"{self.tag(partition)}:idem:{digest}"
+
+    def durations(self, partition: int) -> str:
+        return f"{self.tag(partition)}:durations"
 
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"
@@ -316,6 +321,7 @@ class Store:
             self.keys.result(job_id),
             self.keys.attempts(job_id),
             self.keys.schedule("failed", p),
+            self.keys.durations(p),
         ]
         args = [
             job_id,
@@ -328,6 +334,7 @@ class Store:
             "" if c.expire_ms is None else c.expire_ms,
             c.due_field,
             "1" if c.failed_delivery else "",
+            c.duration_field,
             *_flatten(c.fields),
         ]
         applied = int(await self._commit(keys=keys, args=args))
@@ -383,6 +390,18 @@ class Store:
         await self.redis.set(key, secrets.token_hex(32), nx=True)
         value = await self.redis.get(key)
         return bytes.fromhex(value)
+
+    async def duration_counts(self) -> dict[str, int]:
+        """The duration histograms of all partitions, added up: "<upstream>:<bucket>" -> n."""
+        self.round_trips["durations"] += 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.hgetall(self.keys.durations(p))
+            replies = await pipe.execute()
+        total: Counter[str] = Counter()
+        for reply in replies:
+            total.update({k: int(v) for k, v in reply.items()})
+        return dict(total)
 
     async def backlog(self, retention_ms: int) -> Backlog:
         """Due work, scheduled deliveries and failed deliveries over all partitions."""

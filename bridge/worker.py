@@ -236,7 +236,6 @@ class Workers:
         }
         for which, loop in self.loops.items():
             loop.on_claim = self._lateness_observer(which)
-        self.clock_offset_ms = 0.0
         self.held = Held(rt.store, self._held_step, w.max_sticky_jobs, w.concurrency)
         rt.hint = self.hint
 
@@ -250,7 +249,7 @@ class Workers:
         return observe
 
     async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
-        self.clock_offset_ms = now_ms - time.time() * 1000
+        self.rt.clock_offset_ms = now_ms - time.time() * 1000
         return [
             self._guard(
                 self.advancer.step(c.job, c.token, now_ms) if c.job else self._drop("due", c)
@@ -268,12 +267,8 @@ class Workers:
             for c in claims
         ]
 
-    def store_now_ms(self) -> int:
-        """The store's clock, estimated from the last claim (for jobs held across polls)."""
-        return int(time.time() * 1000 + self.clock_offset_ms)
-
     async def _held_step(self, job: dict[str, str], token: str) -> None:
-        await self._guard(self.advancer.step(job, token, self.store_now_ms()))
+        await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()))
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
         await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
