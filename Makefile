@@ -25,5 +25,10 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pushbridge .pytest_cache
 
+bench: $(STAMP)
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m bench.run --workloads burst,realistic,scale $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.plot
+
 chaos: $(STAMP)
 	$(VENV)/bin/python -m bench.chaos --jobs $(or $(JOBS),1000) --replicas 2 --kills 6

@@ -192,11 +192,12 @@ class Advancer:
         return min(poll.max_interval_s, max(poll.min_interval_s, learned))
 
     def duration_field(self, job: dict[str, str]) -> str:
-        """The histogram bucket of this job's duration: midway between the last poll that
-        saw it running (or its submission) and now."""
+        """The histogram bucket of this job's duration, counted at the last moment it was
+        seen running (or submitted). A lower bound on purpose: an estimate that leans late
+        would make polls later, which would make the next estimates later still; one that
+        leans early makes polls earlier, which sees the job running longer, and converges."""
         last_seen_ms = int(job.get("updated_at") or job["created_at"])
-        done_ms = (last_seen_ms + self.rt.store_now_ms()) / 2
-        duration_s = max(0.0, (done_ms - int(job["created_at"])) / 1000)
+        duration_s = max(0.0, (last_seen_ms - int(job["created_at"])) / 1000)
         return f"{job['upstream']}:{bucket_of(duration_s)}"
 
     async def poll(self, job: dict[str, str], token: str) -> None:

@@ -50,8 +50,8 @@ class Durations:
             return None
         start = bisect_right(EDGES_S, elapsed_s) - 1  # the bucket elapsed_s falls in
         survivors = sum(counts[max(0, start) :])
-        if survivors <= 0:  # slower than anything seen: fall back to backoff
-            return None
+        if survivors <= 0:  # slower than anything seen yet: back off in proportion
+            return max(BASE_S, elapsed_s * (GROWTH**2 - 1))
         finished = 0
         for i in range(max(0, start), BUCKETS):
             finished += counts[i]

@@ -163,8 +163,10 @@ class Held:
         step: Callable[[dict[str, str], str], Awaitable[None]],
         max_jobs: int,
         concurrency: int,
+        observe_lateness: Callable[[float], None] = lambda s: None,
     ) -> None:
         self.store = store
+        self.observe_lateness = observe_lateness
         self.step = step
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
@@ -176,7 +178,7 @@ class Held:
         if self.stopping or len(self.timers) >= self.max_jobs:
             return False
         loop = asyncio.get_running_loop()
-        handle = loop.call_later(delay_s, self._fire, job, token)
+        handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
         self.timers[job["id"]] = (handle, token)
         return True
 
@@ -186,14 +188,15 @@ class Held:
         if timer is not None:
             timer[0].cancel()
 
-    def _fire(self, job: dict[str, str], token: str) -> None:
+    def _fire(self, job: dict[str, str], token: str, due: float) -> None:
         self.timers.pop(job["id"], None)
-        task = asyncio.create_task(self._run(job, token))
+        task = asyncio.create_task(self._run(job, token, due))
         self.running[task] = (job["id"], token)
         task.add_done_callback(lambda t: self.running.pop(t, None))
 
-    async def _run(self, job: dict[str, str], token: str) -> None:
+    async def _run(self, job: dict[str, str], token: str, due: float) -> None:
         async with self.gate:
+            self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
             await self.step(job, token)
 
     async def stop(self, grace_s: float) -> None:
@@ -236,7 +239,13 @@ class Workers:
         }
         for which, loop in self.loops.items():
             loop.on_claim = self._lateness_observer(which)
-        self.held = Held(rt.store, self._held_step, w.max_sticky_jobs, w.concurrency)
+        self.held = Held(
+            rt.store,
+            self._held_step,
+            w.max_sticky_jobs,
+            w.concurrency,
+            rt.metrics.due_lateness.labels("due").observe,
+        )
         rt.hint = self.hint
 
     def _lateness_observer(self, which: Schedule) -> Callable[[ClaimBatch], None]:

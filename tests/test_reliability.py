@@ -121,3 +121,22 @@ async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
         assert (await s.client.get("/readyz")).status_code == 200
     finally:
         store.stop()
+
+
+async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):
+    from redis.asyncio import Redis
+
+    from bridge.server import wait_for_store
+    from bridge.store import Store
+
+    store = EmbeddedValkey(tmp_path / "late", port=free_port(), appendonly=False)
+    client = Redis.from_url(store.url, decode_responses=True, socket_connect_timeout=0.5)
+    try:
+        waiting = asyncio.create_task(wait_for_store(Store(client), max_sleep_s=0.2))
+        await asyncio.sleep(0.8)
+        assert not waiting.done()  # still retrying, not crashed
+        await asyncio.to_thread(store.start)
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await client.aclose()
+        store.stop()
