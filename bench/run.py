@@ -297,7 +297,8 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
+async def start_stack(run: Run, poll: dict | None) -> tuple[Any, str, Any, Any, str]:
+    """Valkey, emulator, receiver and a `pushbridge serve` process for one run."""
     store = EmbeddedValkey(run.work / f"valkey-{run.variant}", appendonly=True)
     store.start()
     run.procs.started.append(store.proc)  # type: ignore[arg-type]
@@ -306,16 +307,15 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
     port = free_port()
     cfg = run.work / f"{run.variant}.yaml"
     cfg.write_text(yaml.safe_dump(bridge_config(store.url, port, emulator, poll)))
-    bridge = run.procs.spawn(
-        "-m",
-        "bridge",
-        "serve",
-        "--config",
-        str(cfg),
-        env={"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET},
-    )
+    env = {"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET}
+    bridge = run.procs.spawn("-m", "bridge", "serve", "--config", str(cfg), env=env)
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/readyz")
+    return store, emulator, recv, bridge, url
+
+
+async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
+    store, emulator, recv, bridge, url = await start_stack(run, poll)
     profiler = start_profiler(bridge.pid, f"{run.variant}-{run.workload.name}")
     client = aioredis.Redis.from_url(store.url, decode_responses=True)
     before = await redis_stats(client)
@@ -431,25 +431,8 @@ async def scrape(url: str) -> dict:
 async def run_scale(run: Run, window_s: float) -> dict:
     """(iii): many long futures in flight; the bridge mostly idle-polls. Measured over a
     window after all are submitted: bridge CPU, polls, due lateness, store memory per job."""
-    store = EmbeddedValkey(run.work / f"valkey-{run.variant}", appendonly=True)
-    store.start()
-    run.procs.started.append(store.proc)  # type: ignore[arg-type]
-    emulator = await run.start_emulator()
-    recv = await start_server(run.receiver.app())
-    port = free_port()
-    cfg = run.work / f"{run.variant}.yaml"
     # an operator running a ~10-minute model would not poll it every 15 s
-    cfg.write_text(yaml.safe_dump(bridge_config(store.url, port, emulator, {"max_interval_s": 60})))
-    bridge = run.procs.spawn(
-        "-m",
-        "bridge",
-        "serve",
-        "--config",
-        str(cfg),
-        env={"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET},
-    )
-    url = f"http://127.0.0.1:{port}"
-    await wait_http(f"{url}/readyz")
+    store, _emulator, recv, bridge, url = await start_stack(run, {"max_interval_s": 60})
     client = aioredis.Redis.from_url(store.url, decode_responses=True)
     try:
         base = (await redis_stats(client))["used_memory"]

@@ -10,9 +10,12 @@ from bench.targets import report
 
 @pytest.mark.slow
 async def test_benchmark_smoke_run():
-    results = await main_async(["burst", "scale"],
-                               ["a-pushbridge", "b-naive-1s", "c-pushbridge-1s"],
-                               scale=0.01, window_s=3)
+    results = await main_async(
+        ["burst", "scale"],
+        ["a-pushbridge", "b-naive-1s", "c-pushbridge-1s"],
+        scale=0.01,
+        window_s=3,
+    )
     flows = [r for r in results if r["workload"] == "burst"]
     assert [r["variant"] for r in flows] == ["a-pushbridge", "b-naive-1s", "c-pushbridge-1s"]
     for r in flows:
