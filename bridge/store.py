@@ -36,10 +36,6 @@ Schedule = Literal["due", "deliver"]
 Index = Literal["due", "deliver", "failed"]
 
 
-class StoreUnavailable(Exception):
-    """The store could not be reached or refused the command."""
-
-
 @dataclass(frozen=True)
 class Claim:
     job_id: str
@@ -269,24 +265,6 @@ class Store:
             for script, keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=False)
-
-    async def load_jobs(self, job_ids: list[str]) -> list[dict[str, str]]:
-        self.round_trips["load"] += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
-            return await pipe.execute()
-
-    async def load_for_delivery(
-        self, job_ids: list[str]
-    ) -> list[tuple[dict[str, str], str | None]]:
-        self.round_trips["load"] += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(self.keys.job(job_id))
-                pipe.get(self.keys.result(job_id))
-            replies = await pipe.execute()
-        return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     async def get_job(self, job_id: str) -> dict[str, str]:
         self.round_trips["read"] += 1
