@@ -174,20 +174,25 @@ class Advancer:
     def _elapsed_s(self, job: dict[str, str]) -> float:
         return max(0.0, (self.rt.store_now_ms() - int(job["created_at"])) / 1000)
 
-    def first_poll_s(self, job: dict[str, str]) -> float:
+    def _learned_poll_s(self, job: dict[str, str]) -> float | None:
+        """From now to the next poll, as learned from the upstream's durations (or None)."""
         poll = self.rt.upstreams[job["upstream"]].config.poll
-        learned = poll.adaptive and self.rt.durations.next_poll_s(
+        if not poll.adaptive:
+            return None
+        return self.rt.durations.next_poll_s(
             job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
         )
-        return poll.initial_delay_s if learned is None or learned is False else learned
+
+    def first_poll_s(self, job: dict[str, str]) -> float:
+        learned = self._learned_poll_s(job)
+        poll = self.rt.upstreams[job["upstream"]].config.poll
+        return poll.initial_delay_s if learned is None else learned
 
     def next_poll_s(self, job: dict[str, str], polls_done: int) -> float:
         """Learned from the upstream's durations when possible, else geometric backoff."""
+        learned = self._learned_poll_s(job)
         poll = self.rt.upstreams[job["upstream"]].config.poll
-        learned = poll.adaptive and self.rt.durations.next_poll_s(
-            job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
-        )
-        if learned is None or learned is False:
+        if learned is None:
             return poll_interval_s(poll, polls_done)
         return min(poll.max_interval_s, max(poll.min_interval_s, learned))
 

@@ -207,8 +207,7 @@ async def _view(rt: Runtime, job: dict[str, str]) -> dict[str, Any]:
     if job["status"] != "completed":
         return job_view(job)
     if size > rt.config.callbacks.max_inline_result_bytes:
-        expires_s = int(time.time() + rt.config.retention_s)
-        return job_view(job, None, rt.links.url(job["id"], expires_s))
+        return job_view(job, None, rt.result_url(job["id"]))
     result = await rt.store.get_result(job["id"])
     return job_view(job, orjson.loads(result) if result else None)
 

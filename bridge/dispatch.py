@@ -39,8 +39,7 @@ class Dispatcher:
             return None, None
         if len(result) <= self.rt.config.callbacks.max_inline_result_bytes:
             return orjson.loads(result), None
-        expires_s = int(time.time() + self.rt.config.retention_s)
-        return None, self.rt.links.url(job["id"], expires_s)
+        return None, self.rt.result_url(job["id"])
 
     def event(self, job: dict[str, str], result: str | None, attempt_no: int) -> bytes:
         inline, url = self.result_fields(job, result)

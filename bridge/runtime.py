@@ -59,6 +59,10 @@ class Runtime:
     def retention_ms(self) -> int:
         return int(self.config.retention_s * 1000)
 
+    def result_url(self, job_id: str) -> str:
+        """A signed link to a job's result, valid for the retention period."""
+        return self.links.url(job_id, int(time.time() + self.config.retention_s))
+
     def store_now_ms(self) -> int:
         """The store's clock (Redis TIME), estimated locally from the last claim."""
         return int(time.time() * 1000 + self.clock_offset_ms)

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from redis.exceptions import RedisError
@@ -24,6 +25,28 @@ from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
 STORE_RETRY_MAX_S = 5.0
+T = TypeVar("T")
+
+
+async def finish_or_cancel(
+    tasks: dict[asyncio.Task[None], T], grace_s: float
+) -> dict[asyncio.Task[None], T]:
+    """Let tasks finish within grace_s; cancel the rest and return them with their values."""
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=grace_s)
+    unfinished = dict(tasks)
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    return unfinished
+
+
+async def release_claims(store: Store, claims: list[tuple[str, str]]) -> None:
+    """Give leases back (due now) so another replica takes the work at once."""
+    try:
+        await store.release_many(claims)
+    except RedisError as e:  # the store is gone: the leases simply run out
+        structlog.get_logger("pushbridge.worker").warning("could not release leases", error=str(e))
 
 
 class ClaimLoop:
@@ -137,16 +160,8 @@ class ClaimLoop:
         self.wake.set()
         if self.task is not None:
             await self.task
-        if self.inflight:
-            await asyncio.wait(list(self.inflight), timeout=grace_s)
-        leftover = dict(self.inflight)
-        for task in leftover:
-            task.cancel()
-        await asyncio.gather(*leftover, return_exceptions=True)
-        try:
-            await self.store.release_many([(c.job_id, c.token) for c in leftover.values()])
-        except RedisError as e:  # the store is gone: the leases simply run out
-            self.log.warning("could not release leases", error=str(e))
+        leftover = await finish_or_cancel(self.inflight, grace_s)
+        await release_claims(self.store, [(c.job_id, c.token) for c in leftover.values()])
 
 
 class Held:
@@ -204,19 +219,9 @@ class Held:
         timers, self.timers = self.timers, {}
         for handle, _ in timers.values():
             handle.cancel()
-        if self.running:
-            await asyncio.wait(list(self.running), timeout=grace_s)
-        unfinished = dict(self.running)
-        for task in unfinished:
-            task.cancel()
-        await asyncio.gather(*unfinished, return_exceptions=True)
+        unfinished = await finish_or_cancel(self.running, grace_s)
         claims = [(job_id, token) for job_id, (_, token) in timers.items()]
-        try:
-            await self.store.release_many(claims + list(unfinished.values()))
-        except RedisError as e:  # the store is gone: the leases simply run out
-            structlog.get_logger("pushbridge.worker").warning(
-                "could not release held leases", error=str(e)
-            )
+        await release_claims(self.store, claims + list(unfinished.values()))
 
 
 class Workers:
