@@ -13,6 +13,7 @@ import httpx
 from bridge import __version__
 from bridge.config import CallbacksConfig
 from bridge.httputil import describe_error, parse_retry_after
+from bridge.leanhttp import LeanClient
 from bridge.signing import sign_webhook
 from bridge.urlpolicy import CallbackRejected, UrlPolicy
 
@@ -57,7 +58,7 @@ class Deliverer:
     tie up the workers that deliver to every other host.
     """
 
-    def __init__(self, client: httpx.AsyncClient, config: CallbacksConfig, policy: UrlPolicy):
+    def __init__(self, client: LeanClient, config: CallbacksConfig, policy: UrlPolicy):
         self.client = client
         self.config = config
         self.policy = policy
@@ -88,15 +89,14 @@ class Deliverer:
     ) -> Attempt:
         target = httpx.URL(url)
         netloc = host if target.port is None else f"{host}:{target.port}"
-        request = self.client.build_request(
+        response = await self.client.send_lean(
             "POST",
             target.copy_with(host=ip),
-            content=body,
+            self.config.timeout_s,
             headers={**headers, "host": netloc},
+            content=body,
             extensions={"sni_hostname": host} if target.scheme == "https" else {},
-            timeout=self.config.timeout_s,
         )
-        response = await self.client.send(request, stream=True, follow_redirects=False)
         try:
             excerpt = await _read_excerpt(response, self.config.max_response_excerpt_bytes)
         finally:

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
 from bridge.delivery import Deliverer
+from bridge.leanhttp import LeanClient
 from bridge.learning import Durations
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
@@ -102,8 +103,8 @@ async def build_runtime(
     config: Config,
     secrets: Secrets,
     store: Store,
-    upstream_client: httpx.AsyncClient,
-    callback_client: httpx.AsyncClient,
+    upstream_client: LeanClient,
+    callback_client: LeanClient,
     resolver: Resolver | None = None,
     metrics: Metrics | None = None,
 ) -> Runtime:
@@ -135,12 +136,12 @@ def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     return AiohttpTransport(limits=limits)
 
 
-def upstream_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=_transport(512), follow_redirects=True, max_redirects=5)
+def upstream_client() -> LeanClient:
+    return LeanClient(transport=_transport(512), follow_redirects=True, max_redirects=5)
 
 
-def callback_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=_transport(1024), follow_redirects=False)
+def callback_client() -> LeanClient:
+    return LeanClient(transport=_transport(1024), follow_redirects=False)
 
 
 async def every(

@@ -31,6 +31,8 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from bridge.autopipe import AutoPipeline, Call
+
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
 Index = Literal["due", "deliver", "failed"]
@@ -153,6 +155,8 @@ class Store:
         self.redis = redis
         self.keys = Keys(prefix, partitions)
         self.round_trips: Counter[str] = Counter()  # network round trips by operation
+        # job creation and commits made in one loop iteration share a round trip
+        self._auto = AutoPipeline(self._auto_send)
         self._create = redis.register_script(_lua("create"))
         self._claim = redis.register_script(_lua("claim"))
         self._commit = redis.register_script(_lua("commit"))
@@ -187,7 +191,6 @@ class Store:
         idempotency_key: str | None = None,
         idem_ttl_ms: int = 0,
     ) -> Created:
-        self.round_trips["create"] += 1
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
             partition = int(digest[:8], 16) % self.partitions
@@ -204,7 +207,7 @@ class Store:
             idem_key or self.keys.idem(partition, "-"),
         ]
         args = [job_id, lease_ms, idem_value, idem_ttl_ms, *_flatten({"id": job_id, **fields})]
-        created, value, now_ms = await self._create(keys=keys, args=args)
+        created, value, now_ms = await self._auto.call(self._create, keys, args)
         if not created:
             prev_id, prev_sha = value.split("|", 1)
             return Created(False, prev_id, "", int(now_ms), prev_sha)
@@ -247,20 +250,30 @@ class Store:
         batch.next_due_ms = min(due) if due else None
         return batch
 
-    async def run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
-        """EVALSHA calls in one pipeline (no SCRIPT EXISTS round trip); after a store
-        restart (NOSCRIPT) the scripts are loaded and the calls sent once more."""
-        replies = await self._pipeline_evalsha(calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            for script in self._scripts:
-                await self.redis.script_load(script.script)
-            replies = await self._pipeline_evalsha(calls)
+    async def run_scripts(self, calls: list[Call]) -> list[Any]:
+        """EVALSHA calls in one pipeline; raises the first call's error, if any."""
+        replies = await self._evalsha_replies(calls)
         for r in replies:
             if isinstance(r, Exception):
                 raise r
         return replies
 
-    async def _pipeline_evalsha(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+    async def _evalsha_replies(self, calls: list[Call]) -> list[Any]:
+        """EVALSHA calls in one pipeline (no SCRIPT EXISTS round trip), a reply or an
+        exception per call; after a store restart (NOSCRIPT) the scripts are loaded and
+        the calls sent once more."""
+        replies = await self._pipeline_evalsha(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            for script in self._scripts:
+                await self.redis.script_load(script.script)
+            replies = await self._pipeline_evalsha(calls)
+        return replies
+
+    async def _auto_send(self, calls: list[Call]) -> list[Any]:
+        self.round_trips["pipelined"] += 1
+        return await self._evalsha_replies(calls)
+
+    async def _pipeline_evalsha(self, calls: list[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, keys, args in calls:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -288,7 +301,6 @@ class Store:
 
     async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> int | None:
         """Apply `c` if `token` is current: the store time (ms) it was applied at, else None."""
-        self.round_trips["commit"] += 1
         p = self.keys.partition_of(job_id)
         other: Schedule = "deliver" if which == "due" else "due"
         keys = [
@@ -315,7 +327,7 @@ class Store:
             c.duration_field,
             *_flatten(c.fields),
         ]
-        applied = int(await self._commit(keys=keys, args=args))
+        applied = int(await self._auto.call(self._commit, keys, args))
         return applied if applied > 0 else None
 
     def _release_keys(self, job_id: str) -> list[str]:

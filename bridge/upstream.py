@@ -11,6 +11,7 @@ import orjson
 
 from bridge.config import UpstreamConfig
 from bridge.httputil import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
+from bridge.leanhttp import LeanClient
 
 Kind = Literal["accepted", "pending", "completed", "failed", "expired", "transient", "rejected"]
 PENDING_STATUSES = frozenset({"pending", "running", "queued", "in_progress", "starting"})
@@ -66,7 +67,7 @@ class OctoAIUpstream:
         name: str,
         config: UpstreamConfig,
         token: str | None,
-        client: httpx.AsyncClient,
+        client: LeanClient,
         max_result_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.name = name
@@ -82,8 +83,7 @@ class OctoAIUpstream:
         self, method: str, url: str, timeout_s: float, limit_bytes: int, **kw: Any
     ) -> tuple[httpx.Response, bytes]:
         headers = {**self._headers, **kw.pop("headers", {})}
-        request = self.client.build_request(method, url, headers=headers, timeout=timeout_s, **kw)
-        response = await self.client.send(request, stream=True)
+        response = await self.client.send_lean(method, url, timeout_s, headers, **kw)
         try:
             body = await read_capped(response, limit_bytes)
         finally:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 
-import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.backoff import delivery_retry_s, poll_interval_s
 from bridge.config import CallbacksConfig, PollConfig
 from bridge.delivery import Deliverer, webhook_headers
+from bridge.leanhttp import LeanClient
 from bridge.receiver import Receiver, Reply
 from bridge.serving import start_server
 from bridge.signing import ResultLinks, new_webhook_secret, sign_webhook
@@ -31,7 +31,7 @@ async def receiver():
 
 
 async def _deliverer(config: CallbacksConfig = LOOPBACK_OK, resolver=None):
-    client = httpx.AsyncClient(follow_redirects=False)
+    client = LeanClient(follow_redirects=False)
     return Deliverer(client, config, UrlPolicy(config, resolver)), client
 
 

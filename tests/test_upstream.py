@@ -6,13 +6,14 @@ import httpx
 import pytest
 
 from bridge.config import UpstreamConfig
+from bridge.leanhttp import LeanClient
 from bridge.upstream import OctoAIUpstream
 
 URL = "http://up.test/infer/m"
 
 
 def upstream(handler, **cfg) -> OctoAIUpstream:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = LeanClient(transport=httpx.MockTransport(handler))
     config = UpstreamConfig(url=URL, health_url="http://up.test/healthz", **cfg)
     return OctoAIUpstream("m", config, "tok-123", client, max_result_bytes=1000)
 
@@ -127,7 +128,7 @@ async def test_redirects_are_followed_for_upstreams():
             return httpx.Response(307, headers={"location": "http://up.test/new"})
         return httpx.Response(200, json={"status": "running"})
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=True)
+    client = LeanClient(transport=httpx.MockTransport(handler), follow_redirects=True)
     up = OctoAIUpstream("m", UpstreamConfig(url=URL), None, client)
     assert (await up.poll("http://up.test/old")).kind == "pending"
 

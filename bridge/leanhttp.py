@@ -1,0 +1,48 @@
+"""An httpx client whose hot-path requests go straight to its transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bridge import __version__
+
+USER_AGENT = f"pushbridge/{__version__}"
+
+
+class LeanClient(httpx.AsyncClient):
+    """`httpx.AsyncClient` plus `send_lean`, which hands an `httpx.Request` straight to
+    the transport. It skips the client layers the bridge does not use on its hot paths
+    (cookie jar, auth flows, event hooks, default-header merging), which cost about as
+    much CPU as the request itself over aiohttp's pool (bench/RESULTS.md). Requests,
+    responses, timeouts and errors are httpx's. A redirect, when this client follows
+    them, is sent again through the full client, which follows it."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
+        self.lean_transport = transport or httpx.AsyncHTTPTransport()
+        super().__init__(transport=self.lean_transport, **kwargs)
+
+    async def send_lean(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        timeout_s: float,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> httpx.Response:
+        """Send and return the response unread (stream it, then `aclose()` it)."""
+        timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+        request = httpx.Request(
+            method,
+            url,
+            headers={"user-agent": USER_AGENT, **(headers or {})},
+            content=content,
+            extensions={"timeout": timeout, **(extensions or {})},
+        )
+        response = await self.lean_transport.handle_async_request(request)
+        if response.is_redirect and self.follow_redirects:
+            await response.aclose()
+            return await self.send(request, stream=True)
+        return response
