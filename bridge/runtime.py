@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import structlog
 from httpx_aiohttp import AiohttpTransport
@@ -129,11 +130,28 @@ async def build_runtime(
     )
 
 
-def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
+class _Transport(AiohttpTransport):
     """httpx's API over aiohttp's connection pool: ~5x less CPU per request than
-    httpcore's pool under concurrency (measured in bench/, see bench/RESULTS.md)."""
+    httpcore's pool under concurrency (measured in bench/, see bench/RESULTS.md).
+
+    httpx-aiohttp 0.2 maps a refused connection or a failed DNS lookup
+    (aiohttp's ClientConnectorError) to httpx.ConnectTimeout; it is a ConnectError."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as e:
+            cause = e.__cause__
+            if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
+                cause, asyncio.TimeoutError
+            ):
+                raise httpx.ConnectError(str(e), request=request) from cause
+            raise
+
+
+def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=30)
-    return AiohttpTransport(limits=limits)
+    return _Transport(limits=limits)
 
 
 def upstream_client() -> LeanClient:
