@@ -9,6 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+from bench.frontier import frontier
+from bench.workloads import WORKLOADS
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -38,6 +41,8 @@ def plot(results: list[dict], path: Path) -> None:
                 xytext=(6, 6),
                 fontsize=8,
             )
+        if workload == "realistic":
+            _plot_frontier(ax)
         ax.set_title(f"{workload}: delivery lag p50 (bar to p99) vs polls per job")
         ax.set_xlabel("upstream polls per job")
         ax.set_ylabel("delivery lag (ms)")
@@ -45,6 +50,27 @@ def plot(results: list[dict], path: Path) -> None:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_frontier(ax) -> None:
+    """What polling can do at best on this distribution (bench/frontier.py)."""
+    f = frontier(WORKLOADS["realistic"])
+    points = sorted(f["oracle_hazard"].values())
+    ax.plot(
+        [p for p, _ in points],
+        [lag * 1000 for _, lag in points],
+        "--",
+        color="grey",
+        label="bridge policy given the true distribution",
+    )
+    ax.plot(
+        [f["min_polls_for_naive_lag_p50"]],
+        [f["naive_1s"][1] * 1000],
+        "x",
+        color="black",
+        label="cheapest schedule with a 1 s poller's lag p50",
+    )
+    ax.legend(fontsize=7, loc="upper right")
 
 
 if __name__ == "__main__":

@@ -511,7 +511,7 @@ VARIANTS = {
     "a-pushbridge": lambda run, s: run_bridge(run, None, s),
     "b-naive-1s": run_naive,
     "c-pushbridge-1s": lambda run, s: run_bridge(run, FIXED_1S, s),
-    "d-pushbridge-hazard-0.25": lambda run, s: run_bridge(run, {"adaptive_hazard": 0.25}, s),
+    "d-pushbridge-hazard-0.1": lambda run, s: run_bridge(run, {"adaptive_hazard": 0.1}, s),
 }
 
 
@@ -544,7 +544,7 @@ def print_table(results: list[dict]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workloads", default="burst,realistic")
-    p.add_argument("--variants", default="a-pushbridge,b-naive-1s,c-pushbridge-1s")
+    p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--scale", type=float, default=1.0, help="multiply job counts")
     a = p.parse_args()
     import uvloop

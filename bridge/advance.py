@@ -17,7 +17,7 @@ import orjson
 
 from bridge.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.jobs import error_json
-from bridge.learning import bucket_of
+from bridge.learning import interval_field
 from bridge.runtime import Runtime
 from bridge.store import Commit
 from bridge.upstream import Outcome
@@ -197,26 +197,31 @@ class Advancer:
         return min(poll.max_interval_s, max(poll.min_interval_s, learned))
 
     def duration_field(self, job: dict[str, str]) -> str:
-        """The histogram bucket of this job's duration, counted at the last moment it was
-        seen running (or submitted). A lower bound on purpose: an estimate that leans late
-        would make polls later, which would make the next estimates later still; one that
-        leans early makes polls earlier, which sees the job running longer, and converges."""
-        last_seen_ms = int(job.get("updated_at") or job["created_at"])
-        duration_s = max(0.0, (last_seen_ms - int(job["created_at"])) / 1000)
-        return f"{job['upstream']}:{bucket_of(duration_s)}"
+        """The histogram field of this job's duration: between the last poll that saw
+        it running (when that poll was sent; else its creation) and now, when it was
+        seen completed."""
+        created_ms = int(job["created_at"])
+        last_seen_ms = int(job.get("seen_running_at") or created_ms)
+        return interval_field(
+            job["upstream"],
+            max(0.0, (last_seen_ms - created_ms) / 1000),
+            self._elapsed_s(job),
+        )
 
     async def poll(self, job: dict[str, str], token: str) -> None:
         upstream = self.rt.upstreams[job["upstream"]]
         polls = int(job.get("polls") or 0) + 1
         if await self._rate_limited(job, token, "poll", upstream.config.rate_limit.poll_per_s):
             return
+        sent_ms = self.rt.store_now_ms()
         outcome = await upstream.poll(job["poll_url"])
         self._count(job, "poll", outcome)
         if outcome.kind == "completed":
             await self.complete(job, token, polls, outcome.url or "")
         elif outcome.kind in ("pending", "transient"):
+            seen = {"seen_running_at": sent_ms} if outcome.kind == "pending" else {}
             delay_s = at_least(self.next_poll_s(job, polls), outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, polls=polls)
+            await self.reschedule(job, token, delay_s, polls=polls, **seen)
         elif outcome.kind == "expired":
             await self.fail(
                 job, token, "upstream-expired", outcome.detail, outcome.status_code, polls=polls

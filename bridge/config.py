@@ -100,7 +100,7 @@ class PollConfig(_Section):
     deadline_s: float = Field(3600.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
     adaptive: bool = True  # learn the upstream's durations and poll where completion is likely
-    adaptive_hazard: float = Field(0.5, gt=0, le=1)  # lower = more polls, less lag
+    adaptive_hazard: float = Field(0.2, gt=0, le=1)  # lower = more polls, less lag
 
 
 class RateLimitConfig(_Section):

@@ -215,4 +215,5 @@ async def measure_backlog(rt: Runtime) -> None:
 
 async def learn_durations(rt: Runtime) -> None:
     """Refresh the learned duration histograms of every upstream from the store."""
-    rt.durations.update(await rt.store.duration_counts())
+    counts = await rt.store.duration_counts()
+    await asyncio.to_thread(rt.durations.update, counts)  # the estimate is CPU work

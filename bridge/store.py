@@ -11,7 +11,7 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:deliver         zset   callback deliveries, score = due time
     <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
     <prefix>:{p7}:failed          zset   jobs whose delivery failed for good (score = when)
-    <prefix>:{p7}:durations       hash   "<upstream>:<bucket>" -> completed jobs (learned polling)
+    <prefix>:{p7}:durations       hash   "<upstream>:s<lo>-<hi>" -> completed jobs (learned polling)
     <prefix>:url-key              string key that signs result_url links
 
 A sorted set is both schedule and lease: claiming re-scores a member to
@@ -86,7 +86,7 @@ class Commit:
     expire_ms: int | None = None
     due_field: str = ""
     failed_delivery: bool = False
-    duration_field: str = ""  # "<upstream>:<bucket>" counted in the partition's histogram
+    duration_field: str = ""  # "<upstream>:<low>-<high bucket>" counted in the histogram
 
 
 def _lua(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.frontier import LogNormal, evaluate, min_polls_for_lag_p50, oracle_hazard, simulate
 from bench.run import main_async
 from bench.targets import report
 
@@ -26,3 +27,16 @@ async def test_benchmark_smoke_run():
     (scale,) = [r for r in results if r["workload"] == "scale"]
     assert scale["in_flight"] == 1000 and 0 < scale["redis_bytes_per_inflight_job"] < 10_000
     assert "(iii) store memory" in report(results)
+
+
+def test_polling_frontier_of_the_realistic_workload():
+    """bench/frontier.py's exact figures: a 1 s poller, and the cheapest schedule that
+    matches its lag p50, on the realistic workload's distribution."""
+    dist = LogNormal(4.0, 20.0)
+    naive_polls, within_half_s = evaluate([float(k) for k in range(1, 500)], dist, 0.5)
+    assert 6.8 < naive_polls < 7.1 and 0.49 < within_half_s < 0.51
+    cheapest, covered = min_polls_for_lag_p50(dist, 0.5)
+    assert covered >= 0.5
+    assert naive_polls * 0.5 < cheapest < naive_polls  # better than 1 s, not by half
+    polls, lag_s = simulate(oracle_hazard(dist, 0.5), dist.sample(5000, seed=1))
+    assert polls < 2.5 and lag_s > 1.5  # the bridge's policy trades lag for polls

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import Counter
 
 from bridge.emulator import EmulatorSettings
-from bridge.learning import EDGES_S, Durations, bucket_of
+from bridge.learning import EDGES_S, MAX_SPANS, SUB, Durations, bucket_of, interval_field
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -40,6 +41,49 @@ def test_next_poll_lands_where_completion_is_likely():
     assert _learned([1.0] * 10).next_poll_s("m", 0.0, 0.5) is None  # too few samples
 
 
+def _median_s(d: Durations, upstream: str = "m") -> float:
+    counts = d.counts[upstream]
+    half, seen = sum(counts) / 2, 0.0
+    for b, n in enumerate(counts):
+        seen += n
+        if seen >= half:
+            return math.sqrt(EDGES_S[b] * EDGES_S[b + 1])
+    raise AssertionError("empty")
+
+
+def test_coarse_poll_intervals_still_give_the_true_distribution():
+    """Jobs polled every 3 s are known only to lie in (last running poll, completed
+    poll]; the estimate from those intervals finds the median that either end misses."""
+    rng = random.Random(5)
+    true = [4 * math.exp(rng.gauss(0, 0.98)) for _ in range(4000)]
+    offsets = [rng.uniform(0, 3) for _ in true]  # where each job's first poll falls
+    fields: dict[str, int] = {}
+    for t, first in zip(true, offsets, strict=True):
+        low = first + 3 * max(0, math.ceil((t - first) / 3) - 1) if t > first else 0.0
+        high = low + 3 if t > first else first
+        key = interval_field("m", low, high)
+        fields[key] = fields.get(key, 0) + 1
+    d = Durations()
+    d.update(fields)
+    assert 3.5 <= _median_s(d) <= 4.6, _median_s(d)  # true median: 4 s
+    lows: Counter[str] = Counter()
+    highs: Counter[str] = Counter()
+    for key, n in fields.items():
+        lo, hi = key.split(":s")[1].split("-")
+        lows[f"m:{int(lo) // SUB}"] += n
+        highs[f"m:{int(hi) // SUB}"] += n
+    lower, upper = Durations(), Durations()
+    lower.update(lows)
+    upper.update(highs)
+    assert _median_s(lower) < 3.3 and _median_s(upper) > 5.0  # each end alone is biased
+
+
+def test_bad_histogram_fields_are_ignored():
+    d = Durations(min_samples=1)
+    d.update({"m:s3-2": 5, "m:x": 1, "m:999": 1, "m:s-4": 2, "m:s4-": 3, "m:3-4": 1})
+    assert "m" not in d.counts or sum(d.counts["m"]) == 0
+
+
 async def test_learned_polling_uses_fewer_polls_than_backoff(make_stack):
     settings = EmulatorSettings(duration_s=1.5, token=UPSTREAM_TOKEN)
     s = await make_stack(emulator=settings, upstreams__echo__poll__max_interval_s=5)
@@ -54,7 +98,18 @@ async def test_learned_polling_uses_fewer_polls_than_backoff(make_stack):
         await s.submit()
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 60, 20)
     later_polls = (s.emulator.requests["poll"] - first_polls * 40) / 20
-    # geometric backoff from 0.05 s needs ~8 polls for 1.5 s; learned (from lower-bound
-    # duration samples, so the first learned poll comes slightly early) about 3-4
+    # geometric backoff from 0.05 s needs ~8 polls for 1.5 s; learned about 2-3
     assert later_polls <= first_polls * 0.65, (first_polls, later_polls)
     await asyncio.sleep(0)
+
+
+def test_many_distinct_spans_are_widened_and_still_estimate_the_distribution():
+    rng = random.Random(1)
+    fields: Counter[str] = Counter()
+    for _ in range(20_000):
+        t = 4 * math.exp(rng.gauss(0, 0.98))
+        fields[interval_field("m", t * rng.uniform(0.7, 1), t * rng.uniform(1, 1.4))] += 1
+    assert len(fields) > MAX_SPANS
+    d = Durations()
+    d.update(fields)
+    assert 3.4 <= _median_s(d) <= 4.7, _median_s(d)

@@ -1,0 +1,168 @@
+"""What polling can do at best on a workload's duration distribution, computed exactly.
+
+    python -m bench.frontier            # the realistic workload (log-normal, median 4 s, p95 20 s)
+
+Two curves of (polls per job, delivery lag p50) for the plot, and one bound:
+
+- oracle: the bridge's own poll policy (bridge.learning, hazard-based, clamped as the
+  bridge clamps it) handed the true distribution instead of a learned one;
+- the cheapest schedule of poll times (any schedule on a 1 % geometric grid) that keeps
+  delivery lag p50 at or under a given lag: minimise expected polls - mu * P(lag <= d)
+  by dynamic programming over "last poll at grid point i, job still running", with mu
+  found by bisection. Expected polls of a schedule t1 < t2 < … are Σ P(T > t(k-1)); the
+  lag is ≤ d exactly when T falls in [t(k) - d, t(k)) for the first poll after T.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+
+from bench.workloads import WORKLOADS, Workload
+from bridge.learning import Durations, bucket_of
+
+Z95 = 1.6448536269514722
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    median_s: float
+    p95_s: float
+
+    @property
+    def sigma(self) -> float:
+        return math.log(self.p95_s / self.median_s) / Z95
+
+    def cdf(self, t: float) -> float:
+        if t <= 0:
+            return 0.0
+        z = (math.log(t) - math.log(self.median_s)) / self.sigma
+        return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+    def sample(self, n: int, seed: int) -> list[float]:
+        rng = random.Random(seed)
+        return [rng.lognormvariate(math.log(self.median_s), self.sigma) for _ in range(n)]
+
+
+def evaluate(schedule: list[float], dist: LogNormal, lag_s: float) -> tuple[float, float]:
+    """(expected polls per job, P(lag ≤ lag_s)) of a poll schedule, exactly."""
+    polls, covered, prev = 0.0, 0.0, 0.0
+    for t in schedule:
+        polls += 1 - dist.cdf(prev)
+        covered += dist.cdf(t) - dist.cdf(max(prev, t - lag_s))
+        prev = t
+    return polls, covered
+
+
+def cheapest_schedule(
+    dist: LogNormal, lag_s: float, mu: float, step: float = 1.01, horizon_s: float = 400.0
+) -> list[float]:
+    """The schedule minimising expected polls - mu * P(lag <= lag_s), over a grid."""
+    grid = [0.0]
+    t = 0.05
+    while t < horizon_s:
+        grid.append(t)
+        t *= step
+    n = len(grid)
+    cdf = [dist.cdf(g) for g in grid]
+    value = [0.0] * n
+    choice = [n - 1] * n
+    for i in range(n - 2, -1, -1):
+        survive = 1 - cdf[i]
+        best, best_j = math.inf, n - 1
+        for j in range(i + 1, n):
+            lo = grid[j] - lag_s
+            cov = cdf[j] - (cdf[i] if lo <= grid[i] else dist.cdf(lo))
+            v = survive - mu * cov + value[j]
+            if v < best:
+                best, best_j = v, j
+            if grid[j] - grid[i] > 60:
+                break
+        value[i], choice[i] = best, best_j
+    schedule, i = [], 0
+    while i < n - 1:
+        i = choice[i]
+        schedule.append(grid[i])
+    return schedule
+
+
+def min_polls_for_lag_p50(dist: LogNormal, lag_s: float) -> tuple[float, float]:
+    """(expected polls, coverage) of the cheapest schedule with P(lag ≤ lag_s) ≥ ½."""
+    lo, hi = 0.0, 200.0
+    best = (math.inf, 0.0)
+    for _ in range(18):
+        mu = (lo + hi) / 2
+        polls, covered = evaluate(cheapest_schedule(dist, lag_s, mu), dist, lag_s)
+        if covered >= 0.5:
+            best, hi = min(best, (polls, covered)), mu
+        else:
+            lo = mu
+    return best
+
+
+def oracle_hazard(
+    dist: LogNormal, hazard: float, min_interval_s: float = 0.5, max_interval_s: float = 15.0
+) -> list[float]:
+    """The bridge's poll times for a job, with the true distribution as its histogram."""
+    d = Durations(min_samples=1)
+    d.update(_histogram(dist))
+    first = d.next_poll_s("m", 0.0, hazard) or 0.0
+    times = [first]
+    while times[-1] < 400:
+        nxt = d.next_poll_s("m", times[-1], hazard) or max_interval_s
+        times.append(times[-1] + min(max_interval_s, max(min_interval_s, nxt)))
+    return times
+
+
+def _histogram(dist: LogNormal, n: int = 100_000) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in dist.sample(n, seed=99):
+        key = f"m:{bucket_of(t)}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def simulate(schedule: list[float], durations: list[float]) -> tuple[float, float]:
+    """(polls per job, lag p50 in s) of a schedule over sampled durations."""
+    polls, lags = 0, []
+    for t in durations:
+        k = next(i for i, p in enumerate(schedule) if p >= t)
+        polls += k + 1
+        lags.append(schedule[k] - t)
+    return polls / len(durations), statistics.median(lags)
+
+
+def frontier(w: Workload, hazards: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5)) -> dict:
+    assert w.duration_p95_s, "a log-normal workload"
+    dist = LogNormal(w.duration_s, w.duration_p95_s)
+    sample = dist.sample(20_000, seed=w.seed)
+    naive = [float(k) for k in range(1, 500)]
+    out = {
+        "naive_1s": simulate(naive, sample),
+        "oracle_hazard": {h: simulate(oracle_hazard(dist, h), sample) for h in hazards},
+    }
+    lag_p50 = out["naive_1s"][1]
+    out["min_polls_for_naive_lag_p50"] = min_polls_for_lag_p50(dist, lag_p50)[0]
+    return out
+
+
+def main() -> None:
+    w = WORKLOADS["realistic"]
+    f = frontier(w)
+    polls, lag = f["naive_1s"]
+    print(f"naive 1 s poller: {polls:.2f} polls/job, lag p50 {lag * 1000:.0f} ms")
+    for h, (p, lag_h) in f["oracle_hazard"].items():
+        print(
+            f"bridge policy, true distribution, hazard {h}: "
+            f"{p:.2f} polls/job, lag p50 {lag_h * 1000:.0f} ms"
+        )
+    print(
+        f"cheapest schedule with lag p50 ≤ {lag * 1000:.0f} ms: "
+        f"{f['min_polls_for_naive_lag_p50']:.2f} polls/job"
+    )
+
+
+if __name__ == "__main__":
+    main()
