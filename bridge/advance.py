@@ -193,7 +193,7 @@ class Advancer:
         learned = self._learned_poll_s(job)
         poll = self.rt.upstreams[job["upstream"]].config.poll
         if learned is None:
-            return poll_interval_s(poll, polls_done)
+            return poll_interval_s(poll, polls_done, self._elapsed_s(job))
         return min(poll.max_interval_s, max(poll.min_interval_s, learned))
 
     def duration_field(self, job: dict[str, str]) -> str:

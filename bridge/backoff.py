@@ -16,10 +16,13 @@ def jittered(delay_s: float, rng: random.Random | None = None, frac: float = JIT
     return delay_s * (1 + rng.uniform(-frac, frac))
 
 
-def poll_interval_s(poll: PollConfig, polls_done: int) -> float:
-    """Interval before the next poll after `polls_done` polls: geometric, clamped."""
-    interval = poll.min_interval_s * poll.backoff_factor ** max(0, polls_done - 1)
-    return min(poll.max_interval_s, interval)
+def poll_interval_s(poll: PollConfig, polls_done: int, elapsed_s: float = 0.0) -> float:
+    """Interval before the next poll after `polls_done` polls: geometric, and at least
+    (backoff_factor - 1) x the job's age (a job that has run for ten minutes will not
+    finish in the next half second more likely than one that just started), clamped."""
+    geometric = poll.min_interval_s * poll.backoff_factor ** max(0, polls_done - 1)
+    by_age = elapsed_s * (poll.backoff_factor - 1)
+    return min(poll.max_interval_s, max(geometric, by_age))
 
 
 def submit_retry_s(submits_done: int, rng: random.Random | None = None) -> float:

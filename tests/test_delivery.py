@@ -189,6 +189,8 @@ def test_result_links_cannot_be_forged_or_reused_after_expiry():
 def test_backoff_schedules():
     poll = PollConfig(min_interval_s=1, max_interval_s=5, backoff_factor=2)
     assert [poll_interval_s(poll, n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+    assert poll_interval_s(poll, 1, elapsed_s=3.0) == 3.0  # factor 2: (2 - 1) x the age
+    assert poll_interval_s(poll, 1, elapsed_s=60.0) == 5  # still clamped
     schedule = [5, 300, 1800]
     for n, base in [(1, 5), (2, 300), (3, 1800), (9, 1800)]:
         delays = [delivery_retry_s(schedule, n) for _ in range(200)]
