@@ -1,7 +1,7 @@
 """The naive alternative: one asyncio task per job polls the upstream every second and
 POSTs the callback itself (no store, nothing survives a crash). As in OctoAI's guide.
 
-    python -m bench.naive --emulator URL --receiver URL --workload realistic [--scale F]
+    python -m bench.naive --emulator URL --receiver URL --workload realistic --out FILE [--scale F]
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -74,11 +75,12 @@ def main() -> None:
     p.add_argument("--receiver", required=True)
     p.add_argument("--workload", required=True)
     p.add_argument("--scale", type=float, default=1.0)
+    p.add_argument("--out", required=True, help="where to write the submit latencies (JSON)")
     a = p.parse_args()
     import uvloop
 
     submit_s = uvloop.run(run(a.emulator, a.receiver, a.workload, a.scale))
-    print(orjson.dumps({"submit_s": submit_s}).decode())
+    Path(a.out).write_bytes(orjson.dumps({"submit_s": submit_s}))
 
 
 if __name__ == "__main__":

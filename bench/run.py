@@ -360,6 +360,7 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
             m = metric_samples((await c.get(f"{url}/metrics")).text)
         stats = await run.emulator_stats(emulator)
         await save_durations(client, f"{run.variant}-{run.workload.name}")
+        save_jobs(run, stats)
     finally:
         stop_profiler(profiler)
         await client.aclose()
@@ -386,6 +387,13 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
                 histogram_quantile(m, "pushbridge_due_lateness_seconds", {"schedule": "due"}, 0.99)
             ),
             "cpu_share": cpu_share(all0, all1, elapsed),
+            "deferrals_per_job": round(
+                sum(
+                    v for (name, _), v in m.items() if name == "pushbridge_delivery_deferrals_total"
+                )
+                / n,
+                3,
+            ),
             "attempts_per_job": {
                 dict(lbl)["outcome"]: round(v / n, 3)
                 for (name, lbl), v in m.items()
@@ -393,6 +401,18 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
             },
         },
     )
+
+
+def save_jobs(run: Run, stats: dict) -> None:
+    """Per job: upstream ready time, callback arrival, polls (bench/out/jobs-*.json)."""
+    futures = stats["futures"]
+    rows = {}
+    for d in run.receiver.succeeded():
+        f = futures[d.event["data"]["upstream_id"]]
+        rows.setdefault(d.webhook_id, (f["ready_at"], d.arrived_at, f["polls"]))
+    OUT.mkdir(exist_ok=True)
+    name = f"jobs-{run.variant}-{run.workload.name}.json"
+    (OUT / name).write_text(json.dumps(sorted(rows.values())))
 
 
 async def save_durations(client: aioredis.Redis, name: str) -> None:
@@ -417,6 +437,7 @@ def _round(x: float | None) -> float | None:
 async def run_naive(run: Run, settle_s: float) -> dict:
     emulator = await run.start_emulator()
     recv = await start_server(run.receiver.app())
+    out_file = run.work / f"naive-{run.workload.name}.json"
     try:
         naive = run.procs.spawn(
             "-m",
@@ -429,7 +450,8 @@ async def run_naive(run: Run, settle_s: float) -> dict:
             run.workload.name,
             "--scale",
             str(run.workload.jobs / WORKLOADS[run.workload.name].jobs),
-            stdout=subprocess.PIPE,
+            "--out",
+            str(out_file),
         )
         t0 = time.perf_counter()
         cpu = 0.0
@@ -440,8 +462,8 @@ async def run_naive(run: Run, settle_s: float) -> dict:
             naive.kill()
         await run.wait_delivered(5)
         elapsed = time.perf_counter() - t0
-        out = (naive.stdout.read() if naive.stdout else b"").strip().splitlines()
-        run.submit_s = orjson.loads(out[-1]).get("submit_s", []) if out else []
+        done = out_file.exists()
+        run.submit_s = orjson.loads(out_file.read_bytes())["submit_s"] if done else []
         stats = await run.emulator_stats(emulator)
     finally:
         await recv.stop()

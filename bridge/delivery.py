@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +11,7 @@ import httpx
 
 from bridge import __version__
 from bridge.config import CallbacksConfig
+from bridge.hostgate import HostGates
 from bridge.httputil import describe_error, parse_retry_after
 from bridge.leanhttp import LeanClient
 from bridge.signing import sign_webhook
@@ -54,17 +54,16 @@ class Deliverer:
     """Posts events; `client` must not follow redirects (a 3xx is a failed attempt).
 
     At most `per_host_concurrency` attempts run against one host; beyond that an
-    attempt is "deferred" at once instead of queueing, so one hanging host cannot
-    tie up the workers that deliver to every other host.
+    attempt waits briefly for a slot if the host has been answering quickly, else it
+    is "deferred" at once, so one hanging host cannot tie up the workers that deliver
+    to every other host (bridge/hostgate.py).
     """
 
     def __init__(self, client: LeanClient, config: CallbacksConfig, policy: UrlPolicy):
         self.client = client
         self.config = config
         self.policy = policy
-        self._per_host: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(config.per_host_concurrency)
-        )
+        self.gates = HostGates(config.per_host_concurrency)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
         started = time.perf_counter()
@@ -72,10 +71,9 @@ class Deliverer:
             host, addresses = await self.policy.resolve(url)
         except CallbackRejected as e:
             return Attempt("retry", None, _ms_since(started), f"callback-rejected: {e}")
-        gate = self._per_host[host]
-        if gate.locked():  # the host is at its cap: come back later, keep the worker free
-            return Attempt("deferred", None, 0, f"{host} is at per_host_concurrency")
-        async with gate:
+        async with self.gates.slot(host) as got:
+            if not got:  # at its cap and not worth waiting for: come back later
+                return Attempt("deferred", None, 0, f"{host} is at per_host_concurrency")
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.timeout_s):

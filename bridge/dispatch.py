@@ -66,6 +66,7 @@ class Dispatcher:
         headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
         attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
         if attempt.outcome == "deferred":
+            self.rt.metrics.delivery_deferrals.inc()
             delay_ms = int(jittered(DEFER_S) * 1000)
             await self.rt.commit(
                 "deliver", job["id"], token, Commit(fields={}, source=str(delay_ms))

@@ -54,6 +54,11 @@ class Metrics:
         self.delivery_attempts = Counter(
             "pushbridge_delivery_attempts", "Callback attempts by outcome", ["outcome"], registry=r
         )
+        self.delivery_deferrals = Counter(
+            "pushbridge_delivery_deferrals",
+            "Deliveries put off (0.5 s) because their host was at per_host_concurrency",
+            registry=r,
+        )
         self.delivery_lag = Histogram(
             "pushbridge_delivery_lag_seconds",
             "Upstream completion to receiver's 2xx",
