@@ -46,6 +46,13 @@ def interval_field(upstream: str, low_s: float, high_s: float) -> str:
     return f"{upstream}:s{bucket_of(low_s, SUB)}-{_last_sub_bucket(high_s)}"
 
 
+def running_field(upstream: str, seen_running_s: float) -> str:
+    """The histogram field of a job still running after seen_running_s (right-censored:
+    it finishes somewhere after that). Without these, an estimate made while long jobs
+    are still running sees only the short ones that already finished."""
+    return f"{upstream}:s{bucket_of(seen_running_s, SUB)}-{BUCKETS * SUB - 1}"
+
+
 def _last_sub_bucket(high_s: float) -> int:
     """The last sub-bucket a duration of at most high_s can fall in: a poll that lands
     exactly on a sub-bucket edge says nothing about the sub-bucket that starts there."""
@@ -122,6 +129,7 @@ class Durations:
     def __init__(self, min_samples: int = 30) -> None:
         self.min_samples = min_samples
         self.counts: dict[str, list[float]] = {}
+        self.finished: dict[str, int] = {}  # jobs seen finishing, per upstream
 
     def update(self, flat: dict[str, int]) -> None:
         spans: dict[str, dict[Span, int]] = defaultdict(dict)
@@ -131,13 +139,16 @@ class Durations:
                 seen = spans[upstream]
                 seen[span] = seen.get(span, 0) + n
         self.counts = {upstream: estimate(_bounded(by_span)) for upstream, by_span in spans.items()}
+        self.finished = {
+            upstream: sum(n for (_, hi), n in by_span.items() if hi < BUCKETS * SUB - 1)
+            for upstream, by_span in spans.items()
+        }
 
     def next_poll_s(self, upstream: str, elapsed_s: float, hazard: float) -> float | None:
         """Seconds from now to the next poll of a job running for elapsed_s, or None if
         too little is known about this upstream."""
         counts = self.counts.get(upstream)
-        total = sum(counts) if counts else 0
-        if not counts or total < self.min_samples:
+        if not counts or self.finished.get(upstream, 0) < self.min_samples:
             return None
         start = bisect_right(EDGES_S, elapsed_s) - 1  # the bucket elapsed_s falls in
         survivors = sum(counts[max(0, start) :])

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from bridge.config import Config, Secrets
 from bridge.delivery import Deliverer
 from bridge.leanhttp import LeanClient
-from bridge.learning import Durations
+from bridge.learning import Durations, running_field
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
 from bridge.signing import ResultLinks
@@ -55,6 +55,7 @@ class Runtime:
     durations: Durations = field(default_factory=Durations)
     clock_offset_ms: float = 0.0  # store clock minus local clock, from the last claim
     forget: Callable[[str], None] = lambda job_id: None  # a cancelled job is no longer held
+    held_jobs: Callable[[], list[dict[str, str]]] = list  # jobs this process holds now
     deliver_now: Callable[[dict[str, str], str | None, str], Awaitable[None]] | None = None
 
     @property
@@ -216,4 +217,8 @@ async def measure_backlog(rt: Runtime) -> None:
 async def learn_durations(rt: Runtime) -> None:
     """Refresh the learned duration histograms of every upstream from the store."""
     counts = await rt.store.duration_counts()
+    for job in rt.held_jobs():  # still running: known only to last longer than seen so far
+        if seen_ms := job.get("seen_running_at"):
+            field = running_field(job["upstream"], (int(seen_ms) - int(job["created_at"])) / 1000)
+            counts[field] = counts.get(field, 0) + 1
     await asyncio.to_thread(rt.durations.update, counts)  # the estimate is CPU work

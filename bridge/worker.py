@@ -186,6 +186,7 @@ class Held:
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
         self.timers: dict[str, tuple[asyncio.TimerHandle, str]] = {}
+        self.jobs: dict[str, dict[str, str]] = {}  # the held jobs themselves
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
         self.stopping = False
 
@@ -195,16 +196,19 @@ class Held:
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
         self.timers[job["id"]] = (handle, token)
+        self.jobs[job["id"]] = job
         return True
 
     def forget(self, job_id: str) -> None:
         """Stop holding a job (it was cancelled): no more polls from this process."""
         timer = self.timers.pop(job_id, None)
+        self.jobs.pop(job_id, None)
         if timer is not None:
             timer[0].cancel()
 
     def _fire(self, job: dict[str, str], token: str, due: float) -> None:
         self.timers.pop(job["id"], None)
+        self.jobs.pop(job["id"], None)
         task = asyncio.create_task(self._run(job, token, due))
         self.running[task] = (job["id"], token)
         task.add_done_callback(lambda t: self.running.pop(t, None))
@@ -216,7 +220,7 @@ class Held:
 
     async def stop(self, grace_s: float) -> None:
         self.stopping = True
-        timers, self.timers = self.timers, {}
+        timers, self.timers, self.jobs = self.timers, {}, {}
         for handle, _ in timers.values():
             handle.cancel()
         unfinished = await finish_or_cancel(self.running, grace_s)
@@ -298,6 +302,7 @@ class Workers:
             loop.start()
         self.rt.hold = self.held.hold
         self.rt.forget = self.held.forget
+        self.rt.held_jobs = lambda: list(self.held.jobs.values())
         self.rt.deliver_now = self._deliver_now
 
     async def _deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:

@@ -8,7 +8,15 @@ import random
 from collections import Counter
 
 from bridge.emulator import EmulatorSettings
-from bridge.learning import EDGES_S, MAX_SPANS, SUB, Durations, bucket_of, interval_field
+from bridge.learning import (
+    EDGES_S,
+    MAX_SPANS,
+    SUB,
+    Durations,
+    bucket_of,
+    interval_field,
+    running_field,
+)
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -113,3 +121,24 @@ def test_many_distinct_spans_are_widened_and_still_estimate_the_distribution():
     d = Durations()
     d.update(fields)
     assert 3.4 <= _median_s(d) <= 4.7, _median_s(d)
+
+
+def test_jobs_still_running_keep_the_estimate_from_leaning_short():
+    """Early in a run only the short jobs have finished; counting the running ones as
+    'longer than seen so far' moves the estimate back toward the truth."""
+    rng = random.Random(7)
+    durations = [4 * math.exp(rng.gauss(0, 0.98)) for _ in range(3000)]
+    now_s = [rng.uniform(0, 12) for _ in durations]  # how long ago each job started
+    done: Counter[str] = Counter()
+    running: Counter[str] = Counter()
+    for t, age in zip(durations, now_s, strict=True):
+        if t <= age:
+            done[interval_field("m", t * 0.9, t * 1.1)] += 1
+        else:
+            running[running_field("m", age)] += 1
+    only_done, both = Durations(), Durations()
+    only_done.update(done)
+    both.update(done + running)
+    assert _median_s(only_done) < 3.2  # the true median is 4 s
+    assert 3.4 <= _median_s(both) <= 4.8, _median_s(both)
+    assert both.finished["m"] == only_done.finished["m"] == sum(done.values())
