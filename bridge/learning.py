@@ -93,10 +93,15 @@ def estimate(spans: dict[Span, int], iterations: int = 40) -> list[float]:
     within a bucket, so a span covering part of a bucket takes that part of its mass."""
     parts = [(_overlaps(span), n) for span, n in spans.items()]
     mass = [0.0] * BUCKETS
-    for overlaps, n in parts:  # start: each job spread over its span
-        width = sum(share for _, share in overlaps)
-        for b, share in overlaps:
-            mass[b] += n * share / width
+    running = [(span, n) for span, n in spans.items() if span[1] == BUCKETS * SUB - 1]
+    for overlaps, n in parts:  # start: each finished job spread over its span
+        if overlaps[-1][0] < BUCKETS - 1:
+            width = sum(share for _, share in overlaps)
+            for b, share in overlaps:
+                mass[b] += n * share / width
+    for (lo, _), n in running:  # a job running longer than any finished one: it may
+        if sum(mass[lo // SUB :]) <= 0:  # finish any moment (never "in 14 hours")
+            mass[lo // SUB] += n
     for _ in range(iterations):
         nxt = [0.0] * BUCKETS
         for overlaps, n in parts:

@@ -142,3 +142,10 @@ def test_jobs_still_running_keep_the_estimate_from_leaning_short():
     assert _median_s(only_done) < 3.2  # the true median is 4 s
     assert 3.4 <= _median_s(both) <= 4.8, _median_s(both)
     assert both.finished["m"] == only_done.finished["m"] == sum(done.values())
+
+
+def test_a_job_running_past_every_finished_one_is_polled_in_proportion_not_hours_later():
+    d = Durations()
+    d.update({interval_field("m", 0.9, 1.1): 50, running_field("m", 5.0): 3})
+    wait_s = d.next_poll_s("m", 5.2, hazard=0.2)
+    assert wait_s is not None and 0 < wait_s <= 5.2 * 0.35, wait_s
