@@ -48,8 +48,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE = bool(os.environ.get("BENCH_PROFILE"))
 
 # what an operator sets for a ~10-minute model: no poll in its first two minutes, then
-# intervals growing with the job's age up to 2 minutes (the defaults suit seconds)
-SCALE_POLL = {"initial_delay_s": 120.0, "max_interval_s": 120.0}
+# intervals growing with the job's age up to 3 minutes (the defaults suit seconds)
+SCALE_POLL = {"initial_delay_s": 120.0, "max_interval_s": 180.0}
+SCALE_SETTLE_S = 120.0  # after the last submit: the polls that came due meanwhile run
 
 FIXED_1S = {
     "initial_delay_s": 1.0,
@@ -507,7 +508,7 @@ async def run_scale(run: Run, window_s: float) -> dict:
         t0 = time.perf_counter()
         await run.submit_all(url, recv.url)
         submit_rate = run.workload.jobs / (time.perf_counter() - t0)
-        await asyncio.sleep(5)
+        await asyncio.sleep(min(SCALE_SETTLE_S, window_s * 2))
         m0, cpu0, r0 = await scrape(url), cpu_s(bridge.pid), await redis_stats(client)
         await asyncio.sleep(window_s)
         m1, cpu1, r1 = await scrape(url), cpu_s(bridge.pid), await redis_stats(client)
@@ -579,10 +580,10 @@ async def main_async(
 
 def print_table(results: list[dict]) -> None:
     cols = [k for k, v in results[0].items() if k != "jobs" and not isinstance(v, dict)]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
+    widths = {c: max(len(c), *(len(str(r.get(c))) for r in results)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in results:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        print("  ".join(str(r.get(c)).ljust(widths[c]) for c in cols))
 
 
 def main() -> int:
