@@ -288,14 +288,18 @@ class Run:
         async with httpx.AsyncClient(timeout=120) as c:
             return (await c.get(f"{url}/_emulator/stats")).json()
 
-    def lags(self, stats: dict) -> list[float]:
+    def first_arrivals(self, stats: dict) -> list[tuple[dict, float]]:
+        """Per delivered event: its upstream future (emulator stats) and when its first
+        successful callback arrived."""
         futures = stats["futures"]
-        first: dict[str, float] = {}
+        first: dict[str, tuple[dict, float]] = {}
         for d in self.receiver.succeeded():
-            first.setdefault(
-                d.webhook_id, d.arrived_at - futures[d.event["data"]["upstream_id"]]["ready_at"]
-            )
+            future = futures[d.event["data"]["upstream_id"]]
+            first.setdefault(d.webhook_id, (future, d.arrived_at))
         return list(first.values())
+
+    def lags(self, stats: dict) -> list[float]:
+        return [arrived - f["ready_at"] for f, arrived in self.first_arrivals(stats)]
 
 
 def summarize(run: Run, stats: dict, elapsed_s: float, cpu: float, extra: dict) -> dict:
@@ -406,14 +410,9 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
 
 def save_jobs(run: Run, stats: dict) -> None:
     """Per job: upstream ready time, callback arrival, polls (bench/out/jobs-*.json)."""
-    futures = stats["futures"]
-    rows = {}
-    for d in run.receiver.succeeded():
-        f = futures[d.event["data"]["upstream_id"]]
-        rows.setdefault(d.webhook_id, (f["ready_at"], d.arrived_at, f["polls"]))
+    rows = sorted((f["ready_at"], arrived, f["polls"]) for f, arrived in run.first_arrivals(stats))
     OUT.mkdir(exist_ok=True)
-    name = f"jobs-{run.variant}-{run.workload.name}.json"
-    (OUT / name).write_text(json.dumps(sorted(rows.values())))
+    (OUT / f"jobs-{run.variant}-{run.workload.name}.json").write_text(json.dumps(rows))
 
 
 async def save_durations(client: aioredis.Redis, name: str) -> None:

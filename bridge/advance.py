@@ -183,11 +183,6 @@ class Advancer:
             job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
         )
 
-    def first_poll_s(self, job: dict[str, str]) -> float:
-        learned = self._learned_poll_s(job)
-        poll = self.rt.upstreams[job["upstream"]].config.poll
-        return poll.initial_delay_s if learned is None else learned
-
     def next_poll_s(self, job: dict[str, str], polls_done: int) -> float:
         """Learned from the upstream's durations when possible, else geometric backoff."""
         learned = self._learned_poll_s(job)

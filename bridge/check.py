@@ -9,7 +9,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
-from bridge.runtime import upstream_client
+from bridge.leanhttp import upstream_client
 from bridge.server import dev_config, open_store
 from bridge.upstream import OctoAIUpstream
 

@@ -38,6 +38,7 @@ def bucket_of(duration_s: float, per_bucket: int = 1) -> int:
 
 
 SUB = 8  # sub-buckets per bucket for interval ends: about 1.8 % of a duration
+LAST_SUB = BUCKETS * SUB - 1  # a span ending here is open: the job was still running
 
 
 def interval_field(upstream: str, low_s: float, high_s: float) -> str:
@@ -50,7 +51,7 @@ def running_field(upstream: str, seen_running_s: float) -> str:
     """The histogram field of a job still running after seen_running_s (right-censored:
     it finishes somewhere after that). Without these, an estimate made while long jobs
     are still running sees only the short ones that already finished."""
-    return f"{upstream}:s{bucket_of(seen_running_s, SUB)}-{BUCKETS * SUB - 1}"
+    return f"{upstream}:s{bucket_of(seen_running_s, SUB)}-{LAST_SUB}"
 
 
 def _last_sub_bucket(high_s: float) -> int:
@@ -59,7 +60,7 @@ def _last_sub_bucket(high_s: float) -> int:
     if high_s <= BASE_S:
         return 0
     x = math.log(high_s / BASE_S, GROWTH) * SUB
-    return min(BUCKETS * SUB - 1, max(0, math.ceil(x - 1e-6) - 1))
+    return min(LAST_SUB, max(0, math.ceil(x - 1e-6) - 1))
 
 
 Span = tuple[int, int]  # (first, last) sub-bucket, inclusive
@@ -74,7 +75,11 @@ def _parse_span(field: str) -> Span | None:
         if not (field.startswith("s") and dash and low.isdigit() and high.isdigit()):
             return None
         span = (int(low), int(high))
-    return span if span[0] <= span[1] < BUCKETS * SUB else None
+    return span if span[0] <= span[1] <= LAST_SUB else None
+
+
+def _running(span: Span) -> bool:
+    return span[1] == LAST_SUB
 
 
 def _overlaps(span: Span) -> list[tuple[int, float]]:
@@ -93,15 +98,14 @@ def estimate(spans: dict[Span, int], iterations: int = 40) -> list[float]:
     within a bucket, so a span covering part of a bucket takes that part of its mass."""
     parts = [(_overlaps(span), n) for span, n in spans.items()]
     mass = [0.0] * BUCKETS
-    running = [(span, n) for span, n in spans.items() if span[1] == BUCKETS * SUB - 1]
-    for overlaps, n in parts:  # start: each finished job spread over its span
-        if overlaps[-1][0] < BUCKETS - 1:
+    for (span, n), (overlaps, _) in zip(spans.items(), parts, strict=True):
+        if not _running(span):  # start: each finished job spread over its span
             width = sum(share for _, share in overlaps)
             for b, share in overlaps:
                 mass[b] += n * share / width
-    for (lo, _), n in running:  # a job running longer than any finished one: it may
-        if sum(mass[lo // SUB :]) <= 0:  # finish any moment (never "in 14 hours")
-            mass[lo // SUB] += n
+    for (lo, hi), n in spans.items():  # a job running longer than any finished one:
+        if _running((lo, hi)) and sum(mass[lo // SUB :]) <= 0:  # it may finish any
+            mass[lo // SUB] += n  # moment (never "in 14 hours")
     for _ in range(iterations):
         nxt = [0.0] * BUCKETS
         for overlaps, n in parts:
@@ -145,7 +149,7 @@ class Durations:
                 seen[span] = seen.get(span, 0) + n
         self.counts = {upstream: estimate(_bounded(by_span)) for upstream, by_span in spans.items()}
         self.finished = {
-            upstream: sum(n for (_, hi), n in by_span.items() if hi < BUCKETS * SUB - 1)
+            upstream: sum(n for span, n in by_span.items() if not _running(span))
             for upstream, by_span in spans.items()
         }
 

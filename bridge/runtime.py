@@ -8,10 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
-import httpx
 import structlog
-from httpx_aiohttp import AiohttpTransport
 from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
@@ -129,38 +126,6 @@ async def build_runtime(
         limiter=RateLimiter(store.redis, config.store.key_prefix, store.round_trips),
         log=structlog.get_logger("pushbridge"),
     )
-
-
-class _Transport(AiohttpTransport):
-    """httpx's API over aiohttp's connection pool: ~5x less CPU per request than
-    httpcore's pool under concurrency (measured in bench/, see bench/RESULTS.md).
-
-    httpx-aiohttp 0.2 maps a refused connection or a failed DNS lookup
-    (aiohttp's ClientConnectorError) to httpx.ConnectTimeout; it is a ConnectError."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except httpx.ConnectTimeout as e:
-            cause = e.__cause__
-            if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-                cause, asyncio.TimeoutError
-            ):
-                raise httpx.ConnectError(str(e), request=request) from cause
-            raise
-
-
-def _transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=30)
-    return _Transport(limits=limits)
-
-
-def upstream_client() -> LeanClient:
-    return LeanClient(transport=_transport(512), follow_redirects=True, max_redirects=5)
-
-
-def callback_client() -> LeanClient:
-    return LeanClient(transport=_transport(1024), follow_redirects=False)
 
 
 async def every(

@@ -19,7 +19,8 @@ from bridge.app import Role, create_app
 from bridge.config import Config, Secrets, parse_config
 from bridge.embedded import EmbeddedValkey
 from bridge.emulator import create_emulator_app
-from bridge.runtime import Runtime, build_runtime, callback_client, upstream_client
+from bridge.leanhttp import callback_client, upstream_client
+from bridge.runtime import Runtime, build_runtime
 from bridge.serving import uvicorn_config
 from bridge.signing import new_webhook_secret
 from bridge.store import Store

@@ -185,8 +185,7 @@ class Held:
         self.step = step
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
-        self.timers: dict[str, tuple[asyncio.TimerHandle, str]] = {}
-        self.jobs: dict[str, dict[str, str]] = {}  # the held jobs themselves
+        self.timers: dict[str, tuple[asyncio.TimerHandle, str, dict[str, str]]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
         self.stopping = False
 
@@ -195,20 +194,21 @@ class Held:
             return False
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
-        self.timers[job["id"]] = (handle, token)
-        self.jobs[job["id"]] = job
+        self.timers[job["id"]] = (handle, token, job)
         return True
+
+    def jobs(self) -> list[dict[str, str]]:
+        """The jobs held now."""
+        return [job for _, _, job in self.timers.values()]
 
     def forget(self, job_id: str) -> None:
         """Stop holding a job (it was cancelled): no more polls from this process."""
         timer = self.timers.pop(job_id, None)
-        self.jobs.pop(job_id, None)
         if timer is not None:
             timer[0].cancel()
 
     def _fire(self, job: dict[str, str], token: str, due: float) -> None:
         self.timers.pop(job["id"], None)
-        self.jobs.pop(job["id"], None)
         task = asyncio.create_task(self._run(job, token, due))
         self.running[task] = (job["id"], token)
         task.add_done_callback(lambda t: self.running.pop(t, None))
@@ -220,11 +220,11 @@ class Held:
 
     async def stop(self, grace_s: float) -> None:
         self.stopping = True
-        timers, self.timers, self.jobs = self.timers, {}, {}
-        for handle, _ in timers.values():
+        timers, self.timers = self.timers, {}
+        for handle, _, _ in timers.values():
             handle.cancel()
         unfinished = await finish_or_cancel(self.running, grace_s)
-        claims = [(job_id, token) for job_id, (_, token) in timers.items()]
+        claims = [(job_id, token) for job_id, (_, token, _) in timers.items()]
         await release_claims(self.store, claims + list(unfinished.values()))
 
 
@@ -302,7 +302,7 @@ class Workers:
             loop.start()
         self.rt.hold = self.held.hold
         self.rt.forget = self.held.forget
-        self.rt.held_jobs = lambda: list(self.held.jobs.values())
+        self.rt.held_jobs = self.held.jobs
         self.rt.deliver_now = self._deliver_now
 
     async def _deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
