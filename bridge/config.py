@@ -12,10 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bridge.signing import api_key_sha256, webhook_secret_problem
 
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
@@ -24,6 +27,22 @@ DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the key."""
+
+
+def _http_url(url: str | None) -> str | None:
+    """An absolute http(s) URL with a host, as the HTTP clients will send it."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("must not contain blanks or control characters")
+    return url
 
 
 class _Section(BaseModel):
@@ -35,6 +54,8 @@ class ListenConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * MIB, gt=0)
     public_url: str | None = None  # base of result_url links; default http://host:port
+
+    _public_url = field_validator("public_url")(_http_url)
 
 
 class StoreConfig(_Section):
@@ -117,6 +138,8 @@ class UpstreamConfig(_Section):
     poll: PollConfig = PollConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
 
+    _urls = field_validator("url", "health_url")(_http_url)
+
 
 class WorkerConfig(_Section):
     concurrency: int = Field(256, ge=1)
@@ -165,15 +188,64 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# PUSHBRIDGE_* variables that are not config overrides
+NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
+    for arg in (annotation, *get_args(annotation)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _unknown_part(path: list[str]) -> str | None:
+    """Why `path` (section, key, ...) names no config key, or None if it does."""
+    node: Any = Config
+    i = 0
+    while i < len(path):
+        model = _model_of(node)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return f"{'.'.join(path[:i])} has no key {path[i]!r}"
+        if path[i] not in model.model_fields:
+            where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
+        node = model.model_fields[path[i]].annotation
+        i += 1
+        origin = get_origin(node)
+        if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model
+            node, i = get_args(node)[1], i + 1
+        elif origin is list and i < len(path):
+            return f"{'.'.join(path[:i])} is a list: set it whole (as YAML)"
+    return None
+
+
+def _referenced_env(raw: dict[str, Any]) -> set[str]:
+    """Variables the config names in *_env keys (a tenant's secret may be PUSHBRIDGE_…)."""
+    names = {t.get(k) for t in raw.get("tenants") or [] if isinstance(t, dict) for k in t}
+    names |= {
+        u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
+    }
+    return {n for n in names if isinstance(n, str)}
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """`PUSHBRIDGE_CALLBACKS__TIMEOUT_S=5` sets callbacks.timeout_s (values parsed as YAML)."""
+    """`PUSHBRIDGE_CALLBACKS__TIMEOUT_S=5` sets callbacks.timeout_s (values parsed as YAML).
+
+    A variable naming no section or key is refused: a typo must not be ignored silently."""
+    problems = []
     for name, text in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX) :] in NOT_OVERRIDES:
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if not path or path[0] not in Config.model_fields:
-            continue
-        _set_path(raw, path, yaml.safe_load(text) if text else None)
+        why = _unknown_part(path) if path else "names no section"
+        if why is None:
+            _set_path(raw, path, yaml.safe_load(text) if text else None)
+        elif name not in _referenced_env(raw):
+            problems.append(f"{name}: environment override {why}")
+    if problems:
+        raise ConfigError("; ".join(problems))
     return raw
 
 
@@ -231,38 +303,68 @@ def _env_value(environ: Mapping[str, str], var: str, key: str) -> str:
 
 
 def _tenant_secrets(i: int, t: TenantConfig, environ: Mapping[str, str]) -> list[str]:
+    """The tenant's webhook secrets, each checked to sign (the message never holds a value)."""
     key = f"tenants.{i}.webhook_secret_env"
     secrets = _env_value(environ, t.webhook_secret_env, key).split()
-    for s in secrets:
-        if not s.startswith("whsec_"):
-            raise ConfigError(f"{key}: secrets must be Standard Webhooks secrets (whsec_...)")
+    for n, s in enumerate(secrets, 1):
+        problem = webhook_secret_problem(s)
+        if problem:
+            raise ConfigError(
+                f"{key}: webhook secret {n} of {len(secrets)} of tenant {t.name!r} in "
+                f"environment variable {t.webhook_secret_env} {problem} "
+                "(Standard Webhooks secrets are whsec_<base64>; `pushbridge secret webhook` "
+                "prints a new one)"
+            )
     return secrets
 
 
-def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) -> Secrets:
-    environ = os.environ if environ is None else environ
+def _tenant_key_hashes(i: int, t: TenantConfig, environ: Mapping[str, str]) -> list[str]:
+    hashes = list(t.api_key_hashes)
+    if t.api_keys_env:
+        keys = _env_value(environ, t.api_keys_env, f"tenants.{i}.api_keys_env").split(",")
+        hashes += [api_key_sha256(k) for k in keys if k.strip()]
+    if not hashes:
+        raise ConfigError(f"tenants.{i}: needs api_keys_env or api_key_hashes")
+    return hashes
+
+
+def _resolve_tenants(
+    config: Config, environ: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, Tenant], dict[str, Tenant]]:
     by_hash: dict[str, Tenant] = {}
     tenants: dict[str, Tenant] = {}
     for i, t in enumerate(config.tenants):
         if t.name in tenants:
-            raise ConfigError(f"tenants.{i}.name: duplicate tenant {t.name!r}")
-        tenant = tenants[t.name] = Tenant(t.name, tuple(_tenant_secrets(i, t, environ)))
-        hashes = list(t.api_key_hashes)
-        if t.api_keys_env:
-            keys = _env_value(environ, t.api_keys_env, f"tenants.{i}.api_keys_env").split(",")
-            hashes += [hashlib.sha256(k.strip().encode()).hexdigest() for k in keys if k.strip()]
-        if not hashes:
-            raise ConfigError(f"tenants.{i}: needs api_keys_env or api_key_hashes")
+            problems.append(f"tenants.{i}.name: duplicate tenant {t.name!r}")
+            continue
+        try:
+            tenant = tenants[t.name] = Tenant(t.name, tuple(_tenant_secrets(i, t, environ)))
+            hashes = _tenant_key_hashes(i, t, environ)
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
         for h in hashes:
             if h in by_hash and by_hash[h].name != t.name:
-                raise ConfigError(
-                    f"tenants.{i}: an API key is shared with tenant {by_hash[h].name}"
-                )
+                problems.append(f"tenants.{i}: an API key is shared with tenant {by_hash[h].name}")
             by_hash[h] = tenant
-    tokens = {
-        name: _env_value(environ, u.token_env, f"upstreams.{name}.token_env")
-        if u.token_env
-        else None
-        for name, u in config.upstreams.items()
-    }
+    return by_hash, tenants
+
+
+def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) -> Secrets:
+    """Every secret from the environment; a ConfigError names every problem ("; "-joined)."""
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    by_hash, tenants = _resolve_tenants(config, environ, problems)
+    tokens: dict[str, str | None] = {}
+    for name, u in config.upstreams.items():
+        try:
+            tokens[name] = (
+                _env_value(environ, u.token_env, f"upstreams.{name}.token_env")
+                if u.token_env
+                else None
+            )
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
     return Secrets(by_hash, tokens, tenants)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from bridge.config import Config, ConfigError, load_config, parse_config, resolve_secrets
+from bridge.signing import new_webhook_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,9 @@ def test_defaults_match_the_contract():
             "upstreams.w.protocol",
         ),
         ({"upstreams": {"w": {}}}, "upstreams.w.url"),
+        ({"upstreams": {"w": {"url": "whisper.example.com/predict"}}}, "upstreams.w.url"),
+        ({"upstreams": {"w": {"url": "http://w", "health_url": "/healthz"}}}, "upstreams.w.health"),
+        ({"listen": {"public_url": "pb.example.com"}}, "listen.public_url"),
         ({"tenants": [{"name": "a"}]}, "tenants.0.webhook_secret_env"),
         (
             {"tenants": [{"name": "a", "webhook_secret_env": "S", "api_key_hashes": ["zz"]}]},
@@ -77,6 +81,35 @@ def test_environment_overrides():
         parse_config({}, {"PUSHBRIDGE_CALLBACKS__TIMEOUT_S": "abc"})
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("PUSHBRIDGE_CALLBAKS__TIMEOUT_S", "unknown section 'callbaks'"),
+        ("PUSHBRIDGE_RETENTON_S", "unknown section 'retenton_s'"),
+        ("PUSHBRIDGE_CALLBACKS__TIMOUT_S", "unknown key of callbacks 'timout_s'"),
+        ("PUSHBRIDGE_UPSTREAMS__W__POLL__DEADLIN_S", "unknown key of upstreams.w.poll"),
+        ("PUSHBRIDGE_RETENTION_S__X", "retention_s has no key 'x'"),
+        ("PUSHBRIDGE_TENANTS__0__NAME", "tenants is a list"),
+    ],
+)
+def test_environment_override_naming_no_key_fails_naming_it(name, why):
+    """A mistyped override used to be ignored (section) or blamed on the file (key)."""
+    with pytest.raises(ConfigError) as e:
+        parse_config({"upstreams": {"w": {"url": "http://w"}}}, {name: "5"})
+    assert str(e.value).startswith(f"{name}: environment override {why}"), str(e.value)
+
+
+def test_pushbridge_variables_that_are_not_overrides_are_left_alone():
+    raw = {"tenants": [{"name": "a", "api_keys_env": "K", "webhook_secret_env": "PUSHBRIDGE_A"}]}
+    env = {
+        "PUSHBRIDGE_CONFIG": "c.yaml",
+        "PUSHBRIDGE_DEV_API_KEY": "k",
+        "PUSHBRIDGE_DEV_WEBHOOK_SECRET": "s",
+        "PUSHBRIDGE_A": "a tenant's secret, named in the config",
+    }
+    assert parse_config(raw, env).tenants[0].webhook_secret_env == "PUSHBRIDGE_A"
+
+
 def test_secrets_resolved_from_environment_and_hashes():
     hashed = hashlib.sha256(b"k-hashed").hexdigest()
     raw = {
@@ -92,7 +125,7 @@ def test_secrets_resolved_from_environment_and_hashes():
     }
     env = {
         "A_KEYS": "k1, k2",
-        "A_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_AAAA",
+        "A_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw " + new_webhook_secret(),
         "W_TOKEN": "t",
     }
     secrets = resolve_secrets(parse_config(raw, {}), env)
@@ -106,6 +139,44 @@ def test_secrets_resolved_from_environment_and_hashes():
         resolve_secrets(parse_config(raw, {}), {**env, "W_TOKEN": ""})
     with pytest.raises(ConfigError, match=r"tenants\.0\.webhook_secret_env"):
         resolve_secrets(parse_config(raw, {}), {**env, "A_SECRET": "plain"})
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("whsec_abcde", "not valid base64"),  # 5 characters: no base64 length
+        ("whsec_bm90IGJhc2U2NCE*", "not valid base64"),
+        ("whsec_AAAA", "decodes to 3 bytes"),  # too short to be a key
+        ("whsec_" + "c2hvcnQtc2VjcmV0", "decodes to 12 bytes"),
+        ("plain-secret", "does not start with whsec_"),
+    ],
+)
+def test_malformed_webhook_secret_fails_at_start_naming_tenant_and_variable(secret, why):
+    """A secret that cannot sign passed `check` and `serve` and then made every delivery die:
+    it is refused when secrets are resolved, naming the tenant and the variable, not the value."""
+    raw = {"tenants": [{"name": "acme", "api_keys_env": "K", "webhook_secret_env": "ACME_WHSEC"}]}
+    env = {"K": "key-1", "ACME_WHSEC": f"{new_webhook_secret()} {secret}"}
+    with pytest.raises(ConfigError) as e:
+        resolve_secrets(parse_config(raw, {}), env)
+    msg = str(e.value)
+    assert msg.startswith("tenants.0.webhook_secret_env")
+    assert "'acme'" in msg and "ACME_WHSEC" in msg and why in msg and "secret 2 of 2" in msg
+    assert secret.removeprefix("whsec_") not in msg and env["ACME_WHSEC"][6:20] not in msg
+
+
+def test_every_secret_problem_is_reported_not_only_the_first():
+    raw = {
+        "tenants": [
+            {"name": "a", "api_keys_env": "A_KEYS", "webhook_secret_env": "A_SECRET"},
+            {"name": "b", "webhook_secret_env": "B_SECRET"},
+        ],
+        "upstreams": {"w": {"url": "http://w", "token_env": "W_TOKEN"}},
+    }
+    with pytest.raises(ConfigError) as e:
+        resolve_secrets(parse_config(raw, {}), {"B_SECRET": "whsec_AAAA"})
+    msg = str(e.value)
+    for part in ("A_SECRET is not set", "B_SECRET", "W_TOKEN is not set"):
+        assert part in msg, msg
 
 
 def _keys(model: type, prefix: str = "") -> set[str]:
