@@ -232,6 +232,8 @@ async def redeliver(request: Request) -> Response:
     outcome = await rt.store.redeliver(job["id"], tenant.name)
     if outcome == "missing":
         raise Problem(404, "not-found", f"no job {job['id']}")
+    if outcome == "cancelled":
+        raise Problem(409, "job-cancelled", "job was cancelled; a cancelled job has no callback")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
     rt.hint("deliver", 0, rt.store.keys.partition_of(job["id"]))

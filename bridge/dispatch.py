@@ -111,6 +111,6 @@ class Dispatcher:
         await self.rt.commit("deliver", job["id"], token, commit)
 
     def _observe_lag(self, job: dict[str, str]) -> None:
-        if job.get("completed_at"):
+        if job.get("completed_at") and not job.get("max_attempts"):  # set by a redeliver
             lag_s = time.time() - int(job["completed_at"]) / 1000
             self.rt.metrics.delivery_lag.observe(max(0.0, lag_s))

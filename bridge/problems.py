@@ -20,6 +20,7 @@ TITLES = {
     "idempotency-conflict": "Idempotency key reused with a different body",
     "job-not-terminal": "Job is not terminal yet",
     "job-terminal": "Job is already terminal",
+    "job-cancelled": "Job was cancelled",
     "no-result": "Job has no result",
     "invalid-link": "Invalid or expired link",
     "store-unavailable": "Store unavailable",

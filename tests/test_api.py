@@ -198,7 +198,8 @@ async def test_cancel(make_stack):
     r = await s.client.delete(f"/v1/jobs/{job_id}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert_problem(await s.client.delete(f"/v1/jobs/{job_id}"), 409, "job-terminal")
-    assert_problem(await s.client.post(f"/v1/jobs/{job_id}/redeliver"), 409, "job-not-terminal")
+    body = assert_problem(await s.client.post(f"/v1/jobs/{job_id}/redeliver"), 409, "job-cancelled")
+    assert "cancelled" in body["detail"] and "not terminal" not in body["detail"]
     polls = s.emulator.requests["poll"]
     await asyncio.sleep(1.5)
     assert s.emulator.requests["poll"] == polls

@@ -69,3 +69,19 @@ async def test_backlog_gauge_grows_without_workers(make_stack):
     m = await scrape(s)
     assert value(m, "pushbridge_due_polls") == 7  # submitted, now due for polling
     assert value(m, "pushbridge_due_deliveries") == 0
+
+
+async def test_delivery_lag_counts_only_the_first_delivery_not_manual_redeliveries(make_stack):
+    """A redelivery asked for hours later would add the operator's delay to the lag."""
+    s = await make_stack()
+    job_id = (await s.submit()).json()["id"]
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1, 10)
+    await asyncio.sleep(0.2)
+    assert value(await scrape(s), "pushbridge_delivery_lag_seconds_count") == 1
+    for n in (2, 3):
+        assert (await s.client.post(f"/v1/jobs/{job_id}/redeliver")).status_code == 202
+        assert await s.receiver.wait_for(lambda n=n: len(s.receiver.succeeded()) == n, 10)
+    await asyncio.sleep(0.2)
+    m = await scrape(s)
+    assert value(m, "pushbridge_delivery_attempts_total", outcome="delivered") == 3
+    assert value(m, "pushbridge_delivery_lag_seconds_count") == 1
