@@ -109,11 +109,12 @@ def create_app(
             await asyncio.gather(*background)
             rt.log.info("bridge stopped", role=role)
 
-    routes = [*ROUTES, Route("/metrics", _metrics), Route("/openapi.json", _openapi), *extra_routes]
-    if role == "worker":
+    routes = [*ROUTES, Route("/metrics", _metrics), Route("/openapi.json", _openapi)]
+    if role == "worker":  # the extra routes (dev mode's emulator) stay: a worker may serve it
         routes = [
             r for r in routes if getattr(r, "path", "") in ("/healthz", "/readyz", "/metrics")
         ]
+    routes += extra_routes
     app = Starlette(
         routes=routes,
         middleware=[Middleware(ClearContext)],

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from starlette.routing import Mount
 
 from bridge.app import Role, create_app
 from bridge.config import Config, Secrets, parse_config
-from bridge.embedded import EmbeddedValkey
+from bridge.embedded_share import EmbeddedShare, SharedStore
 from bridge.emulator import create_emulator_app
 from bridge.leanhttp import callback_client, upstream_client
 from bridge.runtime import Runtime, build_runtime
@@ -29,6 +29,7 @@ from bridge.urlpolicy import Resolver
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
 DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"
 DEV_UPSTREAMS = ("echo", "whisper")
+DEV_CALLBACK_NETWORKS = ("127.0.0.0/8", "::1/128")  # dev callbacks: loopback only
 
 
 STORE_CONNECTIONS = 64
@@ -50,23 +51,35 @@ def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
 
 @contextlib.asynccontextmanager
 async def open_store(config: Config) -> AsyncIterator[Store]:
-    """The configured store; an embedded Valkey in data_dir when no url is set."""
-    embedded = None
+    """The configured store; without a url, the embedded Valkey of data_dir (started by the
+    first process on it, joined by the others)."""
+    share = None
     url = config.store.url
     if url is None:
-        embedded = EmbeddedValkey(Path(config.store.data_dir) / "valkey")
-        await embedded.astart()
-        url = embedded.url
-        structlog.get_logger("pushbridge").info(
-            "embedded store started", url=url, data_dir=str(embedded.data_dir)
-        )
+        share = EmbeddedShare(config.store.data_dir)
+        url = (await asyncio.to_thread(share.open)).url
+        _log_embedded(share)
     client = make_redis(url, config.store.cluster)
     try:
         yield Store(client, config.store.key_prefix, config.store.partitions)
     finally:
         await client.aclose()
-        if embedded:
-            await embedded.astop()
+        if share:
+            await asyncio.to_thread(share.close)
+
+
+def _log_embedded(share: EmbeddedShare) -> None:
+    assert share.store is not None
+    log = structlog.get_logger("pushbridge")
+    if share.owner:
+        log.info("embedded store started", url=share.store.url, data_dir=str(share.data_dir))
+    else:
+        log.info(
+            "joined the embedded store of another process",
+            url=share.store.url,
+            owner_pid=share.store.owner_pid,
+            data_dir=str(share.data_dir),
+        )
 
 
 @contextlib.asynccontextmanager
@@ -122,18 +135,28 @@ def dev_credentials(data_dir: Path, environ: MutableMapping[str, str]) -> tuple[
     return creds["api_key"], creds["webhook_secret"]
 
 
+def dev_emulator_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/emulator"
+
+
 def dev_config(
-    environ: MutableMapping[str, str], port: int = 8080, host: str = "127.0.0.1"
+    environ: MutableMapping[str, str],
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    shared: SharedStore | None = None,
 ) -> Config:
-    """Dev mode: embedded store, the emulator's upstreams, loopback http callbacks."""
-    base = f"http://127.0.0.1:{port}/emulator"
+    """Dev mode: embedded store, the emulator's upstreams, http callbacks to loopback only.
+
+    With `shared` (the dev store another process started), its store and emulator are used."""
+    base = (shared.emulator_url if shared else None) or dev_emulator_url(port)
     raw = {
         "dev_mode": True,
         "listen": {"host": host, "port": port},
+        "store": {"url": shared.url} if shared else {},
         "tenants": [
             {"name": "dev", "api_keys_env": DEV_KEY_ENV, "webhook_secret_env": DEV_SECRET_ENV}
         ],
-        "callbacks": {"allow_http": True, "allow_private_networks": True},
+        "callbacks": {"allow_http": True, "allowed_networks": list(DEV_CALLBACK_NETWORKS)},
         "upstreams": {
             name: {"url": f"{base}/infer/{name}", "health_url": f"{base}/healthz"}
             for name in DEV_UPSTREAMS
@@ -142,3 +165,17 @@ def dev_config(
     config = parse_config(raw, environ)
     dev_credentials(Path(config.store.data_dir), environ)
     return config
+
+
+@contextlib.contextmanager
+def dev_store(
+    config: Config, environ: MutableMapping[str, str]
+) -> Iterator[tuple[Config, EmbeddedShare]]:
+    """The dev config pointed at the dev store of its data_dir: started here, or joined
+    (with the emulator of the process that started it) when another process runs it."""
+    share = EmbeddedShare(config.store.data_dir, dev_emulator_url(config.listen.port))
+    shared = share.open()
+    try:
+        yield dev_config(environ, config.listen.port, config.listen.host, shared), share
+    finally:
+        share.close()

@@ -82,12 +82,8 @@ async def _wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError("server did not become ready")
 
 
-async def _serve_and_deliver(
-    args: list[str], env: dict, cwd: Path, port: int, key: str, secret: str, upstream: str
-) -> str:
-    receiver = Receiver([secret])
-    recv = await start_server(receiver.app())
-    proc = await asyncio.create_subprocess_exec(
+async def _start_serve(args: list[str], env: dict, cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bridge",
@@ -98,6 +94,21 @@ async def _serve_and_deliver(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> tuple[int | None, str]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, out.decode()
+
+
+async def _serve_and_deliver(
+    args: list[str], env: dict, cwd: Path, port: int, key: str, secret: str, upstream: str
+) -> str:
+    receiver = Receiver([secret])
+    recv = await start_server(receiver.app())
+    proc = await _start_serve(args, env, cwd)
     try:
         await _wait_ready(f"http://127.0.0.1:{port}", proc)
         async with httpx.AsyncClient(
@@ -147,6 +158,72 @@ async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
     out = await _serve_and_deliver(["--port", str(port)], env, tmp_path, port, key, secret, "echo")
     assert key in out  # dev mode prints its dev key at start
     assert (tmp_path / ".pushbridge" / "valkey" / "appendonlydir").is_dir()
+
+
+async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
+    """`serve --role api` and `serve --role worker` without a config used to start a Valkey
+    each on one directory: the worker never saw the API's jobs, which hung silently. The
+    second process now joins the first one's store and emulator; a worker asked to listen
+    on the API's port is refused with exit 2 and a message, not a traceback."""
+    from bridge.server import dev_credentials
+
+    key, secret = dev_credentials(tmp_path / ".pushbridge", {})
+    env = {"PUSHBRIDGE_CONFIG": ""}
+    api_port, worker_port = free_port(), free_port()
+    receiver = Receiver([secret])
+    recv = await start_server(receiver.app())
+    api = await _start_serve(["--role", "api", "--port", str(api_port)], env, tmp_path)
+    worker = None
+    try:
+        await _wait_ready(f"http://127.0.0.1:{api_port}", api)
+        worker = await _start_serve(["--role", "worker", "--port", str(worker_port)], env, tmp_path)
+        await _wait_ready(f"http://127.0.0.1:{worker_port}", worker)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {key}"}
+        ) as c:
+            for i in range(3):
+                r = await c.post(
+                    "/v1/jobs",
+                    json={"upstream": "echo", "inputs": {"i": i}, "callback_url": f"{recv.url}/s"},
+                )
+                assert r.status_code == 202, r.text
+            assert await receiver.wait_for(lambda: len(receiver.succeeded()) == 3, 20), (
+                await _stop(worker)
+            )[1]
+            assert all(d.verified for d in receiver.succeeded())
+        valkeys = list((tmp_path / ".pushbridge").glob("**/appendonlydir"))
+        assert len(valkeys) == 1
+        code, out = await _run("serve", "--role", "worker", "--port", str(api_port), cwd=tmp_path)
+        assert code == 2 and f"port {api_port}" in out and "--port" in out, out
+        assert "Traceback" not in out
+    finally:
+        worker_code, worker_out = await _stop(worker) if worker else (0, "")
+        api_code, api_out = await _stop(api)
+        await recv.stop()
+    assert "joined the embedded store and emulator of process" in worker_out, worker_out
+    assert worker_code == 0 and api_code == 0, api_out + worker_out
+    assert not (tmp_path / ".pushbridge" / "store.json").exists()  # the owner cleaned up
+
+
+async def test_dev_mode_refuses_callbacks_beyond_loopback(tmp_path):
+    """Dev mode allowed every private range, cloud metadata (169.254.169.254) included."""
+    from bridge.server import dev_config
+    from bridge.urlpolicy import CallbackRejected, UrlPolicy
+
+    config = dev_config({"PUSHBRIDGE_STORE__DATA_DIR": str(tmp_path / "pb")})
+    policy = UrlPolicy(config.callbacks)
+    for url in ("http://127.0.0.1:9000/hook", "http://127.3.4.5/h", "http://[::1]:9000/h"):
+        await policy.resolve(url)
+    for url, rule in (
+        ("http://169.254.169.254/latest/meta-data/", "link-local-address"),
+        ("http://10.0.0.7:9000/hook", "private-address"),
+        ("http://192.168.1.1/", "private-address"),
+        ("http://[fd00::1]/", "private-address"),
+        ("http://100.64.0.1/", "cgnat-address"),
+    ):
+        with pytest.raises(CallbackRejected) as e:
+            await policy.resolve(url)
+        assert e.value.rule == rule, url
 
 
 @pytest.mark.slow
