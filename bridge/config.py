@@ -26,7 +26,11 @@ DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key."""
+    """The configuration cannot be used; each problem names its key; str() joins them."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _http_url(url: str | None) -> str | None:
@@ -169,12 +173,12 @@ class Config(_Section):
     dev_mode: bool = False
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         lines.append(f"{key}: {e['msg']}")
-    return "; ".join(lines)
+    return lines
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -245,7 +249,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
         elif name not in _referenced_env(raw):
             problems.append(f"{name}: environment override {why}")
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(*problems)
     return raw
 
 
@@ -258,7 +262,7 @@ def parse_config(raw: Any, environ: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e)) from None
+        raise ConfigError(*_format_error(e)) from None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -312,7 +316,7 @@ def _tenant_secrets(i: int, t: TenantConfig, environ: Mapping[str, str]) -> list
             raise ConfigError(
                 f"{key}: webhook secret {n} of {len(secrets)} of tenant {t.name!r} in "
                 f"environment variable {t.webhook_secret_env} {problem} "
-                "(Standard Webhooks secrets are whsec_<base64>; `pushbridge secret webhook` "
+                "(Standard Webhooks secrets are whsec_<base64>: `pushbridge secret webhook` "
                 "prints a new one)"
             )
     return secrets
@@ -366,5 +370,5 @@ def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) ->
         except ConfigError as e:
             problems.append(str(e))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(*problems)
     return Secrets(by_hash, tokens, tenants)

@@ -12,8 +12,13 @@ import httpx
 import pytest
 import yaml
 from rich.console import Console
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from bridge.embedded import free_port
+from bridge.config import parse_config, resolve_secrets
+from bridge.embedded import EmbeddedValkey, free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
 from bridge.receiver import Receiver
 from bridge.serving import start_server
@@ -30,6 +35,7 @@ async def _run(
         *args,
         cwd=cwd,
         env={**os.environ, **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -60,11 +66,130 @@ async def test_check_reports_unreachable_store_and_unhealthy_upstream(tmp_path, 
         code, out = await _run("check", "--config", _write(tmp_path, raw), env=ENV)
         assert code == 1 and "ok    store" in out and "error upstream echo" in out
         emu.server.config.app.state.emulator.settings.healthy = True
-        code, out = await _run("check", "--config", _write(tmp_path, raw), env=ENV)
+        with EmbeddedValkey(tmp_path / "aof") as persistent:  # the suite's store has no AOF
+            raw["store"]["url"] = persistent.url
+            code, out = await _run("check", "--config", _write(tmp_path, raw), env=ENV)
         assert code == 0, out
+        assert "ok    store persistence: append-only file" in out
         assert "UPSTREAM_TOKEN" not in out and ENV["UPSTREAM_TOKEN"] not in out
     finally:
         await emu.stop()
+
+
+def _token_guarded_upstream(token: str) -> Starlette:
+    """An upstream that, like a real gateway, answers 401 to any request without the token."""
+
+    async def guarded(request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"detail": "unauthorized"}, status_code=401)
+        return JSONResponse({"detail": "use POST"}, status_code=405)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[Route("/predict", guarded, methods=["GET", "POST"]), Route("/healthz", health)]
+    )
+
+
+async def test_check_reports_every_problem_store_settings_token_tenants(tmp_path):
+    """check used to stop at PING and health: an evicting, non-persistent store, a refused
+    token and a config without tenants all passed; now each is reported, all in one run."""
+    upstream = await start_server(_token_guarded_upstream("the-right-token"))
+    store = EmbeddedValkey(tmp_path / "lru", appendonly=False)
+    store.start()
+    try:
+        import redis as sync_redis
+
+        sync_redis.Redis.from_url(store.url).config_set("maxmemory-policy", "allkeys-lru")
+        raw = base_config(upstream.url)
+        raw["store"]["url"] = store.url
+        raw["tenants"] = []
+        raw["upstreams"] = {
+            "good": {"url": f"{upstream.url}/predict", "token_env": "GOOD_TOKEN"},
+            "bad": {"url": f"{upstream.url}/predict", "token_env": "BAD_TOKEN"},
+            "none": {"url": f"{upstream.url}/predict", "health_url": f"{upstream.url}/healthz"},
+        }
+        env = {"GOOD_TOKEN": "the-right-token", "BAD_TOKEN": "an-old-token"}
+        code, out = await _run("check", "--config", _write(tmp_path, raw), env=env)
+    finally:
+        store.stop()
+        await upstream.stop()
+    assert code == 1, out
+    for line in (
+        "error tenants: none configured",
+        "error store maxmemory-policy is allkeys-lru",
+        "error store persistence: neither AOF nor RDB",
+        "ok    upstream good token: accepted",
+        "error upstream bad token: refused, GET",
+        "answers 401 with the token of BAD_TOKEN",
+        "error upstream none token: none configured but GET",
+    ):
+        assert line in out, f"{line!r} not in:\n{out}"
+    assert "the-right-token" not in out and "an-old-token" not in out
+
+
+async def test_malformed_webhook_secret_stops_check_and_serve(tmp_path, valkey):
+    raw = base_config("http://127.0.0.1:9")
+    raw["store"]["url"] = valkey.url
+    env = {**ENV, "ALPHA_SECRET": "whsec_abcde"}
+    config = _write(tmp_path, raw)
+    code, out = await _run("check", "--config", config, env=env)
+    assert code == 1 and "error secrets: tenants.0.webhook_secret_env" in out, out
+    assert "'alpha'" in out and "ALPHA_SECRET" in out and "abcde" not in out
+    code, out = await _run("serve", "--config", config, env=env)
+    assert code == 1 and "bad config: tenants.0.webhook_secret_env" in out and "abcde" not in out
+
+
+async def test_check_without_config_checks_dev_mode(tmp_path):
+    """`pushbridge check` alone could never pass (the dev key was set in a copy of the
+    environment, then looked up in the real one). It checks dev mode: an embedded store
+    of its own, or the running dev server's store and emulator."""
+    env = {"PUSHBRIDGE_CONFIG": ""}
+    code, out = await _run("check", env=env, cwd=tmp_path)
+    assert code == 0, out
+    assert "ok    config: dev mode" in out and "ok    store (embedded Valkey" in out
+    assert "ok    store maxmemory-policy noeviction" in out and "append-only file" in out
+    assert "skip  upstreams: the dev emulator runs inside `pushbridge serve`" in out
+    port = free_port()
+    server = await _start_serve(["--port", str(port)], env, tmp_path)
+    try:
+        await _wait_ready(f"http://127.0.0.1:{port}", server)
+        code, out = await _run("check", env=env, cwd=tmp_path)
+    finally:
+        await _stop(server)
+    assert code == 0, out
+    assert "ok    store (embedded Valkey of the dev server" in out
+    assert f"ok    upstream echo (http://127.0.0.1:{port}/emulator/healthz)" in out
+
+
+async def test_secret_helpers_make_what_the_config_accepts():
+    code, out = await _run("secret", "webhook")
+    secret = out.strip()
+    assert code == 0 and secret.startswith("whsec_")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "secret", "hash-key",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out_b, _ = await proc.communicate(b"pb_live_key_123\n")
+    digest = out_b.decode().strip()
+    assert proc.returncode == 0 and len(digest) == 64
+    raw = {"tenants": [{"name": "t", "api_key_hashes": [digest], "webhook_secret_env": "S"}]}
+    secrets = resolve_secrets(parse_config(raw, {}), {"S": secret})
+    assert secrets.tenant_for_key("pb_live_key_123").name == "t"
+    code, out = await _run("secret", "hash-key", timeout_s=10)  # empty stdin
+    assert code == 2 and "stdin" in out
+
+
+async def test_help_shows_defaults_and_version():
+    code, out = await _run("--version")
+    assert code == 0 and out.startswith("pushbridge 0.")
+    code, out = await _run("emulator", "--help")
+    assert code == 0 and "(default: 8090)" in out and "(default: 1.0)" in out
+    code, out = await _run("serve", "--help")
+    assert code == 0 and "(default: all)" in out and "$PUSHBRIDGE_CONFIG" in out
+    code, out = await _run("check", "--help")
+    assert code == 0 and "noeviction" in out
 
 
 async def _wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
