@@ -74,7 +74,24 @@ def _add_emulator(sub: argparse._SubParsersAction) -> None:
         help="95th percentile duration: log-normal durations (default: every job takes "
         "--duration-s)",
     )
-    emu.add_argument("--fail-rate", type=float, default=0.0, help="share of jobs that fail")
+    rates = {
+        "--fail-rate": "share of jobs that end failed",
+        "--expire-rate": "share of jobs whose future answers 404 once done",
+        "--submit-503-rate": "share of submits answered 503 + Retry-After",
+        "--poll-503-rate": "share of polls answered 503 + Retry-After",
+        "--poll-429-rate": "share of polls answered 429 + Retry-After",
+    }
+    for flag, text in rates.items():
+        emu.add_argument(flag, type=float, default=0.0, help=text)
+    emu.add_argument("--retry-after-s", type=int, default=1, help="Retry-After of 503/429")
+    emu.add_argument(
+        "--future-ttl-s", type=float, default=3600.0, help="how long a done future is kept"
+    )
+    emu.add_argument(
+        "--token-env",
+        help="environment variable holding the Bearer token every request must carry "
+        "(default: no token needed)",
+    )
     emu.add_argument("--seed", type=int, help="random seed, for repeatable runs")
 
 
@@ -242,10 +259,20 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     from bridge.emulator import EmulatorSettings, create_emulator_app
 
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise UsageError(f"--token-env: environment variable {args.token_env} is not set")
     settings = EmulatorSettings(
         duration_s=args.duration_s,
         duration_p95_s=args.duration_p95_s,
         fail_rate=args.fail_rate,
+        expire_rate=args.expire_rate,
+        submit_503_rate=args.submit_503_rate,
+        poll_503_rate=args.poll_503_rate,
+        poll_429_rate=args.poll_429_rate,
+        retry_after_s=args.retry_after_s,
+        future_ttl_s=args.future_ttl_s,
+        token=token,
         seed=args.seed,
     )
     print(

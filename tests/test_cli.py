@@ -359,3 +359,34 @@ async def test_demo_delivers_and_verifies_everything():
     assert report.ok, report
     assert report.delivered == report.verified == 40
     assert report.polls_per_job > 0 and report.lag_s
+
+
+async def test_emulator_command_takes_every_knob():
+    port = free_port()
+    args = ["emulator", "--port", str(port), "--duration-s", "0.1", "--poll-429-rate", "0.5"]
+    args += ["--expire-rate", "0.25", "--retry-after-s", "3", "--token-env", "EMU_TOKEN"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args,
+        env={**os.environ, "EMU_TOKEN": "emu-token"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            for _ in range(100):
+                try:
+                    settings = (await c.get("/_emulator/settings")).json()
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+            assert settings["poll_429_rate"] == 0.5 and settings["expire_rate"] == 0.25
+            assert settings["retry_after_s"] == 3 and settings["duration_s"] == 0.1
+            assert (await c.post("/infer/echo", json={})).status_code == 401
+            ok = await c.post(
+                "/infer/echo",
+                json={},
+                headers={"Authorization": "Bearer emu-token", "X-OctoAI-Async": "1"},
+            )
+            assert ok.status_code == 202
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 10)
