@@ -298,7 +298,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
-    from bridge.signing import api_key_sha256, new_webhook_secret
+    from bridge.config import api_key_sha256
+    from bridge.signing import new_webhook_secret
 
     if args.kind == "webhook":
         print(new_webhook_secret())

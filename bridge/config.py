@@ -6,6 +6,8 @@ config raises `ConfigError` whose message names the offending key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import os
@@ -18,11 +20,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bridge.signing import api_key_sha256, webhook_secret_problem
-
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
 DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
+WEBHOOK_SECRET_PREFIX = "whsec_"
+MIN_WEBHOOK_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
 
 
 class ConfigError(Exception):
@@ -275,6 +277,25 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: invalid YAML: {e}") from None
     return parse_config(raw, environ)
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign Standard Webhooks, or None. Never includes the value."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return f"does not start with {WEBHOOK_SECRET_PREFIX}"
+    raw = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return f"is not valid base64 after {WEBHOOK_SECRET_PREFIX}"
+    if len(key) < MIN_WEBHOOK_SECRET_BYTES:
+        return f"decodes to {len(key)} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} are needed"
+    return None
+
+
+def api_key_sha256(api_key: str) -> str:
+    """The digest `tenants[].api_key_hashes` holds for an API key (surrounding blanks dropped)."""
+    return hashlib.sha256(api_key.strip().encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
 
-WEBHOOK_SECRET_PREFIX = "whsec_"
-MIN_WEBHOOK_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
-
 
 def _secret_bytes(secret: str) -> bytes:
-    raw = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    raw = secret.removeprefix("whsec_")
     return base64.b64decode(raw + "=" * (-len(raw) % 4))
 
 
-def webhook_secret_problem(secret: str) -> str | None:
-    """Why `secret` cannot sign Standard Webhooks, or None. Never includes the value."""
-    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
-        return f"does not start with {WEBHOOK_SECRET_PREFIX}"
-    raw = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return f"is not valid base64 after {WEBHOOK_SECRET_PREFIX}"
-    if len(key) < MIN_WEBHOOK_SECRET_BYTES:
-        return f"decodes to {len(key)} bytes; at least {MIN_WEBHOOK_SECRET_BYTES} are needed"
-    return None
-
-
 def new_webhook_secret() -> str:
-    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def api_key_sha256(api_key: str) -> str:
-    """The digest `tenants[].api_key_hashes` holds for an API key (surrounding blanks dropped)."""
-    return hashlib.sha256(api_key.strip().encode()).hexdigest()
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def sign_webhook(secrets_: tuple[str, ...] | list[str], msg_id: str, ts: int, body: bytes) -> str:
