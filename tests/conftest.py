@@ -13,15 +13,15 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from bridge.app import create_app
+from bridge.api.app import create_app
 from bridge.config import Config, parse_config, resolve_secrets
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, EmulatorState, create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.logs import configure_logging
-from bridge.receiver import Receiver
-from bridge.runtime import Runtime, build_runtime
-from bridge.serving import RunningServer, start_server
+from bridge.dev.emulator import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.net.client import callback_client, upstream_client
+from bridge.obs.logs import configure_logging
+from bridge.dev.receiver import Receiver
+from bridge.engine.runtime import Runtime, build_runtime
+from bridge.api.serving import RunningServer, start_server
 from bridge.store import Store
 
 API_KEY = "pb_test_key_alpha"

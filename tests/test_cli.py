@@ -14,9 +14,9 @@ import yaml
 from rich.console import Console
 
 from bridge.embedded import free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.receiver import Receiver
-from bridge.serving import start_server
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver
+from bridge.api.serving import start_server
 from tests.conftest import API_KEY, ENV, SECRET, base_config
 
 
@@ -140,7 +140,7 @@ async def test_serve_with_config_file_and_external_store(tmp_path, valkey, redis
 
 async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
     port = free_port()
-    from bridge.server import dev_credentials
+    from bridge.process import dev_credentials
 
     key, secret = dev_credentials(tmp_path / ".pushbridge", {})
     env = {k: "" for k in ("PUSHBRIDGE_CONFIG",)}
@@ -151,7 +151,7 @@ async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
 
 @pytest.mark.slow
 async def test_demo_delivers_and_verifies_everything():
-    from bridge.demo import run_demo
+    from bridge.dev.demo import run_demo
 
     report = await run_demo(40, Console(quiet=True))
     assert report.ok, report

@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from bridge.embedded import free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 
 TOKEN = "sdk-token"
 

@@ -17,14 +17,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
-from bridge.app import create_app
+from bridge.api.app import create_app
 from bridge.config import parse_config, resolve_secrets
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.openapi import openapi_spec
-from bridge.runtime import build_runtime
-from bridge.serving import start_server
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.net.client import callback_client, upstream_client
+from bridge.api.openapi import openapi_spec
+from bridge.engine.runtime import build_runtime
+from bridge.api.serving import start_server
 from bridge.store import Store
 from tests.conftest import API_KEY, ENV, base_config
 

@@ -16,8 +16,8 @@ import httpx
 import yaml
 
 from bridge.embedded import free_port
-from bridge.receiver import Reply
-from bridge.worker import Workers
+from bridge.dev.receiver import Reply
+from bridge.engine.loops import Workers
 from tests.conftest import ENV
 
 

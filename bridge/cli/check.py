@@ -9,9 +9,9 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
-from bridge.leanhttp import upstream_client
-from bridge.server import dev_config, open_store
-from bridge.upstream import OctoAIUpstream
+from bridge.net.client import upstream_client
+from bridge.process import dev_config, open_store
+from bridge.upstreams.octoai import OctoAIUpstream
 
 
 async def _check_store(config: Config, console: Console) -> bool:

@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
-from bridge.backoff import at_least, jittered, poll_interval_s, submit_retry_s
-from bridge.jobs import error_json
-from bridge.learning import interval_field
-from bridge.runtime import Runtime
+from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
+from bridge.model import error_json
+from bridge.engine.learning import interval_field
+from bridge.engine.runtime import Runtime
 from bridge.store import Commit
-from bridge.upstream import Outcome
+from bridge.upstreams.octoai import Outcome
 
 
 def _ms(seconds: float) -> int:

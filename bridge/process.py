@@ -15,16 +15,16 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.routing import Mount
 
-from bridge.app import Role, create_app
+from bridge.api.app import Role, create_app
 from bridge.config import Config, Secrets, parse_config
 from bridge.embedded import EmbeddedValkey
-from bridge.emulator import create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.runtime import Runtime, build_runtime
-from bridge.serving import uvicorn_config
-from bridge.signing import new_webhook_secret
+from bridge.dev.emulator import create_emulator_app
+from bridge.net.client import callback_client, upstream_client
+from bridge.engine.runtime import Runtime, build_runtime
+from bridge.api.serving import uvicorn_config
+from bridge.delivery.signing import new_webhook_secret
 from bridge.store import Store
-from bridge.urlpolicy import Resolver
+from bridge.delivery.urlpolicy import Resolver
 
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
 DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"

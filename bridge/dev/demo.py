@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bridge.app import create_app
+from bridge.api.app import create_app
 from bridge.config import parse_config, resolve_secrets
 from bridge.embedded import free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.receiver import Receiver
-from bridge.server import open_runtime
-from bridge.serving import start_server
-from bridge.signing import new_webhook_secret
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver
+from bridge.process import open_runtime
+from bridge.api.serving import start_server
+from bridge.delivery.signing import new_webhook_secret
 
 SUBMIT_CONCURRENCY = 32
 

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.advance import Advancer
+from bridge.engine.lifecycle import Advancer
 from bridge.config import Tenant
-from bridge.jobs import job_view, new_job_fields
-from bridge.problems import Problem
-from bridge.runtime import Runtime
+from bridge.model import job_view, new_job_fields
+from bridge.api.problems import Problem
+from bridge.engine.runtime import Runtime
 from bridge.store import valid_job_id
-from bridge.urlpolicy import CallbackRejected
+from bridge.delivery.urlpolicy import CallbackRejected
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64

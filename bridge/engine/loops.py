@@ -18,9 +18,9 @@ from typing import TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-from bridge.advance import Advancer
-from bridge.dispatch import Dispatcher
-from bridge.runtime import Runtime
+from bridge.engine.lifecycle import Advancer
+from bridge.engine.dispatch import Dispatcher
+from bridge.engine.runtime import Runtime
 from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]

@@ -19,11 +19,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bridge.api import ROUTES
-from bridge.openapi import openapi_spec
-from bridge.problems import Problem
-from bridge.runtime import Runtime, check_health, every, learn_durations, measure_backlog
-from bridge.worker import Workers
+from bridge.api.jobs import ROUTES
+from bridge.api.openapi import openapi_spec
+from bridge.api.problems import Problem
+from bridge.engine.runtime import Runtime, check_health, every, learn_durations, measure_backlog
+from bridge.engine.loops import Workers
 
 Role = Literal["all", "api", "worker"]
 

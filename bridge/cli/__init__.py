@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from rich.console import Console
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
-from bridge.logs import configure_logging
+from bridge.obs.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def _config_path(arg: str | None) -> str | None:
 
 
 def _load(path: str | None, args: argparse.Namespace) -> Config:
-    from bridge.server import dev_config
+    from bridge.process import dev_config
 
     if path is None:
         return dev_config(
@@ -59,7 +59,7 @@ def _load(path: str | None, args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bridge.server import DEV_KEY_ENV, DEV_SECRET_ENV, serve
+    from bridge.process import DEV_KEY_ENV, DEV_SECRET_ENV, serve
 
     config = _load(_config_path(args.config), args)
     secrets = resolve_secrets(config)
@@ -89,7 +89,7 @@ def _run(coro: object) -> object:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.demo import print_report, run_demo
+    from bridge.dev.demo import print_report, run_demo
 
     configure_logging("console", "warning")
     console = Console()
@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.emulator import EmulatorSettings, create_emulator_app
+    from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 
     settings = EmulatorSettings(
         duration_s=args.duration_s,
@@ -125,7 +125,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bridge.check import run_check
+    from bridge.cli.check import run_check
 
     configure_logging("console", "error")
     return _run(run_check(_config_path(args.config), Console()))  # type: ignore[return-value]

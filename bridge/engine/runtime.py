@@ -12,15 +12,15 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
-from bridge.delivery import Deliverer
-from bridge.leanhttp import LeanClient
-from bridge.learning import Durations, running_field
-from bridge.metrics import Metrics
+from bridge.delivery.sender import Deliverer
+from bridge.net.client import LeanClient
+from bridge.engine.learning import Durations, running_field
+from bridge.obs.metrics import Metrics
 from bridge.ratelimit import RateLimiter
-from bridge.signing import ResultLinks
+from bridge.delivery.signing import ResultLinks
 from bridge.store import Commit, Schedule, Store
-from bridge.upstream import OctoAIUpstream
-from bridge.urlpolicy import Resolver, UrlPolicy
+from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.delivery.urlpolicy import Resolver, UrlPolicy
 
 
 @dataclass
