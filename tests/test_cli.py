@@ -13,10 +13,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from bridge.embedded import free_port
+from bridge.api.serving import start_server
 from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver
-from bridge.api.serving import start_server
+from bridge.embedded import free_port
 from tests.conftest import API_KEY, ENV, SECRET, base_config
 
 

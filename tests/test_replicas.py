@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bridge.embedded import free_port
 from bridge.dev.receiver import Reply
+from bridge.embedded import free_port
 from bridge.engine.loops import Workers
 from tests.conftest import ENV
 

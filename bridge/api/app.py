@@ -1,11 +1,9 @@
-"""The ASGI app: API routes, error handling and the workers' lifecycle."""
+"""The ASGI app: API and operations routes, error handling."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import orjson
 import structlog
@@ -19,13 +17,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bridge.api.jobs import ROUTES
+from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
 from bridge.api.problems import Problem
-from bridge.engine.runtime import Runtime, check_health, every, learn_durations, measure_backlog
-from bridge.engine.loops import Workers
+from bridge.engine.runtime import Runtime
+from bridge.engine.service import Role
 
-Role = Literal["all", "api", "worker"]
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 class ClearContext:
@@ -70,57 +68,21 @@ async def _openapi(request: Request) -> Response:
 
 
 def create_app(
-    rt: Runtime, role: Role = "all", extra_routes: Sequence[BaseRoute] = ()
+    rt: Runtime,
+    role: Role = "all",
+    extra_routes: Sequence[BaseRoute] = (),
+    lifespan: Lifespan | None = None,
 ) -> Starlette:
-    workers = Workers(rt) if role in ("all", "worker") else None
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        w = rt.config.worker
-        # the first health check waits a moment, so that an upstream served by this very
-        # process (the dev-mode emulator) is listening by then
-        background = [
-            asyncio.create_task(
-                every(
-                    "health",
-                    w.health_interval_s,
-                    lambda: check_health(rt),
-                    stop,
-                    first_delay_s=min(0.5, w.health_interval_s),
-                )
-            ),
-            asyncio.create_task(
-                every("backlog", w.health_interval_s, lambda: measure_backlog(rt), stop)
-            ),
-        ]
-        if workers:
-            workers.start()
-            background.append(
-                asyncio.create_task(every("durations", 10.0, lambda: learn_durations(rt), stop))
-            )
-        rt.log.info("bridge started", role=role, upstreams=sorted(rt.upstreams))
-        try:
-            yield
-        finally:
-            stop.set()
-            if workers:
-                await workers.stop(rt.config.worker.shutdown_grace_s)
-            await asyncio.gather(*background)
-            rt.log.info("bridge stopped", role=role)
-
-    routes = [*ROUTES, Route("/metrics", _metrics), Route("/openapi.json", _openapi), *extra_routes]
-    if role == "worker":
-        routes = [
-            r for r in routes if getattr(r, "path", "") in ("/healthz", "/readyz", "/metrics")
-        ]
+    """The HTTP side of a process. A worker-only process serves the operations routes
+    only. Whatever else runs in the process (the engine) is started by `lifespan`."""
+    ops = [*OPS_ROUTES, Route("/metrics", _metrics)]
+    api = [*JOB_ROUTES, Route("/openapi.json", _openapi), *extra_routes]
     app = Starlette(
-        routes=routes,
+        routes=ops if role == "worker" else [*ops, *api],
         middleware=[Middleware(ClearContext)],
         exception_handlers={Problem: _problem, HTTPException: _http_error, RedisError: _store_down},
         lifespan=lifespan,
     )
     app.state.runtime = rt
     app.state.openapi = openapi_spec()
-    app.state.workers = workers
     return app

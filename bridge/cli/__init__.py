@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from starlette.routing import BaseRoute, Mount
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
 from bridge.obs.logs import configure_logging
@@ -75,8 +76,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
     # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    _run(serve(config, secrets, args.role))
+    _run(serve(config, secrets, args.role, _dev_routes(config)))
     return 0
+
+
+def _dev_routes(config: Config) -> list[BaseRoute]:
+    """Dev mode serves the upstream emulator beside the API, at /emulator."""
+    if not config.dev_mode:
+        return []
+    from bridge.dev.emulator import create_emulator_app
+
+    return [Mount("/emulator", create_emulator_app())]
 
 
 def _run(coro: object) -> object:

@@ -12,10 +12,10 @@ import httpx
 from bridge import __version__
 from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
-from bridge.net.util import describe_error, parse_retry_after
-from bridge.net.client import LeanClient
 from bridge.delivery.signing import sign_webhook
 from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.net.client import LeanClient
+from bridge.net.util import describe_error, parse_retry_after
 
 Outcome = Literal["delivered", "retry", "gone", "deferred"]
 
