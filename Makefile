@@ -18,6 +18,7 @@ test: $(STAMP)
 	$(VENV)/bin/python tools/get_helm.py >/dev/null \
 		|| echo "make test: no Helm 3, so the chart tests will be skipped (reason above)"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import yaml
 
+from bridge.api.serving import start_server
+from bridge.delivery.signing import new_webhook_secret
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver, Reply
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.receiver import Receiver, Reply
-from bridge.serving import start_server
-from bridge.signing import new_webhook_secret
 
 GONE_PATH = "/gone"
 

@@ -4,7 +4,7 @@
 
 Two curves of (polls per job, delivery lag p50) for the plot, and one bound:
 
-- oracle: the bridge's own poll policy (bridge.learning, hazard-based, clamped as the
+- oracle: the bridge's own poll policy (bridge.engine.learning, hazard-based, clamped as the
   bridge clamps it) handed the true distribution instead of a learned one;
 - the cheapest schedule of poll times (any schedule on a 1 % geometric grid) that keeps
   delivery lag p50 at or under a given lag: minimise expected polls - mu * P(lag <= d)
@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 
 from bench.workloads import WORKLOADS, Workload
-from bridge.learning import Durations, bucket_of
+from bridge.engine.learning import Durations, bucket_of
 
 Z95 = 1.6448536269514722
 

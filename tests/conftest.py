@@ -13,15 +13,15 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from bridge.app import create_app
+from bridge.api.serving import RunningServer, start_server
 from bridge.config import Config, parse_config, resolve_secrets
+from bridge.dev.emulator import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.dev.receiver import Receiver
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, EmulatorState, create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.logs import configure_logging
-from bridge.receiver import Receiver
-from bridge.runtime import Runtime, build_runtime
-from bridge.serving import RunningServer, start_server
+from bridge.engine.runtime import Runtime, build_runtime
+from bridge.net.client import callback_client, upstream_client
+from bridge.obs.logs import configure_logging
+from bridge.process import bridge_app
 from bridge.store import Store
 
 API_KEY = "pb_test_key_alpha"
@@ -162,7 +162,7 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             rt = await build_runtime(
                 cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver or loopback_only_dns
             )
-            bridge = await start_server(create_app(rt, role), port)  # type: ignore[arg-type]
+            bridge = await start_server(bridge_app(rt, role), port)  # type: ignore[arg-type]
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(
                 httpx.AsyncClient(

@@ -8,8 +8,8 @@ import httpx
 import jsonschema
 import pytest
 
-from bridge.emulator import EmulatorSettings
-from bridge.receiver import Reply
+from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.receiver import Reply
 from tests.conftest import UPSTREAM_TOKEN
 
 

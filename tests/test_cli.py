@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.receiver import Receiver
-from bridge.serving import start_server
 from tests.conftest import API_KEY, ENV, SECRET, base_config
 
 
@@ -276,7 +276,7 @@ async def test_serve_with_config_file_and_external_store(tmp_path, valkey, redis
 
 async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
     port = free_port()
-    from bridge.server import dev_credentials
+    from bridge.process import dev_credentials
 
     key, secret = dev_credentials(tmp_path / ".pushbridge", {})
     env = {k: "" for k in ("PUSHBRIDGE_CONFIG",)}
@@ -290,7 +290,7 @@ async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
     each on one directory: the worker never saw the API's jobs, which hung silently. The
     second process now joins the first one's store and emulator; a worker asked to listen
     on the API's port is refused with exit 2 and a message, not a traceback."""
-    from bridge.server import dev_credentials
+    from bridge.process import dev_credentials
 
     key, secret = dev_credentials(tmp_path / ".pushbridge", {})
     env = {"PUSHBRIDGE_CONFIG": ""}
@@ -332,8 +332,8 @@ async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
 
 async def test_dev_mode_refuses_callbacks_beyond_loopback(tmp_path):
     """Dev mode allowed every private range, cloud metadata (169.254.169.254) included."""
-    from bridge.server import dev_config
-    from bridge.urlpolicy import CallbackRejected, UrlPolicy
+    from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+    from bridge.process import dev_config
 
     config = dev_config({"PUSHBRIDGE_STORE__DATA_DIR": str(tmp_path / "pb")})
     policy = UrlPolicy(config.callbacks)
@@ -353,7 +353,7 @@ async def test_dev_mode_refuses_callbacks_beyond_loopback(tmp_path):
 
 @pytest.mark.slow
 async def test_demo_delivers_and_verifies_everything():
-    from bridge.demo import run_demo
+    from bridge.dev.demo import run_demo
 
     report = await run_demo(40, Console(quiet=True))
     assert report.ok, report

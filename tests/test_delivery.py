@@ -8,14 +8,14 @@ import ipaddress
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from bridge.backoff import delivery_retry_s, poll_interval_s
+from bridge.api.serving import start_server
 from bridge.config import CallbacksConfig, PollConfig
-from bridge.delivery import Deliverer, webhook_headers
-from bridge.leanhttp import LeanClient
-from bridge.receiver import Receiver, Reply
-from bridge.serving import start_server
-from bridge.signing import ResultLinks, new_webhook_secret, sign_webhook
-from bridge.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.delivery.sender import Deliverer, webhook_headers
+from bridge.delivery.signing import ResultLinks, new_webhook_secret, sign_webhook
+from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.dev.receiver import Receiver, Reply
+from bridge.engine.backoff import delivery_retry_s, poll_interval_s
+from bridge.net.client import LeanClient
 
 LOOPBACK_OK = CallbacksConfig(
     allow_http=True, allow_private_networks=True, timeout_s=0.5, per_host_concurrency=2

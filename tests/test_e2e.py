@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from bridge.emulator import EmulatorSettings
+from bridge.dev.emulator import EmulatorSettings
 from tests.conftest import SECRET, UPSTREAM_TOKEN
 
 

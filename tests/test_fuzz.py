@@ -17,14 +17,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 
-from bridge.app import create_app
+from bridge.api.openapi import openapi_spec
+from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.openapi import openapi_spec
-from bridge.runtime import build_runtime
-from bridge.serving import start_server
+from bridge.engine.runtime import build_runtime
+from bridge.net.client import callback_client, upstream_client
+from bridge.process import bridge_app
 from bridge.store import Store
 from tests.conftest import API_KEY, ENV, base_config
 
@@ -48,7 +48,7 @@ async def _serve(valkey_url: str, ready: queue.Queue, stop: threading.Event) -> 
     store = Store(redis, "fuzz", config.store.partitions)
     async with upstream_client() as up, callback_client() as cb:
         rt = await build_runtime(config, resolve_secrets(config, ENV), store, up, cb, no_dns)
-        bridge = await start_server(create_app(rt), port)
+        bridge = await start_server(bridge_app(rt), port)
         ready.put(bridge.url)
         while not stop.is_set():
             await asyncio.sleep(0.05)

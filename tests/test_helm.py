@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bridge.config import parse_config, resolve_secrets
-from bridge.signing import new_webhook_secret
+from bridge.delivery.signing import new_webhook_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "pushbridge"

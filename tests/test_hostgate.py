@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.hostgate import HostGates
+from bridge.delivery.hostgate import HostGates
 
 
 async def _hold(gates: HostGates, host: str, seconds: float, log: list) -> None:

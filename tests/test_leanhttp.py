@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from bridge.embedded import free_port
-from bridge.leanhttp import USER_AGENT, LeanClient, callback_client
+from bridge.net.client import USER_AGENT, LeanClient, callback_client
 
 
 async def test_request_carries_timeout_user_agent_and_extensions():

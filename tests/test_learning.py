@@ -7,8 +7,8 @@ import math
 import random
 from collections import Counter
 
-from bridge.emulator import EmulatorSettings
-from bridge.learning import (
+from bridge.dev.emulator import EmulatorSettings
+from bridge.engine.learning import (
     EDGES_S,
     MAX_SPANS,
     SUB,
@@ -98,7 +98,7 @@ async def test_learned_polling_uses_fewer_polls_than_backoff(make_stack):
     for _ in range(40):  # teach it: 40 jobs of 1.5 s
         await s.submit()
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 40, 20)
-    from bridge.runtime import learn_durations
+    from bridge.engine.runtime import learn_durations
 
     await learn_durations(s.rt)
     first_polls = s.emulator.requests["poll"] / 40

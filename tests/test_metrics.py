@@ -6,8 +6,8 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.emulator import EmulatorSettings
-from bridge.receiver import Reply
+from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.receiver import Reply
 from tests.conftest import UPSTREAM_TOKEN
 
 

@@ -7,9 +7,9 @@ import statistics
 
 import httpx
 
+from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.receiver import Reply
 from bridge.embedded import EmbeddedValkey, free_port
-from bridge.emulator import EmulatorSettings
-from bridge.receiver import Reply
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -126,7 +126,7 @@ async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
 async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):
     from redis.asyncio import Redis
 
-    from bridge.server import wait_for_store
+    from bridge.process import wait_for_store
     from bridge.store import Store
 
     store = EmbeddedValkey(tmp_path / "late", port=free_port(), appendonly=False)

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import yaml
 
+from bridge.dev.receiver import Reply
 from bridge.embedded import free_port
-from bridge.receiver import Reply
-from bridge.worker import Workers
+from bridge.engine.loops import Workers
 from tests.conftest import ENV
 
 

@@ -8,10 +8,10 @@ import io
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from bridge.emulator import EmulatorSettings
-from bridge.logs import configure_logging
-from bridge.receiver import Reply
-from bridge.signing import new_webhook_secret
+from bridge.delivery.signing import new_webhook_secret
+from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.receiver import Reply
+from bridge.obs.logs import configure_logging
 from tests.conftest import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN
 from tests.test_api import assert_problem
 

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from bridge.config import UpstreamConfig
-from bridge.leanhttp import LeanClient
-from bridge.upstream import OctoAIUpstream
+from bridge.net.client import LeanClient
+from bridge.upstreams.octoai import OctoAIUpstream
 
 URL = "http://up.test/infer/m"
 

@@ -22,11 +22,11 @@ from rich.markup import escape
 
 from bridge.config import Config, ConfigError, UpstreamConfig, load_config, resolve_secrets
 from bridge.embedded_share import SharedStore, running
-from bridge.httputil import describe_error
-from bridge.leanhttp import LeanClient, upstream_client
-from bridge.server import dev_config, make_redis, open_store
+from bridge.net.client import LeanClient, upstream_client
+from bridge.net.util import describe_error
+from bridge.process import dev_config, make_redis, open_store
 from bridge.store import Store
-from bridge.upstream import OctoAIUpstream
+from bridge.upstreams.octoai import OctoAIUpstream
 
 MARKS = {
     "ok": "[green]ok[/green]   ",

@@ -18,9 +18,10 @@ from typing import TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-from bridge.advance import Advancer
-from bridge.dispatch import Dispatcher
-from bridge.runtime import Runtime
+from bridge.engine.dispatch import Dispatcher
+from bridge.engine.lifecycle import Advancer
+from bridge.engine.ports import NoWorkers
+from bridge.engine.runtime import Runtime
 from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
@@ -255,7 +256,7 @@ class Workers:
             w.concurrency,
             rt.metrics.due_lateness.labels("due").observe,
         )
-        rt.hint = self.hint
+        self.active = False
 
     def _lateness_observer(self, which: Schedule) -> Callable[[ClaimBatch], None]:
         histogram = self.rt.metrics.due_lateness.labels(which)
@@ -300,20 +301,28 @@ class Workers:
     def start(self) -> None:
         for loop in self.loops.values():
             loop.start()
-        self.rt.hold = self.held.hold
-        self.rt.forget = self.held.forget
-        self.rt.held_jobs = self.held.jobs
-        self.rt.deliver_now = self._deliver_now
+        self.active = True
+        self.rt.workers = self
 
-    async def _deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+    # LocalWorkers (engine.ports), what the job steps of this process call:
+    def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
+        self.loops[schedule].hint(delay_s, partition)
+
+    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+        return self.held.hold(job, token, delay_s)
+
+    def forget(self, job_id: str) -> None:
+        self.held.forget(job_id)
+
+    def held_jobs(self) -> list[dict[str, str]]:
+        return self.held.jobs()
+
+    async def deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
         await self.dispatcher.step(job, result, token)
 
-    def hint(self, which: Schedule, delay_s: float, partition: int | None = None) -> None:
-        self.loops[which].hint(delay_s, partition)
-
     async def stop(self, grace_s: float) -> None:
-        self.rt.hold = None
-        self.rt.deliver_now = None
+        self.active = False
+        self.rt.workers = NoWorkers()
         await asyncio.gather(
             self.held.stop(grace_s), *(loop.stop(grace_s) for loop in self.loops.values())
         )

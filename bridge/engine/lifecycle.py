@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
-from bridge.backoff import at_least, jittered, poll_interval_s, submit_retry_s
-from bridge.jobs import error_json
-from bridge.learning import interval_field
-from bridge.runtime import Runtime
+from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
+from bridge.engine.learning import interval_field
+from bridge.engine.runtime import Runtime
+from bridge.model import error_json
 from bridge.store import Commit
-from bridge.upstream import Outcome
+from bridge.upstreams.octoai import Outcome
 
 
 def _ms(seconds: float) -> int:
@@ -46,24 +46,24 @@ class Advancer:
         self, job: dict[str, str], token: str, delay_s: float, **fields: Any
     ) -> None:
         """The job's next step is due in delay_s: keep holding it when that is soon."""
-        hold = self.rt.hold
-        keep = hold is not None and delay_s <= self.rt.config.worker.sticky_horizon_s
+        workers = self.rt.workers
+        keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
         delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
-        if await self.commit(job, token, Commit(fields=fields, source=str(delay_ms))) and keep:
-            assert hold is not None
-            if not hold(job, token, delay_s):  # no room to hold it: due after the lease
-                await self.commit(job, token, Commit(fields={}, source=str(_ms(delay_s))))
+        committed = await self.commit(job, token, Commit(fields=fields, source=str(delay_ms)))
+        if committed and keep and not workers.hold(job, token, delay_s):
+            # no room to hold it: due after the delay, not after the lease
+            await self.commit(job, token, Commit(fields={}, source=str(_ms(delay_s))))
 
     async def finish(
         self, job: dict[str, str], token: str, c: Commit, result: str | None = None
     ) -> None:
         """Commit a terminal status with its event due now; deliver it at once if we can."""
-        direct = self.rt.deliver_now is not None and c.target_delay_ms == 0
+        workers = self.rt.workers
+        direct = workers.active and c.target_delay_ms == 0
         if direct:  # the delivery stays leased to us while we make the first attempt
             c.target_delay_ms, c.due_field = self.rt.lease_ms, ""
         if await self.commit(job, token, c) and direct:
-            assert self.rt.deliver_now is not None
-            await self.rt.deliver_now(job, result, token)
+            await workers.deliver_now(job, result, token)
 
     def _finished(self, job: dict[str, str], outcome: str) -> None:
         self.rt.metrics.jobs_finished.labels(job["upstream"], outcome).inc()

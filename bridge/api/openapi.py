@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import __version__
-from bridge.api import JobRequest
+from bridge.api.jobs import JobRequest
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {

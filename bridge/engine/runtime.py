@@ -12,15 +12,16 @@ import structlog
 from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
-from bridge.delivery import Deliverer
-from bridge.leanhttp import LeanClient
-from bridge.learning import Durations, running_field
-from bridge.metrics import Metrics
+from bridge.delivery.sender import Deliverer
+from bridge.delivery.signing import ResultLinks
+from bridge.delivery.urlpolicy import Resolver, UrlPolicy
+from bridge.engine.learning import Durations, running_field
+from bridge.engine.ports import LocalWorkers, NoWorkers
+from bridge.net.client import LeanClient
+from bridge.obs.metrics import Metrics
 from bridge.ratelimit import RateLimiter
-from bridge.signing import ResultLinks
 from bridge.store import Commit, Schedule, Store
-from bridge.upstream import OctoAIUpstream
-from bridge.urlpolicy import Resolver, UrlPolicy
+from bridge.upstreams.octoai import OctoAIUpstream
 
 
 @dataclass
@@ -46,14 +47,10 @@ class Runtime:
     health: Health
     limiter: RateLimiter
     log: structlog.stdlib.BoundLogger
-    hint: Callable[[Schedule, float, int | None], None] = lambda which, delay_s, p=None: None
-    # set by the workers of this process (None in an api-only process):
-    hold: Callable[[dict[str, str], str, float], bool] | None = None  # keep a job's lease
+    # the worker loops of this process while they run (engine.loops.Workers installs itself)
+    workers: LocalWorkers = field(default_factory=NoWorkers)
     durations: Durations = field(default_factory=Durations)
     clock_offset_ms: float = 0.0  # store clock minus local clock, from the last claim
-    forget: Callable[[str], None] = lambda job_id: None  # a cancelled job is no longer held
-    held_jobs: Callable[[], list[dict[str, str]]] = list  # jobs this process holds now
-    deliver_now: Callable[[dict[str, str], str | None, str], Awaitable[None]] | None = None
 
     @property
     def retention_ms(self) -> int:
@@ -84,9 +81,9 @@ class Runtime:
         other: Schedule = "deliver" if which == "due" else "due"
         p = self.store.keys.partition_of(job_id)
         if c.source not in ("keep", "rm"):
-            self.hint(which, int(c.source) / 1000, p)
+            self.workers.hint(which, int(c.source) / 1000, p)
         if c.target_delay_ms is not None:
-            self.hint(other, c.target_delay_ms / 1000, p)
+            self.workers.hint(other, c.target_delay_ms / 1000, p)
         return applied
 
 
@@ -182,7 +179,7 @@ async def measure_backlog(rt: Runtime) -> None:
 async def learn_durations(rt: Runtime) -> None:
     """Refresh the learned duration histograms of every upstream from the store."""
     counts = await rt.store.duration_counts()
-    for job in rt.held_jobs():  # still running: known only to last longer than seen so far
+    for job in rt.workers.held_jobs():  # still running: known only to last longer than seen so far
         if seen_ms := job.get("seen_running_at"):
             field = running_field(job["upstream"], (int(seen_ms) - int(job["created_at"])) / 1000)
             counts[field] = counts.get(field, 0) + 1

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.advance import Advancer
+from bridge.api.problems import Problem
 from bridge.config import Tenant
-from bridge.jobs import job_view, new_job_fields
-from bridge.problems import Problem
-from bridge.runtime import Runtime
+from bridge.delivery.urlpolicy import CallbackRejected
+from bridge.engine.events import JobEvents
+from bridge.engine.runtime import Runtime
+from bridge.model import job_view, new_job_fields
 from bridge.store import valid_job_id
-from bridge.urlpolicy import CallbackRejected
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64
@@ -162,7 +162,7 @@ async def create_job(request: Request) -> Response:
 
 async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
     try:
-        outcome = await Advancer(rt).submit(job, token, notify=False)
+        outcome = await JobEvents(rt).accepted(job, token)
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
         rt.log.warning("store error after accepting job", error=str(e))
         outcome = None
@@ -236,7 +236,7 @@ async def redeliver(request: Request) -> Response:
         raise Problem(409, "job-cancelled", "job was cancelled; a cancelled job has no callback")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
-    rt.hint("deliver", 0, rt.store.keys.partition_of(job["id"]))
+    JobEvents(rt).redelivery_scheduled(job["id"])
     return _json(await _view(rt, await rt.store.get_job(job["id"])), 202)
 
 
@@ -245,7 +245,7 @@ async def cancel(request: Request) -> Response:
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
     outcome = await rt.store.cancel(job["id"], tenant.name, rt.retention_ms)
-    rt.forget(job["id"])  # another replica holding it polls at most once more, then is fenced
+    JobEvents(rt).cancelled(job["id"])
     if outcome == "missing":
         raise Problem(404, "not-found", f"no job {job['id']}")
     if outcome != "ok":
@@ -299,13 +299,15 @@ async def job_resource(request: Request) -> Response:
     return await (cancel(request) if request.method == "DELETE" else get_job(request))
 
 
-ROUTES = [
+JOB_ROUTES = [
     Route("/v1/jobs", create_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}", job_resource, methods=["GET", "DELETE"]),
     Route("/v1/jobs/{job_id}/attempts", get_attempts, methods=["GET"]),
     Route("/v1/jobs/{job_id}/redeliver", redeliver, methods=["POST"]),
     Route("/v1/jobs/{job_id}/result", get_result, methods=["GET"]),
     Route("/v1/results/{job_id}", get_result_by_link, methods=["GET"]),
+]
+OPS_ROUTES = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
 ]

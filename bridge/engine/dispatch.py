@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from bridge.backoff import at_least, delivery_retry_s, jittered
-from bridge.delivery import Attempt, webhook_headers
-from bridge.jobs import DELIVERABLE, job_view, rfc3339, webhook_id
-from bridge.runtime import Runtime
+from bridge.delivery.sender import Attempt, webhook_headers
+from bridge.engine.backoff import at_least, delivery_retry_s, jittered
+from bridge.engine.runtime import Runtime
+from bridge.model import DELIVERABLE, job_view, rfc3339, webhook_id
 from bridge.store import Commit
 
 DEFER_S = 0.5

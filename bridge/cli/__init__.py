@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from starlette.routing import BaseRoute, Mount
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
 from bridge.embedded_share import EmbeddedShare
-from bridge.logs import configure_logging
+from bridge.obs.logs import configure_logging
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -146,7 +147,7 @@ def _config_path(arg: str | None) -> str | None:
 
 
 def _load(path: str | None, args: argparse.Namespace) -> Config:
-    from bridge.server import dev_config
+    from bridge.process import dev_config
 
     if path is None:
         return dev_config(
@@ -176,18 +177,18 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def _serve(config: Config, role: str) -> None:
-    from bridge.server import serve
+    from bridge.process import serve
 
     secrets = resolve_secrets(config)
     configure_logging("console" if config.dev_mode else config.log.format, config.log.level)
     # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
     # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    _run(serve(config, secrets, role))  # type: ignore[arg-type]
+    _run(serve(config, secrets, role, _dev_routes(config)))  # type: ignore[arg-type]
 
 
 def _dev_banner(config: Config, share: EmbeddedShare | None, role: str) -> None:
-    from bridge.server import DEV_KEY_ENV, DEV_SECRET_ENV
+    from bridge.process import DEV_KEY_ENV, DEV_SECRET_ENV
 
     console = Console(stderr=True, soft_wrap=True)
     if share is None:
@@ -209,7 +210,7 @@ def _dev_banner(config: Config, share: EmbeddedShare | None, role: str) -> None:
 
 
 def _serve_dev(args: argparse.Namespace) -> int:
-    from bridge.server import dev_store
+    from bridge.process import dev_store
 
     config = _load(None, args)
     if _port_in_use(config.listen.host, config.listen.port):
@@ -235,6 +236,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_routes(config: Config) -> list[BaseRoute]:
+    """Dev mode serves the upstream emulator beside the API, at /emulator."""
+    if not config.dev_mode:
+        return []
+    from bridge.dev.emulator import create_emulator_app
+
+    return [Mount("/emulator", create_emulator_app())]
+
+
 def _run(coro: object) -> object:
     try:
         import uvloop
@@ -245,7 +255,7 @@ def _run(coro: object) -> object:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bridge.demo import print_report, run_demo
+    from bridge.dev.demo import print_report, run_demo
 
     configure_logging("console", "warning")
     console = Console()
@@ -257,7 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.emulator import EmulatorSettings, create_emulator_app
+    from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
@@ -291,7 +301,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bridge.check import run_check
+    from bridge.cli.check import run_check
 
     configure_logging("console", "error")
     return _run(run_check(_config_path(args.config), Console()))  # type: ignore[return-value]
@@ -299,7 +309,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_secret(args: argparse.Namespace) -> int:
     from bridge.config import api_key_sha256
-    from bridge.signing import new_webhook_secret
+    from bridge.delivery.signing import new_webhook_secret
 
     if args.kind == "webhook":
         print(new_webhook_secret())

@@ -6,25 +6,26 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.exceptions import RedisError
-from starlette.routing import Mount
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
-from bridge.app import Role, create_app
+from bridge.api.app import create_app
+from bridge.api.serving import uvicorn_config
 from bridge.config import Config, Secrets, parse_config
+from bridge.delivery.signing import new_webhook_secret
+from bridge.delivery.urlpolicy import Resolver
 from bridge.embedded_share import EmbeddedShare, SharedStore
-from bridge.emulator import create_emulator_app
-from bridge.leanhttp import callback_client, upstream_client
-from bridge.runtime import Runtime, build_runtime
-from bridge.serving import uvicorn_config
-from bridge.signing import new_webhook_secret
+from bridge.engine.runtime import Runtime, build_runtime
+from bridge.engine.service import Engine, Role
+from bridge.net.client import callback_client, upstream_client
 from bridge.store import Store
-from bridge.urlpolicy import Resolver
 
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
 DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"
@@ -105,12 +106,27 @@ async def wait_for_store(store: Store, max_sleep_s: float = 5.0) -> None:
         delay_s = min(max_sleep_s, delay_s * 2)
 
 
-async def serve(config: Config, secrets: Secrets, role: Role) -> None:
+def bridge_app(
+    rt: Runtime, role: Role = "all", extra_routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """A bridge process's app: the HTTP side of `role`, with the engine started when the
+    server starts and stopped (leases given back) when it shuts down."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Engine(rt, role).running():
+            yield
+
+    return create_app(rt, role, extra_routes, lifespan)
+
+
+async def serve(
+    config: Config, secrets: Secrets, role: Role, extra_routes: Sequence[BaseRoute] = ()
+) -> None:
     import uvicorn
 
     async with open_runtime(config, secrets) as rt:
-        extra = [Mount("/emulator", create_emulator_app())] if config.dev_mode else []
-        app = create_app(rt, role, extra)
+        app = bridge_app(rt, role, extra_routes)
         uv = uvicorn_config(
             app, config.listen.host, config.listen.port, config.worker.shutdown_grace_s
         )

@@ -11,11 +11,11 @@ import httpx
 
 from bridge import __version__
 from bridge.config import CallbacksConfig
-from bridge.hostgate import HostGates
-from bridge.httputil import describe_error, parse_retry_after
-from bridge.leanhttp import LeanClient
-from bridge.signing import sign_webhook
-from bridge.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.delivery.hostgate import HostGates
+from bridge.delivery.signing import sign_webhook
+from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.net.client import LeanClient
+from bridge.net.util import describe_error, parse_retry_after
 
 Outcome = Literal["delivered", "retry", "gone", "deferred"]
 

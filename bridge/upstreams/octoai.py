@@ -10,8 +10,8 @@ import httpx
 import orjson
 
 from bridge.config import UpstreamConfig
-from bridge.httputil import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
-from bridge.leanhttp import LeanClient
+from bridge.net.client import LeanClient
+from bridge.net.util import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
 
 Kind = Literal["accepted", "pending", "completed", "failed", "expired", "transient", "rejected"]
 PENDING_STATUSES = frozenset({"pending", "running", "queued", "in_progress", "starting"})

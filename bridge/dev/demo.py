@@ -16,14 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bridge.app import create_app
+from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
+from bridge.delivery.signing import new_webhook_secret
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver
 from bridge.embedded import free_port
-from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.receiver import Receiver
-from bridge.server import open_runtime
-from bridge.serving import start_server
-from bridge.signing import new_webhook_secret
+from bridge.process import bridge_app, open_runtime
 
 SUBMIT_CONCURRENCY = 32
 
@@ -138,7 +137,7 @@ async def run_demo(jobs: int, console: Console, timeout_s: float | None = None) 
     timeout_s = timeout_s or 60 + jobs * 0.05
     try:
         async with open_runtime(config, resolve_secrets(config, environ)) as rt:
-            bridge = await start_server(create_app(rt), port)
+            bridge = await start_server(bridge_app(rt), port)
             console.print(
                 f"store: embedded Valkey in {data_dir}; bridge {bridge.url}; "
                 f"emulator {emulator_srv.url}; receiver {receiver_srv.url}"

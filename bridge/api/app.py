@@ -1,0 +1,90 @@
+"""The ASGI app: API and operations routes, error handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import orjson
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
+from bridge.api.openapi import openapi_spec
+from bridge.api.problems import Problem
+from bridge.engine.runtime import Runtime
+from bridge.engine.service import Role
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+class ClearContext:
+    """Fresh structlog context per request, so job ids never leak between requests."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        structlog.contextvars.clear_contextvars()
+        await self.app(scope, receive, send)
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "invalid-request")
+    return Problem(exc.status_code, code, str(exc.detail), headers=exc.headers).response()
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    request.app.state.runtime.log.warning("store unavailable", error=str(exc))
+    return Problem(
+        503,
+        "store-unavailable",
+        "the store cannot be reached; nothing was accepted",
+        headers={"Retry-After": "1"},
+    ).response()
+
+
+async def _metrics(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _openapi(request: Request) -> Response:
+    return Response(orjson.dumps(request.app.state.openapi), media_type="application/json")
+
+
+def create_app(
+    rt: Runtime,
+    role: Role = "all",
+    extra_routes: Sequence[BaseRoute] = (),
+    lifespan: Lifespan | None = None,
+) -> Starlette:
+    """The HTTP side of a process. A worker-only process serves the operations routes
+    only. Whatever else runs in the process (the engine) is started by `lifespan`."""
+    ops = [*OPS_ROUTES, Route("/metrics", _metrics)]
+    api = [*JOB_ROUTES, Route("/openapi.json", _openapi), *extra_routes]
+    app = Starlette(
+        # the extra routes (dev mode's emulator) stay on a worker: it may be the dev process
+        # that others joined (see bridge/embedded_share.py)
+        routes=[*ops, *extra_routes] if role == "worker" else [*ops, *api],
+        middleware=[Middleware(ClearContext)],
+        exception_handlers={Problem: _problem, HTTPException: _http_error, RedisError: _store_down},
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.openapi = openapi_spec()
+    return app

@@ -1,0 +1,1 @@
+"""Upstream protocols: one module per provider's wire protocol."""
