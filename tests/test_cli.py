@@ -276,7 +276,7 @@ async def test_serve_with_config_file_and_external_store(tmp_path, valkey, redis
 
 async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
     port = free_port()
-    from bridge.process import dev_credentials
+    from bridge.dev.devmode import dev_credentials
 
     key, secret = dev_credentials(tmp_path / ".pushbridge", {})
     env = {k: "" for k in ("PUSHBRIDGE_CONFIG",)}
@@ -290,7 +290,7 @@ async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
     each on one directory: the worker never saw the API's jobs, which hung silently. The
     second process now joins the first one's store and emulator; a worker asked to listen
     on the API's port is refused with exit 2 and a message, not a traceback."""
-    from bridge.process import dev_credentials
+    from bridge.dev.devmode import dev_credentials
 
     key, secret = dev_credentials(tmp_path / ".pushbridge", {})
     env = {"PUSHBRIDGE_CONFIG": ""}
@@ -333,7 +333,7 @@ async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
 async def test_dev_mode_refuses_callbacks_beyond_loopback(tmp_path):
     """Dev mode allowed every private range, cloud metadata (169.254.169.254) included."""
     from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
-    from bridge.process import dev_config
+    from bridge.dev.devmode import dev_config
 
     config = dev_config({"PUSHBRIDGE_STORE__DATA_DIR": str(tmp_path / "pb")})
     policy = UrlPolicy(config.callbacks)

@@ -147,7 +147,7 @@ def _config_path(arg: str | None) -> str | None:
 
 
 def _load(path: str | None, args: argparse.Namespace) -> Config:
-    from bridge.process import dev_config
+    from bridge.dev.devmode import dev_config
 
     if path is None:
         return dev_config(
@@ -188,7 +188,7 @@ def _serve(config: Config, role: str) -> None:
 
 
 def _dev_banner(config: Config, share: EmbeddedShare | None, role: str) -> None:
-    from bridge.process import DEV_KEY_ENV, DEV_SECRET_ENV
+    from bridge.dev.devmode import DEV_KEY_ENV, DEV_SECRET_ENV
 
     console = Console(stderr=True, soft_wrap=True)
     if share is None:
@@ -210,7 +210,7 @@ def _dev_banner(config: Config, share: EmbeddedShare | None, role: str) -> None:
 
 
 def _serve_dev(args: argparse.Namespace) -> int:
-    from bridge.process import dev_store
+    from bridge.dev.devmode import dev_store
 
     config = _load(None, args)
     if _port_in_use(config.listen.host, config.listen.port):
