@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from bridge.api.serving import RunningServer, start_server
 from bridge.config import Config, parse_config, resolve_secrets
-from bridge.dev.emulator import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState, create_emulator_app
 from bridge.dev.receiver import Receiver
 from bridge.embedded import EmbeddedValkey, free_port
 from bridge.engine.runtime import Runtime, build_runtime

@@ -8,7 +8,7 @@ import httpx
 import jsonschema
 import pytest
 
-from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
 from tests.conftest import UPSTREAM_TOKEN
 

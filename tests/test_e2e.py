@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.emulators.octoai import EmulatorSettings
 from tests.conftest import SECRET, UPSTREAM_TOKEN
 
 

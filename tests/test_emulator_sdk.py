@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.embedded import free_port
 
 TOKEN = "sdk-token"

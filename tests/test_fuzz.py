@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from bridge.api.openapi import openapi_spec
 from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
-from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.embedded import EmbeddedValkey, free_port
 from bridge.engine.runtime import build_runtime
 from bridge.net.client import callback_client, upstream_client

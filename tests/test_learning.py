@@ -7,7 +7,7 @@ import math
 import random
 from collections import Counter
 
-from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.engine.learning import (
     EDGES_S,
     MAX_SPANS,

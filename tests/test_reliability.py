@@ -7,7 +7,7 @@ import statistics
 
 import httpx
 
-from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
 from bridge.embedded import EmbeddedValkey, free_port
 from tests.conftest import UPSTREAM_TOKEN

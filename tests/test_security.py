@@ -9,7 +9,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.delivery.signing import new_webhook_secret
-from bridge.dev.emulator import EmulatorSettings
+from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
 from bridge.obs.logs import configure_logging
 from tests.conftest import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN

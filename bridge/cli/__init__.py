@@ -62,12 +62,14 @@ def _add_emulator(sub: argparse._SubParsersAction) -> None:
     emu = sub.add_parser(
         "emulator",
         help="run the upstream emulator alone",
-        description="The OctoAI-protocol upstream emulator (see README: The emulator).",
+        description="An upstream emulator speaking one provider's protocol (README: The emulator).",
         formatter_class=HelpFormatter,
     )
     emu.add_argument("--host", default="127.0.0.1", help="listen address")
     emu.add_argument("--port", type=int, default=8090, help="listen port")
-    emu.add_argument("--protocol", choices=["octoai"], default="octoai", help="upstream protocol")
+    emu.add_argument(
+        "--protocol", choices=_emulator_protocols(), default="octoai", help="upstream protocol"
+    )
     emu.add_argument("--duration-s", type=float, default=1.0, help="median job duration")
     emu.add_argument(
         "--duration-p95-s",
@@ -140,6 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=CONFIG_HELP)
     _add_secret(sub)
     return p
+
+
+def _emulator_protocols() -> list[str]:
+    from bridge.dev.emulators import PROTOCOLS
+
+    return sorted(PROTOCOLS)
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -240,7 +248,7 @@ def _dev_routes(config: Config) -> list[BaseRoute]:
     """Dev mode serves the upstream emulator beside the API, at /emulator."""
     if not config.dev_mode:
         return []
-    from bridge.dev.emulator import create_emulator_app
+    from bridge.dev.emulators.octoai import create_emulator_app
 
     return [Mount("/emulator", create_emulator_app())]
 
@@ -267,7 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.dev.emulator import EmulatorSettings, create_emulator_app
+    from bridge.dev.emulators import PROTOCOLS, EmulatorSettings
 
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
@@ -290,7 +298,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     uvicorn.run(
-        create_emulator_app(settings),
+        PROTOCOLS[args.protocol](settings),
         host=args.host,
         port=args.port,
         log_level="warning",
