@@ -12,6 +12,9 @@ from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import RedisError
 from starlette.routing import Mount
 
@@ -36,14 +39,25 @@ STORE_CONNECTIONS = 64
 
 def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
     """A client whose pool waits for a free connection (up to the socket timeout) instead
-    of failing with "Too many connections" when many jobs touch the store at once."""
+    of failing with "Too many connections" when many jobs touch the store at once.
+
+    A pooled connection the server closed (a restart) is found by the health check
+    (a PING before using a connection idle for 10 s) or by the command itself, and the
+    command is sent once more, at once, on a new connection. Longer outages are the
+    Store's business: it retries the calls of job steps with a backoff, and answers
+    every other call's error quickly (readiness, API reads)."""
     opts: dict[str, Any] = dict(
         decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0
     )
     if cluster:
         return RedisCluster.from_url(url, max_connections=STORE_CONNECTIONS, **opts)
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=STORE_CONNECTIONS, timeout=5.0, health_check_interval=10, **opts
+        url,
+        max_connections=STORE_CONNECTIONS,
+        timeout=5.0,
+        health_check_interval=10,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(StoreConnectionError,)),
+        **opts,
     )
     return Redis(connection_pool=pool)
 

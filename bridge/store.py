@@ -12,30 +12,46 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
     <prefix>:{p7}:failed          zset   jobs whose delivery failed for good (score = when)
     <prefix>:{p7}:durations       hash   "<upstream>:s<lo>-<hi>" -> completed jobs (learned polling)
+    <prefix>:{p7}:claims:<claimer> string the claimer's last claim (its retry after a lost reply)
     <prefix>:url-key              string key that signs result_url links
 
 A sorted set is both schedule and lease: claiming re-scores a member to
 now + lease, so a claimer that dies simply lets it become due again.
+
+A store blip costs seconds, not leases: the calls of a job's steps (create, commit,
+release) are retried on fresh connections for up to `retry_s`, a failed claim is
+repeated by the next one, and every script is safe to run twice when its reply was
+lost (a retried create or commit answers as the first run did and applies nothing
+twice; a repeated claim hands out the same claims).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from bridge.autopipe import AutoPipeline, Call
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
 Index = Literal["due", "deliver", "failed"]
+T = TypeVar("T")
+RETRY_S = 10.0  # how long a step's store call is retried before the step gives up
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,9 @@ class Keys:
     def durations(self, partition: int) -> str:
         return f"{self.tag(partition)}:durations"
 
+    def claims(self, partition: int, claimer: str) -> str:
+        return f"{self.tag(partition)}:claims:{claimer}"
+
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"
 
@@ -151,10 +170,25 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
 class Store:
     """All store access. `redis` is a redis.asyncio client (or cluster client)."""
 
-    def __init__(self, redis: Redis, prefix: str = "pushbridge", partitions: int = 16) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str = "pushbridge",
+        partitions: int = 16,
+        retry_s: float = RETRY_S,
+    ) -> None:
         self.redis = redis
         self.keys = Keys(prefix, partitions)
         self.round_trips: Counter[str] = Counter()  # network round trips by operation
+        self.retry_s = retry_s
+        self._retry = Retry(
+            ExponentialBackoff(cap=1.0, base=0.05),
+            retries=-1,  # until retry_s has passed (see _retrying)
+            supported_errors=(StoreConnectionError, StoreTimeoutError),
+        )
+        self._id = secrets.token_hex(6)  # names this process's claims and commits
+        self._seq = itertools.count()
+        self._unanswered_claims: dict[str, str] = {}  # schedule -> id of a failed claim
         # job creation and commits made in one loop iteration share a round trip
         self._auto = AutoPipeline(self._auto_send)
         self._create = redis.register_script(_lua("create"))
@@ -207,7 +241,7 @@ class Store:
             idem_key or self.keys.idem(partition, "-"),
         ]
         args = [job_id, lease_ms, idem_value, idem_ttl_ms, *_flatten({"id": job_id, **fields})]
-        created, value, now_ms = await self._auto.call(self._create, keys, args)
+        created, value, now_ms = await self._auto.call(self._create, keys, args)  # retried
         if not created:
             prev_id, prev_sha = value.split("|", 1)
             return Created(False, prev_id, "", int(now_ms), prev_sha)
@@ -216,20 +250,31 @@ class Store:
     async def claim(
         self, which: Schedule, lease_ms: int, limit: int, partitions: list[int] | None = None
     ) -> ClaimBatch:
-        """Claim due members of the given partitions (default all) in one pipelined round trip."""
+        """Claim due members of the given partitions (default all) in one pipelined round trip.
+
+        Not retried here (the claim loop backs off and claims again); a claim that
+        failed on the way back is repeated by the next one, which hands out what the
+        failed one took."""
         self.round_trips["claim"] += 1
         parts = list(range(self.partitions)) if partitions is None else partitions
         per_partition = max(1, -(-limit // len(parts))) if limit > 0 and parts else 0
         with_result = "1" if which == "deliver" else ""
+        # a claim whose reply was lost is sent again by the next claim, with its id
+        claim_id = self._unanswered_claims.pop(which, None) or self._new_id()
+        claimer = f"{self._id}:{which}"
         calls = [
             (
                 self._claim,
-                [self.keys.schedule(which, p), self.keys.fence(p)],
-                [lease_ms, per_partition, f"{self.keys.tag(p)}:", with_result],
+                [self.keys.schedule(which, p), self.keys.fence(p), self.keys.claims(p, claimer)],
+                [lease_ms, per_partition, f"{self.keys.tag(p)}:", with_result, claim_id],
             )
             for p in parts
         ]
-        replies = await self.run_scripts(calls)
+        try:
+            replies = await self.run_scripts(calls)
+        except (StoreConnectionError, StoreTimeoutError):
+            self._unanswered_claims[which] = claim_id
+            raise
         batch = ClaimBatch(0, None, [])
         for p, (now, nxt, flat) in zip(parts, replies, strict=True):
             batch.now_ms = max(batch.now_ms, int(now))
@@ -250,6 +295,29 @@ class Store:
         batch.next_due_ms = min(due) if due else None
         return batch
 
+    def _new_id(self) -> str:
+        """Unique per call: a retried call carries the same id as its first run."""
+        return f"{self._id}.{next(self._seq)}"
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], retry_s: float | None = None) -> T:
+        """`call()`, again on a fresh connection after a connection error or a timeout
+        (exponential backoff, 0.1 s to 1 s) until `retry_s` (default self.retry_s) passed.
+        Only for calls that are safe to run twice."""
+        give_up_at = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
+
+        async def failed(error: Exception) -> None:
+            await self._drop_idle_connections()  # opened before a restart: closed by now
+            if time.monotonic() >= give_up_at:
+                raise error
+            self.round_trips["retry"] += 1
+
+        return await self._retry.call_with_retry(call, failed)
+
+    async def _drop_idle_connections(self) -> None:
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster client has none
+        if pool is not None:
+            await pool.disconnect(inuse_connections=False)
+
     async def run_scripts(self, calls: list[Call]) -> list[Any]:
         """EVALSHA calls in one pipeline; raises the first call's error, if any."""
         replies = await self._evalsha_replies(calls)
@@ -261,17 +329,20 @@ class Store:
     async def _evalsha_replies(self, calls: list[Call]) -> list[Any]:
         """EVALSHA calls in one pipeline (no SCRIPT EXISTS round trip), a reply or an
         exception per call; after a store restart (NOSCRIPT) the scripts are loaded and
-        the calls sent once more."""
+        the calls that found no script sent once more."""
         replies = await self._pipeline_evalsha(calls)
-        if any(isinstance(r, NoScriptError) for r in replies):
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
             for script in self._scripts:
                 await self.redis.script_load(script.script)
-            replies = await self._pipeline_evalsha(calls)
+            again = await self._pipeline_evalsha([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         return replies
 
     async def _auto_send(self, calls: list[Call]) -> list[Any]:
         self.round_trips["pipelined"] += 1
-        return await self._evalsha_replies(calls)
+        return await self._retrying(lambda: self._evalsha_replies(calls))
 
     async def _pipeline_evalsha(self, calls: list[Call]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -316,6 +387,7 @@ class Store:
         args = [
             job_id,
             token,
+            self._new_id(),
             c.source,
             "" if c.target_delay_ms is None else c.target_delay_ms,
             "1" if c.completed else "",
@@ -327,7 +399,7 @@ class Store:
             c.duration_field,
             *_flatten(c.fields),
         ]
-        applied = int(await self._auto.call(self._commit, keys, args))
+        applied = int(await self._auto.call(self._commit, keys, args))  # retried
         return applied if applied > 0 else None
 
     def _release_keys(self, job_id: str) -> list[str]:
@@ -339,17 +411,15 @@ class Store:
         self.round_trips["release"] += 1
         return await self._release(keys=self._release_keys(job_id), args=[job_id, token]) == 1
 
-    async def release_many(self, claims: list[tuple[str, str]]) -> None:
-        """Give back many claims (job id, token) in one round trip."""
+    async def release_many(self, claims: list[tuple[str, str]], retry_s: float = 0.0) -> None:
+        """Give back many claims (job id, token) in one round trip; retried for retry_s."""
         if not claims:
             return
         self.round_trips["release"] += 1
-        await self.run_scripts(
-            [
-                (self._release, self._release_keys(job_id), [job_id, token])
-                for job_id, token in claims
-            ]
-        )
+        calls: list[Call] = [
+            (self._release, self._release_keys(job_id), [job_id, token]) for job_id, token in claims
+        ]
+        await self._retrying(lambda: self.run_scripts(calls), retry_s)
 
     def _job_keys(self, job_id: str, which: Schedule) -> list[str]:
         p = self.keys.partition_of(job_id)

@@ -21,6 +21,7 @@ from bridge.leanhttp import callback_client, upstream_client
 from bridge.logs import configure_logging
 from bridge.receiver import Receiver
 from bridge.runtime import Runtime, build_runtime
+from bridge.server import make_redis
 from bridge.serving import RunningServer, start_server
 from bridge.store import Store
 
@@ -190,10 +191,8 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             port = free_port()
             config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
             client_redis = redis
-            if store_url:
-                client_redis = Redis.from_url(
-                    store_url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
-                )
+            if store_url:  # the production client, with its reconnects
+                client_redis = make_redis(store_url, cluster=False)  # type: ignore[assignment]
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
             replicas = [

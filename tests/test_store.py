@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import pytest
+from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bridge.server import make_redis
 from bridge.store import Commit, Store, valid_job_id
 
 
@@ -137,3 +143,105 @@ async def test_missing_job_is_dropped_from_schedule(store: Store):
     assert not await store.commit("due", job_id, claim.token, Commit(fields={"x": 1}))
     p = store.keys.partition_of(job_id)
     assert await store.redis.zcard(store.keys.schedule("due", p)) == 0
+
+
+class ReplyDropper:
+    """A TCP proxy to the store that, once armed, lets the next request through, drops
+    its reply and closes the client's connection: the store applied what the client
+    never heard about (the store's restart can do this to a pipeline in flight)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool):
+            while data := await src.read(65536):
+                if replies and self.armed:
+                    self.armed, self.dropped = False, self.dropped + 1
+                    break
+                dst.write(data)
+                await dst.drain()
+            writer.close()
+            up_writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+@pytest.fixture(params=["production client", "plain client"])
+async def lossy_store(request, valkey, redis) -> AsyncIterator[tuple[Store, ReplyDropper]]:
+    """A store whose next reply can be lost: through the production client (its pool sends
+    a command again on a new connection) or a plain one (the store's own retries)."""
+    dropper = ReplyDropper(valkey.port)
+    url = await dropper.start()
+    if request.param == "production client":
+        client = make_redis(url, cluster=False)
+    else:
+        client = Redis.from_url(url, decode_responses=True)
+    store = Store(client, "pbtest", partitions=8)  # type: ignore[arg-type]
+    await store.claim("due", 1000, 1)  # connected, scripts loaded
+    yield store, dropper
+    await client.aclose()
+    await dropper.stop()
+
+
+async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twice(lossy_store):
+    store, dropper = lossy_store
+    job_id, _ = await _create(store, lease_ms=0)
+    claim = (await store.claim("due", 1000, 10)).claims[0]
+    running = Commit(fields={"polls": 1}, source="60000", attempt="a1", duration_field="u:s0-1")
+    dropper.armed = True
+    applied = await store.commit("due", job_id, claim.token, running)
+    assert dropper.dropped == 1 and applied is not None
+    job = await store.get_job(job_id)
+    assert job["updated_at"] == str(applied)
+    assert await store.get_attempts(job_id) == ["a1"]
+    assert await store.duration_counts() == {"u:s0-1": 1}
+    # a terminal commit ends the fencing: its retry must still be answered as applied
+    done = Commit(fields={"status": "failed"}, source="rm", attempt="a2", expire_ms=60000)
+    dropper.armed = True
+    assert await store.commit("due", job_id, claim.token, done) is not None
+    assert dropper.dropped == 2
+    assert await store.get_attempts(job_id) == ["a1", "a2"]
+    assert (await store.get_job(job_id))["status"] == "failed"
+
+
+async def test_a_create_whose_reply_was_lost_creates_one_job_held_by_its_creator(lossy_store):
+    store, dropper = lossy_store
+    dropper.armed = True
+    created = await store.create_job("t1", {"status": "queued"}, 60000, "sha", "key-1", 10000)
+    assert dropper.dropped == 1
+    assert created.created and created.token == "1"
+    p = store.keys.partition_of(created.job_id)
+    assert await store.redis.zrange(store.keys.schedule("due", p), 0, -1) == [created.job_id]
+    assert await store.commit("due", created.job_id, created.token, Commit(fields={"x": 1}))
+    again = await store.create_job("t1", {"status": "queued"}, 60000, "sha", "key-1", 10000)
+    assert not again.created and again.job_id == created.job_id  # the key still replays
+
+
+async def test_a_claim_whose_reply_was_lost_is_handed_out_by_the_next_claim(lossy_store):
+    store, dropper = lossy_store
+    ids = {(await _create(store, lease_ms=0))[0] for _ in range(5)}
+    dropper.armed = True
+    try:
+        batch = await store.claim("due", 60000, 10)
+    except RedisConnectionError:  # the plain client: the claim loop claims again
+        batch = await store.claim("due", 60000, 10)
+    assert dropper.dropped == 1
+    assert {c.job_id for c in batch.claims} == ids
+    assert all(c.job for c in batch.claims)
+    for c in batch.claims:  # the tokens handed out are the current ones
+        assert await store.commit("due", c.job_id, c.token, Commit(fields={}, source="rm"))
