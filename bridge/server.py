@@ -89,6 +89,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     async with open_store(config) as store, upstream_client() as up, callback_client() as cb:
         await wait_for_store(store)
+        await store.ensure_layout()
         yield await build_runtime(config, secrets, store, up, cb, resolver)
 
 

@@ -14,6 +14,7 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:durations       hash   "<upstream>:s<lo>-<hi>" -> completed jobs (learned polling)
     <prefix>:{p7}:claims:<claimer> string the claimer's last claim (its retry after a lost reply)
     <prefix>:url-key              string key that signs result_url links
+    <prefix>:layout               string {"version": 1, "partitions": N}, written at first start
 
 A sorted set is both schedule and lease: claiming re-scores a member to
 now + lease, so a claimer that dies simply lets it become due again.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 import secrets
 import time
@@ -46,12 +48,19 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from bridge.autopipe import AutoPipeline, Call
+from bridge.config import ConfigError
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
 Index = Literal["due", "deliver", "failed"]
 T = TypeVar("T")
 RETRY_S = 10.0  # how long a step's store call is retried before the step gives up
+LAYOUT_VERSION = 1  # of the key layout above; a store laid out otherwise is refused
+MAX_PARTITIONS = 4096  # job ids have three hex digits for their partition
+
+
+class StoreLayoutError(ConfigError):
+    """The store holds data laid out for another configuration (partitions, version)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,9 @@ class Keys:
 
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"
+
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
 
 
 def new_job_id(partition: int) -> str:
@@ -443,6 +455,47 @@ class Store:
             self.keys.schedule("failed", self.keys.partition_of(job_id)),
         ]
         return await self._redeliver(keys=keys, args=[job_id, tenant])
+
+    async def ensure_layout(self) -> None:
+        """Check that the store is laid out as this process expects (partitions, layout
+        version); on a new store, write the layout. A mismatch would hide stored jobs
+        (their keys are found through their partition), so it is refused at start."""
+        want = {"version": LAYOUT_VERSION, "partitions": self.partitions}
+        stored = await self.redis.get(self.keys.layout())
+        if stored is None:
+            await self._refuse_partitions_in_use()  # a store older than the layout key
+            written = json.dumps(want)
+            stored = await self.redis.set(self.keys.layout(), written, nx=True, get=True)
+            stored = stored or written
+        layout = json.loads(stored)
+        if layout.get("version") != LAYOUT_VERSION:
+            raise StoreLayoutError(
+                f"the store at key prefix {self.keys.prefix!r} has layout version "
+                f"{layout.get('version')}; this pushbridge reads version {LAYOUT_VERSION}"
+            )
+        if layout.get("partitions") != self.partitions:
+            raise StoreLayoutError(
+                f"store.partitions: {self.partitions} configured, but the store at key prefix "
+                f"{self.keys.prefix!r} holds jobs laid out in {layout.get('partitions')} "
+                "partitions, which would not be found; set store.partitions to "
+                f"{layout.get('partitions')} (or use a new store.key_prefix)"
+            )
+
+    async def _refuse_partitions_in_use(self) -> None:
+        """A store without a layout key: refuse it if it has work in partitions beyond ours."""
+        beyond = range(self.partitions, MAX_PARTITIONS)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in beyond:
+                pipe.exists(self.keys.schedule("due", p), self.keys.schedule("deliver", p))
+            found = await pipe.execute()
+        used = [p for p, n in zip(beyond, found, strict=True) if n]
+        if used:
+            raise StoreLayoutError(
+                f"store.partitions: {self.partitions} configured, but the store at key prefix "
+                f"{self.keys.prefix!r} holds jobs in partition {used[-1]}, which would not be "
+                f"found; set store.partitions to the number it was created with (at least "
+                f"{used[-1] + 1})"
+            )
 
     async def url_key(self) -> bytes:
         """The shared key that signs result_url links (created once, shared by replicas)."""

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
+import yaml
 from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bridge.embedded import free_port
 from bridge.server import make_redis
-from bridge.store import Commit, Store, valid_job_id
+from bridge.store import Commit, Store, StoreLayoutError, valid_job_id
+from tests.conftest import ENV, base_config
 
 
 async def _create(store: Store, lease_ms: int = 50, **kw) -> tuple[str, str]:
@@ -245,3 +251,49 @@ async def test_a_claim_whose_reply_was_lost_is_handed_out_by_the_next_claim(loss
     assert all(c.job for c in batch.claims)
     for c in batch.claims:  # the tokens handed out are the current ones
         assert await store.commit("due", c.job_id, c.token, Commit(fields={}, source="rm"))
+
+
+async def test_the_layout_is_written_at_first_start_and_a_mismatch_refused(redis):
+    await Store(redis, "pblayout", partitions=8).ensure_layout()
+    await Store(redis, "pblayout", partitions=8).ensure_layout()  # the same: fine
+    assert json.loads(await redis.get("pblayout:layout")) == {"version": 1, "partitions": 8}
+    with pytest.raises(StoreLayoutError, match=r"store\.partitions: 16 configured.* 8 partitions"):
+        await Store(redis, "pblayout", partitions=16).ensure_layout()
+    await Store(redis, "other", partitions=16).ensure_layout()  # another prefix, another layout
+    await redis.set("pblayout:layout", '{"version": 2, "partitions": 8}')
+    with pytest.raises(StoreLayoutError, match="layout version 2"):
+        await Store(redis, "pblayout", partitions=8).ensure_layout()
+
+
+async def test_a_store_from_before_the_layout_key_is_checked_for_jobs_beyond_partitions(redis):
+    old = Store(redis, "pbold", partitions=16)
+    ids = [(await _create(old))[0] for _ in range(40)]
+    highest = max(old.keys.partition_of(i) for i in ids)
+    assert highest >= 8  # 40 jobs over 16 partitions
+    with pytest.raises(StoreLayoutError, match=rf"store\.partitions: 8 .* partition {highest}"):
+        await Store(redis, "pbold", partitions=8).ensure_layout()
+    await Store(redis, "pbold", partitions=16).ensure_layout()
+    assert json.loads(await redis.get("pbold:layout"))["partitions"] == 16
+
+
+async def test_serve_refuses_a_store_laid_out_with_other_partitions(redis, valkey, tmp_path):
+    await Store(redis, "pbserve", partitions=16).ensure_layout()
+    raw = base_config("http://127.0.0.1:9", listen__port=free_port())
+    raw["store"] = {"url": valkey.url, "key_prefix": "pbserve", "partitions": 8}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "bridge", "serve", "--config", str(path)),
+        env={**os.environ, **ENV},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:  # still serving: the mismatch went unnoticed
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, out.decode()[-2000:]
+    assert "store.partitions: 8 configured" in out.decode()
