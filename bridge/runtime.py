@@ -18,7 +18,7 @@ from bridge.learning import Durations, running_field
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
 from bridge.signing import ResultLinks
-from bridge.store import Commit, Schedule, Store
+from bridge.store import After, Commit, Schedule, Store
 from bridge.upstream import OctoAIUpstream
 from bridge.urlpolicy import Resolver, UrlPolicy
 
@@ -83,8 +83,8 @@ class Runtime:
             return None
         other: Schedule = "deliver" if which == "due" else "due"
         p = self.store.keys.partition_of(job_id)
-        if c.source not in ("keep", "rm"):
-            self.hint(which, int(c.source) / 1000, p)
+        if isinstance(c.source, After):
+            self.hint(which, c.source.ms / 1000, p)
         if c.target_delay_ms is not None:
             self.hint(other, c.target_delay_ms / 1000, p)
         return applied

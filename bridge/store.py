@@ -11,7 +11,8 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:deliver         zset   callback deliveries, score = due time
     <prefix>:{p7}:fence           hash   job id -> fencing token of the current claim
     <prefix>:{p7}:failed          zset   jobs whose delivery failed for good (score = when)
-    <prefix>:{p7}:durations       hash   "<upstream>:s<lo>-<hi>" -> completed jobs (learned polling)
+    <prefix>:{p7}:durations       hash   counters commits add to: the learned duration
+                                         histogram, "<upstream>:s<lo>-<hi>" -> completed jobs
     <prefix>:{p7}:claims:<claimer> string the claimer's last claim (its retry after a lost reply)
     <prefix>:url-key              string key that signs result_url links
     <prefix>:layout               string {"version": 1, "partitions": N}, written at first start
@@ -37,18 +38,18 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal, TypeVar
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as StoreConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
-from bridge.autopipe import AutoPipeline, Call
+from bridge.autopipe import AutoPipeline
 from bridge.config import ConfigError
+from bridge.scripts import Call, Scripts
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
@@ -98,12 +99,32 @@ class Backlog:
     failed_deliveries: int
 
 
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """The job stays where it is in the schedule it was claimed from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """The job leaves the schedule it was claimed from."""
+
+
+@dataclass(frozen=True, slots=True)
+class After:
+    """The job is due again in the schedule it was claimed from after `ms`."""
+
+    ms: int
+
+
+Source = Keep | Remove | After
+
+
 @dataclass
 class Commit:
     """What a worker decided about a claimed job; applied atomically if still fenced."""
 
     fields: dict[str, Any]
-    source: str = "keep"  # 'keep' | 'rm' | delay in ms
+    source: Source = Keep()
     target_delay_ms: int | None = None
     completed: bool = False
     result: str | None = None
@@ -111,14 +132,40 @@ class Commit:
     expire_ms: int | None = None
     due_field: str = ""
     failed_delivery: bool = False
-    duration_field: str = ""  # "<upstream>:<low>-<high bucket>" counted in the histogram
+    counters: dict[str, int] = field(default_factory=dict)  # added to the partition's counters
+
+    def options(self, job_id: str, token: str, commit_id: str) -> bytes:
+        """commit.lua's options argument; an absent option does nothing."""
+        o = {
+            "id": job_id,
+            "token": token,
+            "commit": commit_id,
+            "remove": isinstance(self.source, Remove),
+            "after_ms": self.source.ms if isinstance(self.source, After) else None,
+            "target_ms": self.target_delay_ms,
+            "due_field": self.due_field,
+            "completed": self.completed,
+            "result": self.result,
+            "attempt": self.attempt,
+            "failed_delivery": self.failed_delivery,
+            "counters": self.counters,
+            "expire_ms": self.expire_ms,
+        }
+        return orjson.dumps({k: v for k, v in o.items() if _present(v)})
 
 
-def _lua(name: str) -> str:
-    return resources.files("bridge").joinpath(f"lua/{name}.lua").read_text()
+def _present(value: Any) -> bool:
+    """An option that does something (0 ms does: due now)."""
+    return value is not None and value is not False and value != "" and value != {}
 
 
 class Keys:
+    """Key names. Every key of a partition carries its hash tag `{p<n>}` (see tag()), so
+    all of them live in one Redis Cluster slot. Scripts rely on this: claim.lua reads the
+    job and result keys of the ids it claims, which it builds from the partition prefix
+    instead of receiving them in KEYS; that is sound only because they share the slot
+    of the KEYS it was given. Keep every key of a partition under tag(partition)."""
+
     def __init__(self, prefix: str, partitions: int) -> None:
         self.prefix = prefix
         self.partitions = partitions
@@ -147,7 +194,8 @@ class Keys:
     def idem(self, partition: int, digest: str) -> str:
         return f"{self.tag(partition)}:idem:{digest}"
 
-    def durations(self, partition: int) -> str:
+    def counters(self, partition: int) -> str:
+        """Counters commits add to (named for the only ones so far: learned durations)."""
         return f"{self.tag(partition)}:durations"
 
     def claims(self, partition: int, claimer: str) -> str:
@@ -203,22 +251,14 @@ class Store:
         self._unanswered_claims: dict[str, str] = {}  # schedule -> id of a failed claim
         # job creation and commits made in one loop iteration share a round trip
         self._auto = AutoPipeline(self._auto_send)
-        self._create = redis.register_script(_lua("create"))
-        self._claim = redis.register_script(_lua("claim"))
-        self._commit = redis.register_script(_lua("commit"))
-        self._release = redis.register_script(_lua("release"))
-        self._cancel = redis.register_script(_lua("cancel"))
-        self._redeliver = redis.register_script(_lua("redeliver"))
-        self._stats = redis.register_script(_lua("stats"))
-        self._scripts = [
-            self._create,
-            self._claim,
-            self._commit,
-            self._release,
-            self._cancel,
-            self._redeliver,
-            self._stats,
-        ]
+        self.scripts = Scripts(redis)
+        self._create = self.scripts.load("create")
+        self._claim = self.scripts.load("claim")
+        self._commit = self.scripts.load("commit")
+        self._release = self.scripts.load("release")
+        self._cancel = self.scripts.load("cancel")
+        self._redeliver = self.scripts.load("redeliver")
+        self._stats = self.scripts.load("stats")
 
     @property
     def partitions(self) -> int:
@@ -331,36 +371,16 @@ class Store:
             await pool.disconnect(inuse_connections=False)
 
     async def run_scripts(self, calls: list[Call]) -> list[Any]:
-        """EVALSHA calls in one pipeline; raises the first call's error, if any."""
-        replies = await self._evalsha_replies(calls)
+        """Script calls in one pipeline; raises the first call's error, if any."""
+        replies = await self.scripts.run(calls)
         for r in replies:
             if isinstance(r, Exception):
                 raise r
         return replies
 
-    async def _evalsha_replies(self, calls: list[Call]) -> list[Any]:
-        """EVALSHA calls in one pipeline (no SCRIPT EXISTS round trip), a reply or an
-        exception per call; after a store restart (NOSCRIPT) the scripts are loaded and
-        the calls that found no script sent once more."""
-        replies = await self._pipeline_evalsha(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            for script in self._scripts:
-                await self.redis.script_load(script.script)
-            again = await self._pipeline_evalsha([calls[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
     async def _auto_send(self, calls: list[Call]) -> list[Any]:
         self.round_trips["pipelined"] += 1
-        return await self._retrying(lambda: self._evalsha_replies(calls))
-
-    async def _pipeline_evalsha(self, calls: list[Call]) -> list[Any]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        return await self._retrying(lambda: self.scripts.run(calls))
 
     async def get_job(self, job_id: str) -> dict[str, str]:
         self.round_trips["read"] += 1
@@ -394,23 +414,9 @@ class Store:
             self.keys.result(job_id),
             self.keys.attempts(job_id),
             self.keys.schedule("failed", p),
-            self.keys.durations(p),
+            self.keys.counters(p),
         ]
-        args = [
-            job_id,
-            token,
-            self._new_id(),
-            c.source,
-            "" if c.target_delay_ms is None else c.target_delay_ms,
-            "1" if c.completed else "",
-            c.result or "",
-            c.attempt or "",
-            "" if c.expire_ms is None else c.expire_ms,
-            c.due_field,
-            "1" if c.failed_delivery else "",
-            c.duration_field,
-            *_flatten(c.fields),
-        ]
+        args = [c.options(job_id, token, self._new_id()), *_flatten(c.fields)]
         applied = int(await self._auto.call(self._commit, keys, args))  # retried
         return applied if applied > 0 else None
 
@@ -421,7 +427,8 @@ class Store:
     async def release(self, job_id: str, token: str) -> bool:
         """Give a claim back: due now in whichever schedule holds the job."""
         self.round_trips["release"] += 1
-        return await self._release(keys=self._release_keys(job_id), args=[job_id, token]) == 1
+        reply = await self.scripts.call(self._release, self._release_keys(job_id), [job_id, token])
+        return reply == 1
 
     async def release_many(self, claims: list[tuple[str, str]], retry_s: float = 0.0) -> None:
         """Give back many claims (job id, token) in one round trip; retried for retry_s."""
@@ -446,7 +453,7 @@ class Store:
     async def cancel(self, job_id: str, tenant: str, expire_ms: int) -> str:
         self.round_trips["cancel"] += 1
         keys = self._job_keys(job_id, "due")
-        return await self._cancel(keys=keys, args=[job_id, tenant, expire_ms])
+        return await self.scripts.call(self._cancel, keys, [job_id, tenant, expire_ms])
 
     async def redeliver(self, job_id: str, tenant: str) -> str:
         self.round_trips["redeliver"] += 1
@@ -454,7 +461,7 @@ class Store:
             *self._job_keys(job_id, "deliver"),
             self.keys.schedule("failed", self.keys.partition_of(job_id)),
         ]
-        return await self._redeliver(keys=keys, args=[job_id, tenant])
+        return await self.scripts.call(self._redeliver, keys, [job_id, tenant])
 
     async def ensure_layout(self) -> None:
         """Check that the store is laid out as this process expects (partitions, layout
@@ -509,7 +516,7 @@ class Store:
         self.round_trips["durations"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in range(self.partitions):
-                pipe.hgetall(self.keys.durations(p))
+                pipe.hgetall(self.keys.counters(p))
             replies = await pipe.execute()
         total: Counter[str] = Counter()
         for reply in replies:

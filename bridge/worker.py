@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as StoreTimeoutError
 from bridge.advance import Advancer
 from bridge.dispatch import Dispatcher
 from bridge.runtime import Runtime
-from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
+from bridge.store import Claim, ClaimBatch, Commit, Remove, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
 STORE_RETRY_MAX_S = 5.0
@@ -295,7 +295,7 @@ class Workers:
         await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()), job["id"], token)
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
-        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
+        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source=Remove()))
 
     async def _guard(self, coro: Awaitable[None], job_id: str, token: str) -> None:
         try:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,9 +16,11 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import bridge
 from bridge.embedded import free_port
+from bridge.ratelimit import RateLimiter
 from bridge.server import make_redis
-from bridge.store import Commit, Store, StoreLayoutError, valid_job_id
+from bridge.store import After, Commit, Remove, Store, StoreLayoutError, valid_job_id
 from tests.conftest import ENV, base_config
 
 
@@ -57,7 +60,7 @@ async def test_creator_holds_the_lease_until_it_expires(store: Store):
     assert not await store.commit("due", job_id, token, Commit(fields={"status": "running"}))
     assert (await store.get_job(job_id))["status"] == "queued"
     assert await store.commit(
-        "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source="rm")
+        "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source=Remove())
     )
     assert (await store.get_job(job_id))["status"] == "running"
 
@@ -74,7 +77,7 @@ async def test_claim_reports_next_due_from_redis_time(store: Store):
     job_id, _token = await _create(store, lease_ms=0)
     batch = await store.claim("due", 1000, 10)
     assert batch.next_due_ms == batch.now_ms + 1000
-    await store.commit("due", job_id, batch.claims[0].token, Commit(fields={}, source="3000"))
+    await store.commit("due", job_id, batch.claims[0].token, Commit(fields={}, source=After(3000)))
     batch2 = await store.claim("due", 1000, 10)
     assert batch2.claims == []
     assert 2900 <= batch2.next_due_ms - batch2.now_ms <= 3000
@@ -89,7 +92,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
         claim.token,
         Commit(
             fields={"status": "completed"},
-            source="rm",
+            source=Remove(),
             target_delay_ms=0,
             result='{"a":1}',
             due_field="next_attempt_at",
@@ -106,7 +109,10 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
         job_id,
         d.token,
         Commit(
-            fields={"delivery_state": "delivered"}, source="rm", attempt='{"x":1}', expire_ms=5000
+            fields={"delivery_state": "delivered"},
+            source=Remove(),
+            attempt='{"x":1}',
+            expire_ms=5000,
         ),
     )
     assert 0 < await store.redis.pttl(store.keys.job(job_id)) <= 5000
@@ -208,7 +214,7 @@ async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twic
     store, dropper = lossy_store
     job_id, _ = await _create(store, lease_ms=0)
     claim = (await store.claim("due", 1000, 10)).claims[0]
-    running = Commit(fields={"polls": 1}, source="60000", attempt="a1", duration_field="u:s0-1")
+    running = Commit(fields={"polls": 1}, source=After(60000), attempt="a1", counters={"u:s0-1": 1})
     dropper.armed = True
     applied = await store.commit("due", job_id, claim.token, running)
     assert dropper.dropped == 1 and applied is not None
@@ -217,7 +223,7 @@ async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twic
     assert await store.get_attempts(job_id) == ["a1"]
     assert await store.duration_counts() == {"u:s0-1": 1}
     # a terminal commit ends the fencing: its retry must still be answered as applied
-    done = Commit(fields={"status": "failed"}, source="rm", attempt="a2", expire_ms=60000)
+    done = Commit(fields={"status": "failed"}, source=Remove(), attempt="a2", expire_ms=60000)
     dropper.armed = True
     assert await store.commit("due", job_id, claim.token, done) is not None
     assert dropper.dropped == 2
@@ -250,7 +256,7 @@ async def test_a_claim_whose_reply_was_lost_is_handed_out_by_the_next_claim(loss
     assert {c.job_id for c in batch.claims} == ids
     assert all(c.job for c in batch.claims)
     for c in batch.claims:  # the tokens handed out are the current ones
-        assert await store.commit("due", c.job_id, c.token, Commit(fields={}, source="rm"))
+        assert await store.commit("due", c.job_id, c.token, Commit(fields={}, source=Remove()))
 
 
 async def test_the_layout_is_written_at_first_start_and_a_mismatch_refused(redis):
@@ -297,3 +303,31 @@ async def test_serve_refuses_a_store_laid_out_with_other_partitions(redis, valke
             await proc.wait()
     assert proc.returncode == 1, out.decode()[-2000:]
     assert "store.partitions: 8 configured" in out.decode()
+
+
+async def test_every_script_runs_again_after_the_store_lost_its_scripts(store: Store):
+    """NOSCRIPT (a restarted store, SCRIPT FLUSH) is handled in one place for every way a
+    script is called: alone, in a pipeline, auto-pipelined, and by the rate limiter."""
+    limiter = RateLimiter(store.redis, "pbtest")
+    job_id, token = await _create(store)  # the scripts are loaded now
+    calls = (
+        lambda: store.release(job_id, token),  # one call
+        lambda: store.claim("due", 1000, 10),  # a pipeline
+        lambda: store.create_job("t1", {"status": "queued"}, 0, "sha"),  # auto-pipelined
+        lambda: store.cancel(job_id, "t1", 1000),
+        lambda: store.backlog(1000),
+        lambda: limiter.acquire("u", "poll", 1000.0),
+    )
+    for call in calls:
+        await store.redis.script_flush()
+        await call()
+    assert (await store.get_job(job_id))["status"] == "cancelled"
+
+
+def test_scripts_take_the_time_from_the_prelude_only():
+    lua = Path(bridge.__file__).parent / "lua"
+    for path in lua.glob("*.lua"):
+        if path.name != "_prelude.lua":
+            assert "'TIME'" not in path.read_text(), path.name
+    python = Path(bridge.__file__).parent.rglob("*.py")
+    assert not [p.name for p in python if "register_script" in p.read_text()]  # one loader

@@ -6,8 +6,7 @@
 -- Run again with the same claim id (its reply was lost), it hands out the claims of the
 -- first run that are still current instead of leaving them hidden for a lease.
 -- The job and result keys read here share KEYS[1]'s hash tag, so they live in its slot.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local out = {}
 local function hand_out(id, token, due)
   out[#out + 1] = id

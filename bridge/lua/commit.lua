@@ -3,55 +3,52 @@
 -- Run again with the same commit id (its reply was lost), it applies nothing and
 -- answers the time of the first run, even if that run ended the fencing.
 -- KEYS: 1 job hash, 2 fence hash, 3 source zset, 4 target zset, 5 result key, 6 attempts list,
---       7 failed-deliveries zset, 8 duration histogram hash
--- ARGV: 1 id, 2 token, 3 commit id (unique per commit, the same when retried),
---       4 source action: 'keep' | 'rm' | delay_ms (re-schedule in source)
---       5 target delay_ms ('' = none)
---       6 '1' to set completed_at
---       7 result value ('' = none)
---       8 attempt record ('' = none)
---       9 expire_ms for job, result and attempts ('' = none; also ends fencing)
---       10 hash field that receives the next due time ('' = none)
---       11 '1' to index the job as a failed delivery
---       12 histogram field to count (an upstream's duration bucket; '' = none)
---       13.. field/value pairs
-local id = ARGV[1]
+--       7 failed-deliveries zset, 8 counters hash of the partition
+-- ARGV: 1 options (cjson; an absent option does nothing):
+--         id, token, commit (id, unique per commit, the same when retried),
+--         remove (true: leave the source schedule) or after_ms (due again in it after that),
+--         target_ms (due in the target schedule after that), due_field (hash field that
+--         receives the next due time), completed (true: set completed_at), result,
+--         attempt (a delivery attempt record), failed_delivery (true: index the job as a
+--         failed delivery), counters ({field: n} added to KEYS[8]), expire_ms (the job,
+--         result and attempts expire after that; ends fencing)
+--       2.. job field/value pairs
+local o = cjson.decode(ARGV[1])
+local id = o.id
 local last = redis.call('HMGET', KEYS[1], 'commit_id', 'updated_at')
-if last[1] == ARGV[3] then return tonumber(last[2]) end
-if redis.call('HGET', KEYS[2], id) ~= ARGV[2] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if last[1] == o.commit then return tonumber(last[2]) end
+if redis.call('HGET', KEYS[2], id) ~= o.token then return 0 end
+local now = now_ms()
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], id)
   redis.call('HDEL', KEYS[2], id)
   return -1
 end
-redis.call('HSET', KEYS[1], 'updated_at', now, 'commit_id', ARGV[3], unpack(ARGV, 13))
-if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'completed_at', now) end
-local src = ARGV[4]
+redis.call('HSET', KEYS[1], 'updated_at', now, 'commit_id', o.commit, unpack(ARGV, 2))
+if o.completed then redis.call('HSET', KEYS[1], 'completed_at', now) end
 local due = nil
-if src == 'rm' then
+if o.remove then
   redis.call('ZREM', KEYS[3], id)
-elseif src ~= 'keep' then
-  due = now + tonumber(src)
+elseif o.after_ms then
+  due = now + o.after_ms
   redis.call('ZADD', KEYS[3], due, id)
 end
-if ARGV[5] ~= '' then
-  due = now + tonumber(ARGV[5])
+if o.target_ms then
+  due = now + o.target_ms
   redis.call('ZADD', KEYS[4], due, id)
 end
-if ARGV[10] ~= '' and due then redis.call('HSET', KEYS[1], ARGV[10], due) end
-if ARGV[7] ~= '' then redis.call('SET', KEYS[5], ARGV[7]) end
-if ARGV[11] == '1' then redis.call('ZADD', KEYS[7], now, id) end
-if ARGV[12] ~= '' then redis.call('HINCRBY', KEYS[8], ARGV[12], 1) end
-if ARGV[8] ~= '' then
-  redis.call('RPUSH', KEYS[6], ARGV[8])
+if o.due_field and due then redis.call('HSET', KEYS[1], o.due_field, due) end
+if o.result then redis.call('SET', KEYS[5], o.result) end
+if o.failed_delivery then redis.call('ZADD', KEYS[7], now, id) end
+for field, n in pairs(o.counters or {}) do redis.call('HINCRBY', KEYS[8], field, n) end
+if o.attempt then
+  redis.call('RPUSH', KEYS[6], o.attempt)
   redis.call('LTRIM', KEYS[6], -100, -1)
 end
-if ARGV[9] ~= '' then
-  for i = 1, 6 do
-    if i ~= 2 and i ~= 3 and i ~= 4 then redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
-  end
+if o.expire_ms then
+  redis.call('PEXPIRE', KEYS[1], o.expire_ms)
+  redis.call('PEXPIRE', KEYS[5], o.expire_ms)
+  redis.call('PEXPIRE', KEYS[6], o.expire_ms)
   redis.call('HDEL', KEYS[2], id)
 end
 return now

@@ -4,8 +4,7 @@
 --       5.. field/value pairs
 -- Run again (its reply was lost), it finds the job it created (ids are random) and
 -- answers as the first run did.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local created_at = redis.call('HGET', KEYS[1], 'created_at')
 if created_at then
   return {1, redis.call('HGET', KEYS[3], ARGV[1]) or '', tonumber(created_at)}
