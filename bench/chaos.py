@@ -30,11 +30,11 @@ from typing import Any
 import httpx
 import yaml
 
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
 from bridge.receiver import Receiver, Reply
 from bridge.serving import start_server
 from bridge.signing import new_webhook_secret
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 GONE_PATH = "/gone"
 

@@ -36,9 +36,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.targets import report
 from bench.workloads import WORKLOADS, Workload
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.receiver import Receiver
 from bridge.serving import start_server
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 OUT = Path(__file__).resolve().parent / "out"
 API_KEY = "bench-key"

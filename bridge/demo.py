@@ -18,12 +18,12 @@ from rich.table import Table
 
 from bridge.app import create_app
 from bridge.config import parse_config, resolve_secrets
-from bridge.embedded import free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
 from bridge.receiver import Receiver
 from bridge.server import open_runtime
 from bridge.serving import start_server
 from bridge.signing import new_webhook_secret
+from bridge.store.embedded import free_port
 
 SUBMIT_CONCURRENCY = 32
 

@@ -16,9 +16,9 @@ from bridge.delivery import Deliverer
 from bridge.leanhttp import LeanClient
 from bridge.learning import Durations, running_field
 from bridge.metrics import Metrics
-from bridge.ratelimit import RateLimiter
 from bridge.signing import ResultLinks
 from bridge.store import After, Commit, Schedule, Store
+from bridge.store.ratelimit import RateLimiter
 from bridge.upstream import OctoAIUpstream
 from bridge.urlpolicy import Resolver, UrlPolicy
 

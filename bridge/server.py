@@ -2,85 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
-from typing import Any
 
-import structlog
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as StoreConnectionError
-from redis.exceptions import RedisError
 from starlette.routing import Mount
 
 from bridge.app import Role, create_app
 from bridge.config import Config, Secrets, parse_config
-from bridge.embedded import EmbeddedValkey
 from bridge.emulator import create_emulator_app
 from bridge.leanhttp import callback_client, upstream_client
 from bridge.runtime import Runtime, build_runtime
 from bridge.serving import uvicorn_config
 from bridge.signing import new_webhook_secret
-from bridge.store import Store
+from bridge.store.connection import open_store, wait_for_store
 from bridge.urlpolicy import Resolver
 
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
 DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"
 DEV_UPSTREAMS = ("echo", "whisper")
-
-
-STORE_CONNECTIONS = 64
-
-
-def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
-    """A client whose pool waits for a free connection (up to the socket timeout) instead
-    of failing with "Too many connections" when many jobs touch the store at once.
-
-    A pooled connection the server closed (a restart) is found by the health check
-    (a PING before using a connection idle for 10 s) or by the command itself, and the
-    command is sent once more, at once, on a new connection. Longer outages are the
-    Store's business: it retries the calls of job steps with a backoff, and answers
-    every other call's error quickly (readiness, API reads)."""
-    opts: dict[str, Any] = dict(
-        decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0
-    )
-    if cluster:
-        return RedisCluster.from_url(url, max_connections=STORE_CONNECTIONS, **opts)
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=STORE_CONNECTIONS,
-        timeout=5.0,
-        health_check_interval=10,
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(StoreConnectionError,)),
-        **opts,
-    )
-    return Redis(connection_pool=pool)
-
-
-@contextlib.asynccontextmanager
-async def open_store(config: Config) -> AsyncIterator[Store]:
-    """The configured store; an embedded Valkey in data_dir when no url is set."""
-    embedded = None
-    url = config.store.url
-    if url is None:
-        embedded = EmbeddedValkey(Path(config.store.data_dir) / "valkey")
-        await embedded.astart()
-        url = embedded.url
-        structlog.get_logger("pushbridge").info(
-            "embedded store started", url=url, data_dir=str(embedded.data_dir)
-        )
-    client = make_redis(url, config.store.cluster)
-    try:
-        yield Store(client, config.store.key_prefix, config.store.partitions)
-    finally:
-        await client.aclose()
-        if embedded:
-            await embedded.astop()
 
 
 @contextlib.asynccontextmanager
@@ -91,20 +33,6 @@ async def open_runtime(
         await wait_for_store(store)
         await store.ensure_layout()
         yield await build_runtime(config, secrets, store, up, cb, resolver)
-
-
-async def wait_for_store(store: Store, max_sleep_s: float = 5.0) -> None:
-    """Start even while the store is down (a restart, a failover): retry until it answers."""
-    log = structlog.get_logger("pushbridge")
-    delay_s = 0.1
-    while True:
-        try:
-            await store.ping()
-            return
-        except RedisError as e:
-            log.warning("store unavailable at start; retrying", error=str(e), sleep_s=delay_s)
-        await asyncio.sleep(delay_s)
-        delay_s = min(max_sleep_s, delay_s * 2)
 
 
 async def serve(config: Config, secrets: Secrets, role: Role) -> None:

@@ -15,15 +15,15 @@ from redis.asyncio import Redis
 
 from bridge.app import create_app
 from bridge.config import Config, parse_config, resolve_secrets
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.emulator import EmulatorSettings, EmulatorState, create_emulator_app
 from bridge.leanhttp import callback_client, upstream_client
 from bridge.logs import configure_logging
 from bridge.receiver import Receiver
 from bridge.runtime import Runtime, build_runtime
-from bridge.server import make_redis
 from bridge.serving import RunningServer, start_server
 from bridge.store import Store
+from bridge.store.connection import make_redis
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"

@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from bridge.autopipe import AutoPipeline
-from bridge.embedded import free_port
 from bridge.store import Commit, Store
+from bridge.store.autopipe import AutoPipeline
+from bridge.store.embedded import free_port
 
 
 class Sender:

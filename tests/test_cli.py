@@ -13,10 +13,10 @@ import pytest
 import yaml
 from rich.console import Console
 
-from bridge.embedded import free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
 from bridge.receiver import Receiver
 from bridge.serving import start_server
+from bridge.store.embedded import free_port
 from tests.conftest import API_KEY, ENV, SECRET, base_config
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from bridge.embedded import free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
+from bridge.store.embedded import free_port
 
 TOKEN = "sdk-token"
 

@@ -19,13 +19,13 @@ from redis.asyncio import Redis
 
 from bridge.app import create_app
 from bridge.config import parse_config, resolve_secrets
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
 from bridge.leanhttp import callback_client, upstream_client
 from bridge.openapi import openapi_spec
 from bridge.runtime import build_runtime
 from bridge.serving import start_server
 from bridge.store import Store
+from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import API_KEY, ENV, base_config
 
 schema = schemathesis.openapi.from_dict(openapi_spec())

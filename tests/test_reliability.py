@@ -10,9 +10,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.emulator import EmulatorSettings
 from bridge.receiver import Reply
+from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -178,8 +178,8 @@ async def test_a_store_restart_costs_seconds_not_leases(make_stack, tmp_path, re
 
 
 async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):
-    from bridge.server import wait_for_store
     from bridge.store import Store
+    from bridge.store.connection import wait_for_store
 
     store = EmbeddedValkey(tmp_path / "late", port=free_port(), appendonly=False)
     client = Redis.from_url(store.url, decode_responses=True, socket_connect_timeout=0.5)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bridge.embedded import free_port
 from bridge.receiver import Reply
+from bridge.store.embedded import free_port
 from bridge.worker import Workers
 from tests.conftest import ENV
 

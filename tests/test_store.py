@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import bridge
-from bridge.embedded import free_port
-from bridge.ratelimit import RateLimiter
-from bridge.server import make_redis
+import bridge.store
 from bridge.store import After, Commit, Remove, Store, StoreLayoutError, valid_job_id
+from bridge.store.connection import make_redis
+from bridge.store.embedded import free_port
+from bridge.store.ratelimit import RateLimiter
 from tests.conftest import ENV, base_config
 
 
@@ -325,7 +325,7 @@ async def test_every_script_runs_again_after_the_store_lost_its_scripts(store: S
 
 
 def test_scripts_take_the_time_from_the_prelude_only():
-    lua = Path(bridge.__file__).parent / "lua"
+    lua = Path(bridge.store.__file__).parent / "lua"
     for path in lua.glob("*.lua"):
         if path.name != "_prelude.lua":
             assert "'TIME'" not in path.read_text(), path.name

@@ -7,7 +7,7 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from bridge.scripts import Scripts
+from bridge.store.scripts import Scripts
 
 MAX_WAIT_S = 1.0
 

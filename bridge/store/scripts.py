@@ -18,7 +18,7 @@ PRELUDE = "_prelude"
 
 
 def lua_source(name: str) -> str:
-    return resources.files("bridge").joinpath(f"lua/{name}.lua").read_text()
+    return resources.files("bridge.store").joinpath(f"lua/{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
