@@ -34,7 +34,7 @@ from bridge.api.serving import start_server
 from bridge.delivery.signing import new_webhook_secret
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver, Reply
-from bridge.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 GONE_PATH = "/gone"
 

@@ -38,7 +38,7 @@ from bench.targets import report
 from bench.workloads import WORKLOADS, Workload
 from bridge.api.serving import start_server
 from bridge.dev.receiver import Receiver
-from bridge.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 OUT = Path(__file__).resolve().parent / "out"
 API_KEY = "bench-key"

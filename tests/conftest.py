@@ -17,12 +17,13 @@ from bridge.api.serving import RunningServer, start_server
 from bridge.config import Config, parse_config, resolve_secrets
 from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState, create_emulator_app
 from bridge.dev.receiver import Receiver
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.engine.runtime import Runtime, build_runtime
 from bridge.net.client import callback_client, upstream_client
 from bridge.obs.logs import configure_logging
 from bridge.process import bridge_app
 from bridge.store import Store
+from bridge.store.connection import make_redis
+from bridge.store.embedded import EmbeddedValkey, free_port
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"
@@ -190,10 +191,8 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             port = free_port()
             config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
             client_redis = redis
-            if store_url:
-                client_redis = Redis.from_url(
-                    store_url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
-                )
+            if store_url:  # the production client, with its reconnects
+                client_redis = make_redis(store_url, cluster=False)  # type: ignore[assignment]
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
             replicas = [

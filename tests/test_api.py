@@ -246,8 +246,8 @@ async def test_health_ready_and_metrics(make_stack):
 async def test_store_down_answers_503_and_nothing_is_accepted(make_stack, tmp_path):
     from redis.asyncio import Redis
 
-    from bridge.embedded import EmbeddedValkey
     from bridge.store import Store
+    from bridge.store.embedded import EmbeddedValkey
 
     s = await make_stack(emulator=EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN))
     own = EmbeddedValkey(tmp_path / "v", appendonly=False)

@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from bridge.autopipe import AutoPipeline
-from bridge.embedded import free_port
 from bridge.store import Commit, Store
+from bridge.store.autopipe import AutoPipeline
+from bridge.store.embedded import free_port
 
 
 class Sender:
@@ -91,7 +91,7 @@ async def test_concurrent_commits_take_one_round_trip_on_a_real_store(store: Sto
 
 async def test_batched_commits_fail_with_the_store_down():
     dead = Redis(port=free_port(), socket_connect_timeout=0.5)
-    store = Store(dead)
+    store = Store(dead, retry_s=0.3)  # retried on fresh connections, then given up
     results = await asyncio.gather(
         *(store.commit("due", "job_00a" + "0" * 24, "t", Commit({})) for _ in range(3)),
         return_exceptions=True,

@@ -21,7 +21,7 @@ from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver
-from bridge.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import API_KEY, ENV, SECRET, base_config
 
 

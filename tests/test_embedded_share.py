@@ -7,7 +7,7 @@ import subprocess
 
 import redis
 
-from bridge.embedded_share import STATE_FILE, EmbeddedShare, running
+from bridge.store.embedded_share import STATE_FILE, EmbeddedShare, running
 
 
 def test_second_process_joins_and_owner_cleans_up(tmp_path):

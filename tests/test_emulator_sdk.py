@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
-from bridge.embedded import free_port
+from bridge.store.embedded import free_port
 
 TOKEN = "sdk-token"
 

@@ -21,11 +21,11 @@ from bridge.api.openapi import openapi_spec
 from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
-from bridge.embedded import EmbeddedValkey, free_port
 from bridge.engine.runtime import build_runtime
 from bridge.net.client import callback_client, upstream_client
 from bridge.process import bridge_app
 from bridge.store import Store
+from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import API_KEY, ENV, base_config
 
 schema = schemathesis.openapi.from_dict(openapi_spec())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from bridge.embedded import free_port
 from bridge.net.client import USER_AGENT, LeanClient, callback_client
+from bridge.store.embedded import free_port
 
 
 async def test_request_carries_timeout_user_agent_and_extensions():

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 
 import httpx
+import pytest
+from redis.asyncio import Redis
 
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
-from bridge.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -123,11 +126,60 @@ async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
         store.stop()
 
 
-async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):
-    from redis.asyncio import Redis
+async def _restart(store: EmbeddedValkey, down_s: float) -> None:
+    """SHUTDOWN (AOF flushed), stay down for down_s, start again on the same port."""
+    admin = Redis.from_url(store.url)
+    await admin.shutdown()  # returns when the server has closed the connection
+    await admin.aclose()
+    assert store.proc is not None
+    await asyncio.to_thread(store.proc.wait, 10)
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(store.start)
 
-    from bridge.process import wait_for_store
+
+@pytest.mark.parametrize(
+    ("retry_s", "down_s"),
+    [(10.0, 0.5), (0.3, 1.5)],
+    ids=["steps retried until the store is back", "steps given up, leases released"],
+)
+async def test_a_store_restart_costs_seconds_not_leases(make_stack, tmp_path, retry_s, down_s):
+    """Issue 10 item 7: with a 60 s lease and a 20 s deadline, a job whose step met the
+    restart must not wait for its lease (it would fail `deadline-exceeded`): its store
+    calls are retried, or, when the store stays away longer than that, its lease is
+    given back as soon as the store is back."""
+    store = EmbeddedValkey(tmp_path / "aof", port=free_port(), appendonly=True)
+    store.start()
+    try:
+        s = await make_stack(
+            store_url=store.url, worker__lease_s=60, upstreams__echo__poll__deadline_s=20
+        )
+        s.rt.store.retry_s = retry_s
+        n = 100
+        replies = await asyncio.gather(
+            *(
+                s.submit(
+                    inputs={"_emulate": {"duration_s": 1 + (i % 5) / 2}}, callback_url=s.hook("/r")
+                )
+                for i in range(n)
+            )
+        )
+        assert all(r.status_code == 202 for r in replies)
+        ids = {r.json()["id"] for r in replies}
+        await asyncio.sleep(1.0)  # jobs are being polled, polls committed
+        await _restart(store, down_s)
+        back_at = time.time()
+        delivered = lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()}  # noqa: E731
+        assert await s.receiver.wait_for(lambda: delivered() >= ids, 15), len(ids - delivered())
+        events = [d.event for d in s.receiver.succeeded()]
+        assert {e["type"] for e in events} == {"job.completed"}
+        assert max(d.arrived_at for d in s.receiver.succeeded()) - back_at < 6
+    finally:
+        store.stop()
+
+
+async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):
     from bridge.store import Store
+    from bridge.store.connection import wait_for_store
 
     store = EmbeddedValkey(tmp_path / "late", port=free_port(), appendonly=False)
     client = Redis.from_url(store.url, decode_responses=True, socket_connect_timeout=0.5)

@@ -16,8 +16,8 @@ import httpx
 import yaml
 
 from bridge.dev.receiver import Reply
-from bridge.embedded import free_port
 from bridge.engine.loops import Workers
+from bridge.store.embedded import free_port
 from tests.conftest import ENV
 
 

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pytest
+import yaml
+from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge.store import Commit, Store, valid_job_id
+import bridge.store
+from bridge.store import After, Commit, Remove, Store, StoreLayoutError, valid_job_id
+from bridge.store.connection import make_redis
+from bridge.store.embedded import free_port
+from bridge.store.ratelimit import RateLimiter
+from tests.conftest import ENV, base_config
 
 
 async def _create(store: Store, lease_ms: int = 50, **kw) -> tuple[str, str]:
@@ -45,7 +60,7 @@ async def test_creator_holds_the_lease_until_it_expires(store: Store):
     assert not await store.commit("due", job_id, token, Commit(fields={"status": "running"}))
     assert (await store.get_job(job_id))["status"] == "queued"
     assert await store.commit(
-        "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source="rm")
+        "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source=Remove())
     )
     assert (await store.get_job(job_id))["status"] == "running"
 
@@ -62,7 +77,7 @@ async def test_claim_reports_next_due_from_redis_time(store: Store):
     job_id, _token = await _create(store, lease_ms=0)
     batch = await store.claim("due", 1000, 10)
     assert batch.next_due_ms == batch.now_ms + 1000
-    await store.commit("due", job_id, batch.claims[0].token, Commit(fields={}, source="3000"))
+    await store.commit("due", job_id, batch.claims[0].token, Commit(fields={}, source=After(3000)))
     batch2 = await store.claim("due", 1000, 10)
     assert batch2.claims == []
     assert 2900 <= batch2.next_due_ms - batch2.now_ms <= 3000
@@ -77,7 +92,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
         claim.token,
         Commit(
             fields={"status": "completed"},
-            source="rm",
+            source=Remove(),
             target_delay_ms=0,
             result='{"a":1}',
             due_field="next_attempt_at",
@@ -94,7 +109,10 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
         job_id,
         d.token,
         Commit(
-            fields={"delivery_state": "delivered"}, source="rm", attempt='{"x":1}', expire_ms=5000
+            fields={"delivery_state": "delivered"},
+            source=Remove(),
+            attempt='{"x":1}',
+            expire_ms=5000,
         ),
     )
     assert 0 < await store.redis.pttl(store.keys.job(job_id)) <= 5000
@@ -137,3 +155,179 @@ async def test_missing_job_is_dropped_from_schedule(store: Store):
     assert not await store.commit("due", job_id, claim.token, Commit(fields={"x": 1}))
     p = store.keys.partition_of(job_id)
     assert await store.redis.zcard(store.keys.schedule("due", p)) == 0
+
+
+class ReplyDropper:
+    """A TCP proxy to the store that, once armed, lets the next request through, drops
+    its reply and closes the client's connection: the store applied what the client
+    never heard about (the store's restart can do this to a pipeline in flight)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool):
+            while data := await src.read(65536):
+                if replies and self.armed:
+                    self.armed, self.dropped = False, self.dropped + 1
+                    break
+                dst.write(data)
+                await dst.drain()
+            writer.close()
+            up_writer.close()
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+
+@pytest.fixture(params=["production client", "plain client"])
+async def lossy_store(request, valkey, redis) -> AsyncIterator[tuple[Store, ReplyDropper]]:
+    """A store whose next reply can be lost: through the production client (its pool sends
+    a command again on a new connection) or a plain one (the store's own retries)."""
+    dropper = ReplyDropper(valkey.port)
+    url = await dropper.start()
+    if request.param == "production client":
+        client = make_redis(url, cluster=False)
+    else:
+        client = Redis.from_url(url, decode_responses=True)
+    store = Store(client, "pbtest", partitions=8)  # type: ignore[arg-type]
+    await store.claim("due", 1000, 1)  # connected, scripts loaded
+    yield store, dropper
+    await client.aclose()
+    await dropper.stop()
+
+
+async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twice(lossy_store):
+    store, dropper = lossy_store
+    job_id, _ = await _create(store, lease_ms=0)
+    claim = (await store.claim("due", 1000, 10)).claims[0]
+    running = Commit(fields={"polls": 1}, source=After(60000), attempt="a1", counters={"u:s0-1": 1})
+    dropper.armed = True
+    applied = await store.commit("due", job_id, claim.token, running)
+    assert dropper.dropped == 1 and applied is not None
+    job = await store.get_job(job_id)
+    assert job["updated_at"] == str(applied)
+    assert await store.get_attempts(job_id) == ["a1"]
+    assert await store.duration_counts() == {"u:s0-1": 1}
+    # a terminal commit ends the fencing: its retry must still be answered as applied
+    done = Commit(fields={"status": "failed"}, source=Remove(), attempt="a2", expire_ms=60000)
+    dropper.armed = True
+    assert await store.commit("due", job_id, claim.token, done) is not None
+    assert dropper.dropped == 2
+    assert await store.get_attempts(job_id) == ["a1", "a2"]
+    assert (await store.get_job(job_id))["status"] == "failed"
+
+
+async def test_a_create_whose_reply_was_lost_creates_one_job_held_by_its_creator(lossy_store):
+    store, dropper = lossy_store
+    dropper.armed = True
+    created = await store.create_job("t1", {"status": "queued"}, 60000, "sha", "key-1", 10000)
+    assert dropper.dropped == 1
+    assert created.created and created.token == "1"
+    p = store.keys.partition_of(created.job_id)
+    assert await store.redis.zrange(store.keys.schedule("due", p), 0, -1) == [created.job_id]
+    assert await store.commit("due", created.job_id, created.token, Commit(fields={"x": 1}))
+    again = await store.create_job("t1", {"status": "queued"}, 60000, "sha", "key-1", 10000)
+    assert not again.created and again.job_id == created.job_id  # the key still replays
+
+
+async def test_a_claim_whose_reply_was_lost_is_handed_out_by_the_next_claim(lossy_store):
+    store, dropper = lossy_store
+    ids = {(await _create(store, lease_ms=0))[0] for _ in range(5)}
+    dropper.armed = True
+    try:
+        batch = await store.claim("due", 60000, 10)
+    except RedisConnectionError:  # the plain client: the claim loop claims again
+        batch = await store.claim("due", 60000, 10)
+    assert dropper.dropped == 1
+    assert {c.job_id for c in batch.claims} == ids
+    assert all(c.job for c in batch.claims)
+    for c in batch.claims:  # the tokens handed out are the current ones
+        assert await store.commit("due", c.job_id, c.token, Commit(fields={}, source=Remove()))
+
+
+async def test_the_layout_is_written_at_first_start_and_a_mismatch_refused(redis):
+    await Store(redis, "pblayout", partitions=8).ensure_layout()
+    await Store(redis, "pblayout", partitions=8).ensure_layout()  # the same: fine
+    assert json.loads(await redis.get("pblayout:layout")) == {"version": 1, "partitions": 8}
+    with pytest.raises(StoreLayoutError, match=r"store\.partitions: 16 configured.* 8 partitions"):
+        await Store(redis, "pblayout", partitions=16).ensure_layout()
+    await Store(redis, "other", partitions=16).ensure_layout()  # another prefix, another layout
+    await redis.set("pblayout:layout", '{"version": 2, "partitions": 8}')
+    with pytest.raises(StoreLayoutError, match="layout version 2"):
+        await Store(redis, "pblayout", partitions=8).ensure_layout()
+
+
+async def test_a_store_from_before_the_layout_key_is_checked_for_jobs_beyond_partitions(redis):
+    old = Store(redis, "pbold", partitions=16)
+    ids = [(await _create(old))[0] for _ in range(40)]
+    highest = max(old.keys.partition_of(i) for i in ids)
+    assert highest >= 8  # 40 jobs over 16 partitions
+    with pytest.raises(StoreLayoutError, match=rf"store\.partitions: 8 .* partition {highest}"):
+        await Store(redis, "pbold", partitions=8).ensure_layout()
+    await Store(redis, "pbold", partitions=16).ensure_layout()
+    assert json.loads(await redis.get("pbold:layout"))["partitions"] == 16
+
+
+async def test_serve_refuses_a_store_laid_out_with_other_partitions(redis, valkey, tmp_path):
+    await Store(redis, "pbserve", partitions=16).ensure_layout()
+    raw = base_config("http://127.0.0.1:9", listen__port=free_port())
+    raw["store"] = {"url": valkey.url, "key_prefix": "pbserve", "partitions": 8}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "bridge", "serve", "--config", str(path)),
+        env={**os.environ, **ENV},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:  # still serving: the mismatch went unnoticed
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1, out.decode()[-2000:]
+    assert "store.partitions: 8 configured" in out.decode()
+
+
+async def test_every_script_runs_again_after_the_store_lost_its_scripts(store: Store):
+    """NOSCRIPT (a restarted store, SCRIPT FLUSH) is handled in one place for every way a
+    script is called: alone, in a pipeline, auto-pipelined, and by the rate limiter."""
+    limiter = RateLimiter(store.redis, "pbtest")
+    job_id, token = await _create(store)  # the scripts are loaded now
+    calls = (
+        lambda: store.release(job_id, token),  # one call
+        lambda: store.claim("due", 1000, 10),  # a pipeline
+        lambda: store.create_job("t1", {"status": "queued"}, 0, "sha"),  # auto-pipelined
+        lambda: store.cancel(job_id, "t1", 1000),
+        lambda: store.backlog(1000),
+        lambda: limiter.acquire("u", "poll", 1000.0),
+    )
+    for call in calls:
+        await store.redis.script_flush()
+        await call()
+    assert (await store.get_job(job_id))["status"] == "cancelled"
+
+
+def test_scripts_take_the_time_from_the_prelude_only():
+    lua = Path(bridge.store.__file__).parent / "lua"
+    for path in lua.glob("*.lua"):
+        if path.name != "_prelude.lua":
+            assert "'TIME'" not in path.read_text(), path.name
+    python = Path(bridge.__file__).parent.rglob("*.py")
+    assert not [p.name for p in python if "register_script" in p.read_text()]  # one loader

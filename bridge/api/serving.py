@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.types import ASGIApp
 
-from bridge.embedded import free_port
+from bridge.store.embedded import free_port
 
 
 @dataclass

@@ -15,8 +15,8 @@ from rich.console import Console
 from starlette.routing import BaseRoute, Mount
 
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
-from bridge.embedded_share import EmbeddedShare
 from bridge.obs.logs import configure_logging
+from bridge.store.embedded_share import EmbeddedShare
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

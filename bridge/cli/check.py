@@ -22,11 +22,11 @@ from rich.markup import escape
 
 from bridge.config import Config, ConfigError, UpstreamConfig, load_config, resolve_secrets
 from bridge.dev.devmode import dev_config
-from bridge.embedded_share import SharedStore, running
 from bridge.net.client import LeanClient, upstream_client
 from bridge.net.util import describe_error
-from bridge.process import make_redis, open_store
 from bridge.store import Store
+from bridge.store.connection import make_redis, open_store
+from bridge.store.embedded_share import SharedStore, running
 from bridge.upstreams.octoai import OctoAIUpstream
 
 MARKS = {

@@ -21,8 +21,8 @@ from bridge.config import parse_config, resolve_secrets
 from bridge.delivery.signing import new_webhook_secret
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver
-from bridge.embedded import free_port
 from bridge.process import bridge_app, open_runtime
+from bridge.store.embedded import free_port
 
 SUBMIT_CONCURRENCY = 32
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bridge.config import Config, parse_config
 from bridge.delivery.signing import new_webhook_secret
-from bridge.embedded_share import EmbeddedShare, SharedStore
+from bridge.store.embedded_share import EmbeddedShare, SharedStore
 
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
 DEV_SECRET_ENV = "PUSHBRIDGE_DEV_WEBHOOK_SECRET"

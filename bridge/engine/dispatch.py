@@ -11,7 +11,7 @@ from bridge.delivery.sender import Attempt, webhook_headers
 from bridge.engine.backoff import at_least, delivery_retry_s, jittered
 from bridge.engine.runtime import Runtime
 from bridge.model import DELIVERABLE, job_view, rfc3339, webhook_id
-from bridge.store import Commit
+from bridge.store import After, Commit, Remove
 
 DEFER_S = 0.5
 ACTIVE_STATES = frozenset({"pending", "scheduled", "delivering"})
@@ -57,7 +57,7 @@ class Dispatcher:
         if not job:
             return
         if job["status"] not in DELIVERABLE or job.get("delivery_state") not in ACTIVE_STATES:
-            await self.rt.commit("deliver", job["id"], token, Commit(fields={}, source="rm"))
+            await self.rt.commit("deliver", job["id"], token, Commit(fields={}, source=Remove()))
             return
         attempt_no = int(job.get("delivery_attempts") or 0) + 1
         body = self.event(job, result, attempt_no)
@@ -69,7 +69,7 @@ class Dispatcher:
             self.rt.metrics.delivery_deferrals.inc()
             delay_ms = int(jittered(DEFER_S) * 1000)
             await self.rt.commit(
-                "deliver", job["id"], token, Commit(fields={}, source=str(delay_ms))
+                "deliver", job["id"], token, Commit(fields={}, source=After(delay_ms))
             )
             return
         await self.record(job, token, attempt_no, started_ms, attempt)
@@ -97,9 +97,9 @@ class Dispatcher:
             delay_s = at_least(
                 delivery_retry_s(self.rt.config.callbacks.retry_schedule_s, n), a.retry_after_s
             )
-            commit.source, commit.due_field = str(int(delay_s * 1000)), "next_attempt_at"
+            commit.source, commit.due_field = After(int(delay_s * 1000)), "next_attempt_at"
         if fields["delivery_state"] != "scheduled":
-            commit.source, commit.expire_ms = "rm", self.rt.retention_ms
+            commit.source, commit.expire_ms = Remove(), self.rt.retention_ms
             commit.failed_delivery = fields["delivery_state"] == "failed"
         log.info(
             "delivery attempt",

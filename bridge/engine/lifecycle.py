@@ -19,7 +19,7 @@ from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_re
 from bridge.engine.learning import interval_field
 from bridge.engine.runtime import Runtime
 from bridge.model import error_json
-from bridge.store import Commit
+from bridge.store import After, Commit, Remove
 from bridge.upstreams.octoai import Outcome
 
 
@@ -49,10 +49,10 @@ class Advancer:
         workers = self.rt.workers
         keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
         delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
-        committed = await self.commit(job, token, Commit(fields=fields, source=str(delay_ms)))
+        committed = await self.commit(job, token, Commit(fields=fields, source=After(delay_ms)))
         if committed and keep and not workers.hold(job, token, delay_s):
             # no room to hold it: due after the delay, not after the lease
-            await self.commit(job, token, Commit(fields={}, source=str(_ms(delay_s))))
+            await self.commit(job, token, Commit(fields={}, source=After(_ms(delay_s))))
 
     async def finish(
         self, job: dict[str, str], token: str, c: Commit, result: str | None = None
@@ -96,7 +96,7 @@ class Advancer:
                     "delivery_state": "pending" if notify else "none",
                     **fields,
                 },
-                source="rm",
+                source=Remove(),
                 completed=True,
                 target_delay_ms=0 if notify else None,
                 expire_ms=None if notify else self.rt.retention_ms,
@@ -112,7 +112,7 @@ class Advancer:
         if not job:
             return
         if job["status"] not in ("queued", "running"):
-            await self.commit(job, token, Commit(fields={}, source="rm"))
+            await self.commit(job, token, Commit(fields={}, source=Remove()))
         elif job["upstream"] not in self.rt.upstreams:
             await self.fail(job, token, "unknown-upstream", f"upstream {job['upstream']} is gone")
         elif self.past_deadline(job, now_ms):
@@ -250,12 +250,12 @@ class Advancer:
                     "result_size": len(outcome.body),
                     "delivery_state": "pending",
                 },
-                source="rm",
+                source=Remove(),
                 completed=True,
                 result=result,
                 target_delay_ms=0,
                 due_field="next_attempt_at",
-                duration_field=self.duration_field(job),
+                counters={self.duration_field(job): 1},
             ),
             result,
         )

@@ -16,13 +16,15 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
+from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from bridge.engine.dispatch import Dispatcher
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.ports import NoWorkers
 from bridge.engine.runtime import Runtime
-from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
+from bridge.store import Claim, ClaimBatch, Commit, Remove, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
 STORE_RETRY_MAX_S = 5.0
@@ -42,10 +44,10 @@ async def finish_or_cancel(
     return unfinished
 
 
-async def release_claims(store: Store, claims: list[tuple[str, str]]) -> None:
+async def release_claims(store: Store, claims: list[tuple[str, str]], retry_s: float = 0.0) -> None:
     """Give leases back (due now) so another replica takes the work at once."""
     try:
-        await store.release_many(claims)
+        await store.release_many(claims, retry_s)
     except RedisError as e:  # the store is gone: the leases simply run out
         structlog.get_logger("pushbridge.worker").warning("could not release leases", error=str(e))
 
@@ -271,7 +273,9 @@ class Workers:
         self.rt.clock_offset_ms = now_ms - time.time() * 1000
         return [
             self._guard(
-                self.advancer.step(c.job, c.token, now_ms) if c.job else self._drop("due", c)
+                self.advancer.step(c.job, c.token, now_ms) if c.job else self._drop("due", c),
+                c.job_id,
+                c.token,
             )
             for c in claims
         ]
@@ -281,20 +285,28 @@ class Workers:
             self._guard(
                 self.dispatcher.step(c.job, c.result, c.token)
                 if c.job
-                else self._drop("deliver", c)
+                else self._drop("deliver", c),
+                c.job_id,
+                c.token,
             )
             for c in claims
         ]
 
     async def _held_step(self, job: dict[str, str], token: str) -> None:
-        await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()))
+        await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()), job["id"], token)
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
-        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
+        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source=Remove()))
 
-    async def _guard(self, coro: Awaitable[None]) -> None:
+    async def _guard(self, coro: Awaitable[None], job_id: str, token: str) -> None:
         try:
             await coro
+        except (StoreConnectionError, StoreTimeoutError) as e:  # the store's retries ran out
+            self.rt.log.warning(
+                "store unreachable during job step; releasing the lease", error=str(e)
+            )
+            # due again as soon as the store is back, not when the lease runs out
+            await release_claims(self.rt.store, [(job_id, token)], self.rt.config.worker.lease_s)
         except RedisError as e:
             self.rt.log.warning("store error during job step; lease will expire", error=str(e))
 

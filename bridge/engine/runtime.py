@@ -19,8 +19,8 @@ from bridge.engine.learning import Durations, running_field
 from bridge.engine.ports import LocalWorkers, NoWorkers
 from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
-from bridge.ratelimit import RateLimiter
-from bridge.store import Commit, Schedule, Store
+from bridge.store import After, Commit, Schedule, Store
+from bridge.store.ratelimit import RateLimiter
 from bridge.upstreams.octoai import OctoAIUpstream
 
 
@@ -80,8 +80,8 @@ class Runtime:
             return None
         other: Schedule = "deliver" if which == "due" else "due"
         p = self.store.keys.partition_of(job_id)
-        if c.source not in ("keep", "rm"):
-            self.workers.hint(which, int(c.source) / 1000, p)
+        if isinstance(c.source, After):
+            self.workers.hint(which, c.source.ms / 1000, p)
         if c.target_delay_ms is not None:
             self.workers.hint(other, c.target_delay_ms / 1000, p)
         return applied

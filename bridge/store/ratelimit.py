@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from importlib import resources
 
 from redis.asyncio import Redis
+
+from bridge.store.scripts import Scripts
 
 MAX_WAIT_S = 1.0
 
@@ -17,8 +18,8 @@ class RateLimiter:
     def __init__(self, redis: Redis, prefix: str, round_trips: Counter[str] | None = None):
         self.prefix = prefix
         self.round_trips = Counter() if round_trips is None else round_trips
-        script = resources.files("bridge").joinpath("lua/ratelimit.lua").read_text()
-        self._script = redis.register_script(script)
+        self._scripts = Scripts(redis)
+        self._script = self._scripts.load("ratelimit")
 
     def key(self, upstream: str, kind: str) -> str:
         return f"{self.prefix}:{{rl:{upstream}:{kind}}}"
@@ -38,9 +39,10 @@ class RateLimiter:
         interval_s = 1 / per_s
         while True:
             self.round_trips["ratelimit"] += 1
-            reserved, wait_us = await self._script(
-                keys=[self.key(upstream, kind)],
-                args=[int(1_000_000 * interval_s), int(max_wait_s * 1_000_000)],
+            reserved, wait_us = await self._scripts.call(
+                self._script,
+                [self.key(upstream, kind)],
+                [int(1_000_000 * interval_s), int(max_wait_s * 1_000_000)],
             )
             if not reserved:
                 return wait_us / 1_000_000

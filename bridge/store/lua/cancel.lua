@@ -6,13 +6,12 @@ local owner = redis.call('HGET', KEYS[1], 'tenant')
 if not owner or owner ~= ARGV[2] then return 'missing' end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return status end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_at', now, 'completed_at', now,
   'delivery_state', 'none')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-for i = 1, 5 do
-  if i ~= 2 and i ~= 3 then redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[5], ARGV[3])
 return 'ok'

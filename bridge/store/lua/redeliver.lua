@@ -6,8 +6,7 @@ local owner = redis.call('HGET', KEYS[1], 'tenant')
 if not owner or owner ~= ARGV[2] then return 'missing' end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'completed' and status ~= 'failed' then return status end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'delivery_attempts') or '0')
 local state = redis.call('HGET', KEYS[1], 'delivery_state')
 local budget = attempts + 1
@@ -16,9 +15,9 @@ if state == 'pending' or state == 'scheduled' or state == 'delivering' then
 end
 redis.call('HSET', KEYS[1], 'delivery_state', 'pending', 'max_attempts', budget,
   'next_attempt_at', now, 'updated_at', now)
-for i = 1, 5 do
-  if i ~= 2 and i ~= 3 then redis.call('PERSIST', KEYS[i]) end
-end
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[4])
+redis.call('PERSIST', KEYS[5])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)

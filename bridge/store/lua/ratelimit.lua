@@ -2,8 +2,7 @@
 -- KEYS: 1 limiter key
 -- ARGV: 1 interval_us (1e6 / rate), 2 max_wait_us
 -- Returns {reserved (1/0), wait_us}: reserved slots must be used after wait_us.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end

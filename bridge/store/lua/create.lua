@@ -2,8 +2,13 @@
 -- KEYS: 1 job hash, 2 due zset, 3 fence hash, 4 idempotency key
 -- ARGV: 1 job id, 2 lease_ms, 3 idempotency value ('' = none), 4 idem ttl_ms,
 --       5.. field/value pairs
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Run again (its reply was lost), it finds the job it created (ids are random) and
+-- answers as the first run did.
+local now = now_ms()
+local created_at = redis.call('HGET', KEYS[1], 'created_at')
+if created_at then
+  return {1, redis.call('HGET', KEYS[3], ARGV[1]) or '', tonumber(created_at)}
+end
 if ARGV[3] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {0, prev, now} end

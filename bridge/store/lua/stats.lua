@@ -1,8 +1,7 @@
 -- Backlog of one partition, for the gauges.
 -- KEYS: 1 due zset, 2 deliver zset, 3 failed-deliveries zset   ARGV: 1 retention_ms
 -- Returns {due now, deliveries due now, deliveries scheduled, failed deliveries retained}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]))
 return {
   redis.call('ZCOUNT', KEYS[1], '-inf', now),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from bridge.embedded import EmbeddedValkey
+from bridge.store.embedded import EmbeddedValkey
 
 STATE_FILE = "store.json"
 LOCK_FILE = "store.lock"
