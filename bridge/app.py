@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.api import ROUTES
+from bridge.logs import log_loop_exception
 from bridge.openapi import openapi_spec
 from bridge.problems import Problem
 from bridge.runtime import Runtime, check_health, every, learn_durations, measure_backlog
@@ -78,6 +79,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop = asyncio.Event()
         w = rt.config.worker
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(log_loop_exception)
         # the first health check waits a moment, so that an upstream served by this very
         # process (the dev-mode emulator) is listening by then
         background = [
@@ -108,6 +112,7 @@ def create_app(
                 await workers.stop(rt.config.worker.shutdown_grace_s)
             await asyncio.gather(*background)
             rt.log.info("bridge stopped", role=role)
+            loop.set_exception_handler(previous_handler)
 
     routes = [*ROUTES, Route("/metrics", _metrics), Route("/openapi.json", _openapi), *extra_routes]
     if role == "worker":

@@ -9,11 +9,13 @@ import orjson
 
 from bridge.backoff import at_least, delivery_retry_s, jittered
 from bridge.delivery import Attempt, webhook_headers
+from bridge.hostgate import MAX_DEFER_S
+from bridge.httputil import describe_error
 from bridge.jobs import DELIVERABLE, job_view, rfc3339, webhook_id
 from bridge.runtime import Runtime
 from bridge.store import Commit
 
-DEFER_S = 0.5
+DEFER_S = 0.5  # first deferral; each next one of the same job waits twice as long
 ACTIVE_STATES = frozenset({"pending", "scheduled", "delivering"})
 
 
@@ -60,19 +62,31 @@ class Dispatcher:
             await self.rt.commit("deliver", job["id"], token, Commit(fields={}, source="rm"))
             return
         attempt_no = int(job.get("delivery_attempts") or 0) + 1
-        body = self.event(job, result, attempt_no)
-        secrets = self.rt.secrets.tenant_secrets(job["tenant"])
         started_ms = int(time.time() * 1000)
-        headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
+        try:
+            body = self.event(job, result, attempt_no)
+            secrets = self.rt.secrets.tenant_secrets(job["tenant"])
+            headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
+        except Exception as e:  # e.g. metadata nested too deep to serialise: never sendable
+            error = f"the event cannot be serialised: {describe_error(e)}"
+            await self.record(job, token, attempt_no, started_ms, Attempt("gone", None, 0, error))
+            return
         attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
         if attempt.outcome == "deferred":
-            self.rt.metrics.delivery_deferrals.inc()
-            delay_ms = int(jittered(DEFER_S) * 1000)
-            await self.rt.commit(
-                "deliver", job["id"], token, Commit(fields={}, source=str(delay_ms))
-            )
+            await self.defer(job, token, attempt)
             return
         await self.record(job, token, attempt_no, started_ms, attempt)
+
+    async def defer(self, job: dict[str, str], token: str, a: Attempt) -> None:
+        """Try again when a slot may be free, and the longer the more often this job was
+        deferred: hanging hosts cost few store round trips however many jobs wait."""
+        self.rt.metrics.delivery_deferrals.inc()
+        deferrals = int(job.get("delivery_deferrals") or 0)
+        delay_s = at_least(min(MAX_DEFER_S, DEFER_S * 2**deferrals), a.retry_after_s)
+        commit = Commit(
+            fields={"delivery_deferrals": deferrals + 1}, source=str(int(jittered(delay_s) * 1000))
+        )
+        await self.rt.commit("deliver", job["id"], token, commit)
 
     def _max_attempts(self, job: dict[str, str]) -> int:
         configured = 1 + len(self.rt.config.callbacks.retry_schedule_s)
@@ -86,6 +100,8 @@ class Dispatcher:
             "last_status_code": a.status_code,
             "last_attempt_at": at_ms,
         }
+        if job.get("delivery_deferrals"):
+            fields["delivery_deferrals"] = 0
         commit = Commit(fields=fields, attempt=_attempt_record(at_ms, a))
         if a.outcome == "delivered":
             fields["delivery_state"] = "delivered"
