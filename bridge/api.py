@@ -18,6 +18,7 @@ from starlette.routing import Route
 from bridge.advance import Advancer
 from bridge.config import Tenant
 from bridge.jobs import job_view, new_job_fields
+from bridge.logs import exception_fields
 from bridge.problems import Problem
 from bridge.runtime import Runtime
 from bridge.store import valid_job_id
@@ -165,6 +166,9 @@ async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
         outcome = await Advancer(rt).submit(job, token, notify=False)
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
         rt.log.warning("store error after accepting job", error=str(e))
+        outcome = None
+    except Exception as e:  # likewise: the job is stored, answer 202 queued, never a 500
+        rt.log.error("submit step failed after accepting job", **exception_fields(e))
         outcome = None
     if outcome is not None and outcome.kind == "rejected":
         raise Problem(

@@ -64,6 +64,14 @@ def _log_task_error(
         log.error("job step failed", job_id=job_id, **exception_fields(exc))
 
 
+def _count(job: dict[str, str], name: str) -> int:
+    """A counter field of a job, 0 if missing or unreadable (the record may be corrupt)."""
+    try:
+        return int(job.get(name) or 0)
+    except ValueError:
+        return 0
+
+
 class ClaimLoop:
     def __init__(
         self,
@@ -336,13 +344,13 @@ class Workers:
         message = f"internal error: {describe_error(e)}"
         try:
             if which == "deliver":
-                n = int(job.get("delivery_attempts") or 0) + 1
+                n = _count(job, "delivery_attempts") + 1
                 at_ms = int(time.time() * 1000)
                 await self.dispatcher.record(
                     job, token, n, at_ms, Attempt("retry", None, 0, message)
                 )
                 return
-            errors = int(job.get("step_errors") or 0) + 1
+            errors = _count(job, "step_errors") + 1
             if errors >= MAX_STEP_ERRORS:
                 await self.advancer.fail(job, token, "internal-error", message, step_errors=errors)
                 return

@@ -24,6 +24,7 @@ from bridge.leanhttp import callback_client
 from bridge.logs import configure_logging
 from bridge.receiver import Receiver, Reply
 from bridge.serving import start_server
+from bridge.store import Commit
 from bridge.urlpolicy import CallbackRejected, UrlPolicy
 from tests.conftest import UPSTREAM_TOKEN
 from tests.test_api import assert_problem
@@ -218,6 +219,61 @@ async def test_an_unexpected_error_in_a_job_step_ends_the_job_instead_of_a_lease
     assert "ValueError" in event["data"]["error"]["message"]
     job = await store.get_job(created.job_id)
     assert job["status"] == "failed" and int(job["step_errors"]) >= 2
+
+
+async def _seed_delivery(s, **fields: str) -> str:
+    """A finished job whose event is due now, written to the store as an older version
+    (or a corrupt record) left it."""
+    store = s.rt.store
+    job = {
+        "tenant": "alpha",
+        "upstream": "echo",
+        "status": "failed",
+        "callback_url": s.hook("/seeded"),
+        "inputs": "{}",
+        "metadata": "null",
+        "deadline_ms": "30000",
+        "error": '{"code": "upstream-failed", "message": "x", "upstream_status": null}',
+        "delivery_state": "pending",
+        "delivery_attempts": "0",
+        **fields,
+    }
+    created = await store.create_job("alpha", job, 60_000, "x")
+    move = Commit(fields={}, source="rm", completed=True, target_delay_ms=0)
+    assert await store.commit("due", created.job_id, created.token, move)
+    s.rt.hint("deliver", 0, None)
+    return created.job_id
+
+
+@pytest.mark.parametrize("url_suffix", ["\n", "\t", "\r\n"])
+async def test_a_job_stuck_by_an_earlier_version_now_ends_failed(make_stack, url_suffix):
+    s = await make_stack(callbacks__retry_schedule_s=[0.1, 0.1])
+    job_id = await _seed_delivery(s, callback_url=s.hook("/ok") + url_suffix)
+    job, attempts = await _delivery_ends(s, job_id)
+    assert job["delivery_state"] == "failed" and len(attempts) == 3
+    assert all("control-character" in a["error"] for a in attempts)
+    assert await s.rt.store.redis.pttl(s.rt.store.keys.job(job_id)) > 0
+
+
+async def test_an_unexpected_error_in_a_delivery_step_is_a_recorded_attempt(make_stack):
+    s = await make_stack(callbacks__retry_schedule_s=[0.1, 0.1])
+    job_id = await _seed_delivery(s, delivery_attempts="corrupt")
+    job, attempts = await _delivery_ends(s, job_id)
+    assert attempts and "internal error: ValueError" in attempts[0]["error"]
+    assert job["delivery_state"] == "delivered"  # the next attempt, counted afresh, got through
+    assert len(s.receiver.to("/seeded")) == 1
+
+
+async def test_an_upstream_answering_garbage_to_submit_gives_202_queued(make_stack, raw_server):
+    port = await raw_server(lambda head: NOT_HTTP)
+    s = await make_stack(
+        upstreams__echo__url=f"http://127.0.0.1:{port}/infer", upstreams__echo__health_url=None
+    )
+    r = await s.submit()
+    assert r.status_code == 202, r.text
+    job = await s.rt.store.get_job(r.json()["id"])
+    assert r.json()["status"] == "queued"
+    assert "RemoteProtocolError" in job["last_error"] and UPSTREAM_TOKEN not in job["last_error"]
 
 
 # ---- D2: a hostile upstream never gets the token into the log ----------------------------
