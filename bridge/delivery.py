@@ -81,7 +81,9 @@ class Deliverer:
             if not got:  # at its cap and not worth waiting for: come back when a slot frees
                 where = f"{_netloc(*dest)} ({target.host})"
                 error = f"{where} is at per_host_concurrency"
-                return Attempt("deferred", None, 0, error, retry_after_s=self.gates.defer_s(dest))
+                return Attempt(
+                    "deferred", None, 0, error, retry_after_s=self.gates.book_turn_s(dest)
+                )
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.timeout_s):

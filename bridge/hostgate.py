@@ -41,7 +41,7 @@ class HostGates:
     arrival order, within a short wait (four typical attempts): a busy but healthy
     receiver is served at its cap's pace instead of by re-tries that starve the
     unlucky. A destination whose attempts are slow, or not yet known, is not waited for:
-    the caller defers the attempt (for `defer_s`), so one hanging host cannot tie
+    the caller defers the attempt (for `book_turn_s`), so one hanging host cannot tie
     up the workers that deliver to every other host. Idle destinations beyond
     `max_idle_entries` are forgotten, oldest first, so the table stays bounded.
     """
@@ -84,11 +84,11 @@ class HostGates:
             gate.users -= 1
             self._forget_idle()
 
-    def defer_s(self, dest: Destination) -> float:
-        """How long an attempt deferred now should wait: until about when a slot frees
-        for it, after the turns promised to attempts deferred before it, but not longer
-        than max_defer_s. So waiting attempts come back spread out, each about when it
-        can run, instead of all retrying at once."""
+    def book_turn_s(self, dest: Destination) -> float:
+        """Book a turn for an attempt deferred now; return how long it should wait: until
+        about when a slot frees for it, after the turns booked by attempts deferred before
+        it, but not longer than max_defer_s. So waiting attempts come back spread out,
+        each about when it can run, instead of all retrying at once."""
         gate = self._gates.get(dest)
         if gate is None or not gate.started:
             return 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ import pytest
 from bridge.config import CallbacksConfig
 from bridge.delivery import Deliverer
 from bridge.hostgate import HostGates
+from bridge.jobs import new_job_fields
 from bridge.leanhttp import callback_client
 from bridge.logs import configure_logging
 from bridge.receiver import Receiver, Reply
@@ -200,16 +202,10 @@ async def test_an_unexpected_error_in_a_job_step_ends_the_job_instead_of_a_lease
 ):
     s = await make_stack(worker__lease_s=30)
     store = s.rt.store
+    # a corrupt record: every step raises ValueError
     fields = {
-        "tenant": "alpha",
-        "upstream": "echo",
-        "status": "queued",
-        "callback_url": s.hook("/corrupt"),
-        "inputs": "{}",
-        "metadata": "null",
-        "deadline_ms": "soon",  # a corrupt record: every step raises ValueError
-        "delivery_state": "none",
-        "delivery_attempts": 0,
+        **new_job_fields("alpha", "echo", {}, s.hook("/corrupt"), None, 30),
+        "deadline_ms": "soon",
     }
     created = await store.create_job("alpha", fields, 0, "x")
     s.rt.hint("due", 0, None)
@@ -226,16 +222,10 @@ async def _seed_delivery(s, **fields: str) -> str:
     (or a corrupt record) left it."""
     store = s.rt.store
     job = {
-        "tenant": "alpha",
-        "upstream": "echo",
+        **new_job_fields("alpha", "echo", {}, s.hook("/seeded"), None, 30),
         "status": "failed",
-        "callback_url": s.hook("/seeded"),
-        "inputs": "{}",
-        "metadata": "null",
-        "deadline_ms": "30000",
         "error": '{"code": "upstream-failed", "message": "x", "upstream_status": null}',
         "delivery_state": "pending",
-        "delivery_attempts": "0",
         **fields,
     }
     created = await store.create_job("alpha", job, 60_000, "x")
@@ -414,6 +404,22 @@ async def test_the_gate_table_stays_bounded_after_many_distinct_hosts():
     async with gates.slot(("10.0.0.2", 1)):
         pass
     assert len(gates) <= 100
+
+
+async def test_deferred_attempts_get_spread_out_turns_within_max_defer():
+    gates, dest = HostGates(limit=2, max_hold_s=10, max_defer_s=5), ("10.0.0.1", 80)
+    holders = [gates.slot(dest) for _ in range(2)]
+    for cm in holders:
+        assert await cm.__aenter__()
+    await asyncio.sleep(0.2)  # hung for 0.2 s: expected to hold at least 0.4 s in all
+    turns = [gates.book_turn_s(dest) for _ in range(40)]
+    assert 0.15 <= turns[0] <= 0.3  # when the first slot is expected to free
+    steps = [b - a for a, b in itertools.pairwise(turns)]
+    assert all(0.15 <= st <= 0.25 for st in steps[:20])  # then one turn per 0.4 s / 2 slots
+    assert turns[-1] == pytest.approx(5, abs=0.05)  # never beyond max_defer_s
+    for cm in holders:
+        await cm.__aexit__(None, None, None)
+    assert gates.book_turn_s(dest) == 0  # nobody holds a slot: no wait
 
 
 async def test_hanging_deliveries_cost_few_store_round_trips(make_stack, raw_server):
