@@ -63,19 +63,30 @@ class Dispatcher:
             return
         attempt_no = int(job.get("delivery_attempts") or 0) + 1
         started_ms = int(time.time() * 1000)
-        try:
-            body = self.event(job, result, attempt_no)
-            secrets = self.rt.secrets.tenant_secrets(job["tenant"])
-            headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
-        except Exception as e:  # e.g. metadata nested too deep to serialise: never sendable
-            error = f"the event cannot be serialised: {describe_error(e)}"
-            await self.record(job, token, attempt_no, started_ms, Attempt("gone", None, 0, error))
+        prepared = self.prepare(job, result, attempt_no, started_ms)
+        if isinstance(prepared, Attempt):  # nothing to send: a failed attempt
+            await self.record(job, token, attempt_no, started_ms, prepared)
             return
+        body, headers = prepared
         attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
         if attempt.outcome == "deferred":
             await self.defer(job, token, attempt)
             return
         await self.record(job, token, attempt_no, started_ms, attempt)
+
+    def prepare(
+        self, job: dict[str, str], result: str | None, attempt_no: int, at_ms: int
+    ) -> tuple[bytes, dict[str, str]] | Attempt:
+        """The signed event, or the failed attempt of an event that cannot be built."""
+        try:
+            body = self.event(job, result, attempt_no)
+        except Exception as e:  # e.g. metadata nested too deep to serialise: never sendable
+            return Attempt("gone", None, 0, f"the event cannot be serialised: {describe_error(e)}")
+        try:
+            secrets = self.rt.secrets.tenant_secrets(job["tenant"])
+            return body, webhook_headers(secrets, webhook_id(job["id"]), at_ms // 1000, body)
+        except Exception as e:  # e.g. the tenant's secret is missing: retry on the schedule
+            return Attempt("retry", None, 0, f"the event cannot be signed: {type(e).__name__}")
 
     async def defer(self, job: dict[str, str], token: str, a: Attempt) -> None:
         """Try again when a slot may be free, and the longer the more often this job was
