@@ -12,11 +12,12 @@ PROBLEM_CODES = {
     400: "invalid request",
     401: "missing or unknown API key",
     404: "not found",
+    408: "the body did not arrive in time",
     409: "conflict",
     413: "payload too large",
     415: "unsupported media type",
     422: "rejected (callback URL or upstream)",
-    503: "store unavailable",
+    503: "store unavailable, or too many large requests in flight (overloaded)",
 }
 
 
@@ -105,12 +106,79 @@ def _schemas() -> dict[str, Any]:
             "attempts": {"type": "array", "items": _ref("Attempt")},
         },
     }
+    event = {
+        "type": "object",
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"enum": ["job.completed", "job.failed"]},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "data": _ref("Job"),
+        },
+    }
+    problem_type = {
+        "type": "object",
+        "required": ["type", "code", "title", "description"],
+        "properties": {
+            "type": {"type": "string"},
+            "code": {"type": "string"},
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+        },
+    }
     return {
         "JobRequest": JobRequest.model_json_schema(),
         "Job": job,
         "Attempt": attempt,
         "Attempts": attempts,
         "Problem": problem,
+        "ProblemType": problem_type,
+        "WebhookEvent": event,
+    }
+
+
+def _header(name: str, description: str, pattern: str) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern}
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _webhook(event_type: str, summary: str) -> dict[str, Any]:
+    """The callback POSTed to a job's callback_url (CONTRACT §4), as an OpenAPI webhook."""
+    return {
+        "post": {
+            "summary": summary,
+            "description": (
+                f"`type` is `{event_type}`. Signed with Standard Webhooks: verify "
+                "`webhook-signature` over `{webhook-id}.{webhook-timestamp}.{body}` with "
+                "the tenant's `whsec_` secret (any Standard Webhooks library does). The "
+                "same `webhook-id` on every attempt and redelivery of this event."
+            ),
+            "parameters": [
+                _header("webhook-id", "the event's id, the same for every attempt", "^msg_"),
+                _header("webhook-timestamp", "Unix seconds of this attempt", "^[0-9]+$"),
+                _header(
+                    "webhook-signature",
+                    "`v1,<base64 HMAC-SHA256>`, space-separated, one per secret",
+                    "^v1,",
+                ),
+            ],
+            "requestBody": {"required": True, "content": _json_content("WebhookEvent")},
+            "responses": {
+                "2XX": {"description": "delivered; no further attempt"},
+                "410": {"description": "gone: delivery stops at once (state failed)"},
+                "429": {"description": "retried, no sooner than Retry-After (at most 1 h)"},
+                "503": {"description": "retried, no sooner than Retry-After (at most 1 h)"},
+                "default": {
+                    "description": "any other status, a redirect, a timeout: retried on the "
+                    "schedule (callbacks.retry_schedule_s)"
+                },
+            },
+        }
     }
 
 
@@ -152,7 +220,7 @@ def openapi_spec() -> dict[str, Any]:
             "post": _op(
                 "Create a job",
                 {202: "Job", 200: "Job"},
-                [400, 401, 404, 409, 413, 415, 422, 503],
+                [400, 401, 404, 408, 409, 413, 415, 422, 503],
                 security=auth,
                 parameters=[idem],
                 requestBody={"required": True, "content": _json_content("JobRequest")},
@@ -212,6 +280,27 @@ def openapi_spec() -> dict[str, Any]:
             "get": {"summary": "Process alive", "responses": {"200": {"description": "alive"}}}
         },
         "/readyz": {"get": _op("Store reachable", {200: None}, [503])},
+        "/problems/{code}": {
+            "get": {
+                "summary": "What a problem code means (the page a problem's `type` names)",
+                "parameters": [
+                    {"name": "code", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the code's description (HTML if Accept asks for it)",
+                        "content": {
+                            "application/json": {"schema": _ref("ProblemType")},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": {
+                        "description": "no such problem code",
+                        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                    },
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -227,6 +316,10 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "pushbridge", "version": __version__},
         "paths": paths,
+        "webhooks": {
+            "job.completed": _webhook("job.completed", "A job finished with a result"),
+            "job.failed": _webhook("job.failed", "A job failed (error says why)"),
+        },
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -98,8 +98,14 @@ async def serve(config: Config, secrets: Secrets, role: Role) -> None:
     async with open_runtime(config, secrets) as rt:
         extra = [Mount("/emulator", create_emulator_app())] if config.dev_mode else []
         app = create_app(rt, role, extra)
+        listen = config.listen
         uv = uvicorn_config(
-            app, config.listen.host, config.listen.port, config.worker.shutdown_grace_s
+            app,
+            listen.host,
+            listen.port,
+            config.worker.shutdown_grace_s,
+            listen.max_header_bytes,
+            listen.header_timeout_s,
         )
         await uvicorn.Server(uv).serve()
 

@@ -9,6 +9,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from bridge.embedded import free_port
+from bridge.httpguard import guarded_protocol
 
 
 @dataclass
@@ -26,7 +27,16 @@ class RunningServer:
         await self.task
 
 
-def uvicorn_config(app: ASGIApp, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    grace_s: float = 10.0,
+    max_header_bytes: int = 64 * 1024,
+    header_timeout_s: float = 10.0,
+) -> uvicorn.Config:
+    """uvicorn with httptools behind a guard: request heads are capped in size and time
+    (bridge/httpguard.py); idle keep-alive connections close after 30 s."""
     return uvicorn.Config(
         app,
         host=host,
@@ -36,7 +46,7 @@ def uvicorn_config(app: ASGIApp, host: str, port: int, grace_s: float = 10.0) ->
         lifespan="on",
         timeout_graceful_shutdown=grace_s,
         loop="none",
-        http="httptools",
+        http=guarded_protocol(max_header_bytes, header_timeout_s),
         backlog=4096,
         timeout_keep_alive=30,
     )
