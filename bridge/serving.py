@@ -53,10 +53,18 @@ def uvicorn_config(
 
 
 async def start_server(
-    app: ASGIApp, port: int | None = None, host: str = "127.0.0.1", signals: bool = False
+    app: ASGIApp,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    signals: bool = False,
+    max_header_bytes: int = 64 * 1024,
+    header_timeout_s: float = 10.0,
 ) -> RunningServer:
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn_config(app, host, port))
+    config = uvicorn_config(
+        app, host, port, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s
+    )
+    server = uvicorn.Server(config)
     if not signals:
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
