@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,7 +19,7 @@ from starlette.routing import Route
 from bridge.advance import Advancer
 from bridge.config import Tenant
 from bridge.jobs import job_view, new_job_fields
-from bridge.jsonshape import integers_beyond_64_bits, measure
+from bridge.jsonshape import Shape, integers_beyond_64_bits, measure
 from bridge.problems import Problem
 from bridge.requestbody import body_cost_bytes, read_body, reservation
 from bridge.runtime import Runtime
@@ -36,15 +35,7 @@ JSON_TYPES = ("application/json",)
 BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
 
 
-class JobRequest(BaseModel):
-    """The body of POST /v1/jobs, for the OpenAPI description. `parse_job_request` checks
-    it by hand, so that arbitrary `inputs` are never walked or copied by a validator."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    upstream: str = Field(min_length=1, max_length=MAX_UPSTREAM_CHARS)
-    inputs: dict[str, Any]
-    callback_url: str = Field(min_length=1)
-    metadata: dict[str, Any] | None = None
+JOB_FIELDS = ("upstream", "inputs", "callback_url", "metadata")  # the body's (openapi.py)
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,6 @@ class JobBody:
     inputs_json: str
     metadata_json: str
     sha256: str  # of the canonical body (sorted keys): what Idempotency-Key replays compare
-    values: int  # JSON values in the body (array elements + object members)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -97,10 +87,11 @@ def check_content_type(content_type: str) -> None:
 
 
 def _envelope(raw: Any) -> tuple[str, dict[str, Any], str, dict[str, Any] | None]:
-    """upstream, inputs, callback_url, metadata: the body's fields, checked by hand."""
+    """upstream, inputs, callback_url, metadata: the body's fields, checked by hand (no
+    validator walks or copies arbitrary inputs)."""
     if not isinstance(raw, dict):
         raise _invalid("body: must be a JSON object")
-    errors = [f"{k}: unknown field" for k in raw if k not in JobRequest.model_fields]
+    errors = [f"{k}: unknown field" for k in raw if k not in JOB_FIELDS]
     for name in ("upstream", "inputs", "callback_url"):
         if name not in raw:
             errors.append(f"{name}: required")
@@ -134,9 +125,8 @@ def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
                 )
 
 
-def parse_job_request(body: bytes, max_values: int) -> JobBody:
-    """Measure the body's bytes, then parse it once and check it by hand: bounded in memory
-    (max_values) and depth (64 levels for inputs and metadata) before any object exists."""
+def measure_body(body: bytes, max_values: int) -> Shape:
+    """The body's shape, measured on its bytes; 413 beyond max_values."""
     shape = measure(body, max_values, MAX_BODY_DEPTH)
     if shape.values > max_values:
         raise Problem(
@@ -144,6 +134,12 @@ def parse_job_request(body: bytes, max_values: int) -> JobBody:
             "payload-too-large",
             f"body holds more than {max_values} JSON values (array elements and object members)",
         )
+    return shape
+
+
+def parse_job_request(body: bytes, shape: Shape) -> JobBody:
+    """Parse a measured body once and check it by hand: its values are bounded in number
+    (measure_body) and depth (64 levels for inputs and metadata)."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -172,7 +168,6 @@ def parse_job_request(body: bytes, max_values: int) -> JobBody:
         inputs_json.decode(),
         metadata_json.decode(),
         body_sha.hexdigest(),
-        shape.values,
     )
 
 
@@ -208,8 +203,9 @@ async def create_job(request: Request) -> Response:
     listen = rt.config.listen
     async with reservation(request.app.state.body_budget) as reserved:
         body = await read_body(request, listen.max_body_bytes, listen.body_timeout_s, reserved)
-        req = parse_job_request(body, listen.max_json_values)
-        reserved.shrink_to(body_cost_bytes(len(body), req.values))
+        shape = measure_body(body, listen.max_json_values)
+        await reserved.grow_to(body_cost_bytes(len(body), shape.values))
+        req = parse_job_request(body, shape)
         del body
         return await _create(rt, tenant, idem_key, req)
 

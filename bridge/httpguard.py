@@ -89,8 +89,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
-        if not self._reading_head:
+        if not self._reading_head:  # in a body, or between requests
             super().data_received(data)
+            if self._reading_head and not self.transport.is_closing():
+                # a head began within this data and is not complete: count all of it (a
+                # keep-alive client's next request starts at the first byte of a read)
+                self._head_bytes = len(data)
+                self._check_head_size()
             return
         room = self.max_head_bytes - self._head_bytes
         self._head_bytes += min(len(data), room)
@@ -102,13 +107,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._heads_done == heads_done:
+            self._head_bytes = self.max_head_bytes + 1
+            self._check_head_size()
+            return
+        self.data_received(data[room:])
+
+    def _check_head_size(self) -> None:
+        if self._head_bytes > self.max_head_bytes:
             self._refuse(
                 431,
                 "header-too-large",
                 f"request line and headers exceed {self.max_head_bytes} bytes",
             )
-            return
-        self.data_received(data[room:])
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_head_timer()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import __version__
-from bridge.api import JobRequest
+from bridge.api import JOB_FIELDS, MAX_INPUT_DEPTH, MAX_METADATA_BYTES, MAX_UPSTREAM_CHARS
+from bridge.jsonshape import INT64_MIN, UINT64_MAX
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
@@ -126,13 +127,48 @@ def _schemas() -> dict[str, Any]:
         },
     }
     return {
-        "JobRequest": JobRequest.model_json_schema(),
+        "JobRequest": _job_request(),
+        "JsonValue": _json_value(),
         "Job": job,
         "Attempt": attempt,
         "Attempts": attempts,
         "Problem": problem,
         "ProblemType": problem_type,
         "WebhookEvent": event,
+    }
+
+
+def _json_value() -> dict[str, Any]:
+    """Any JSON value whose integers fit in 64 bits (orjson cannot keep larger ones)."""
+    value = _ref("JsonValue")
+    return {
+        "description": f"any JSON value; integers in [{INT64_MIN}, {UINT64_MAX}], "
+        f"arrays and objects nested at most {MAX_INPUT_DEPTH} levels",
+        "anyOf": [
+            {"type": ["null", "boolean", "string"]},
+            {"type": "integer", "minimum": INT64_MIN, "maximum": UINT64_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "array", "items": value},
+            {"type": "object", "additionalProperties": value},
+        ],
+    }
+
+
+def _job_request() -> dict[str, Any]:
+    inputs = {"type": "object", "additionalProperties": _ref("JsonValue")}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(JOB_FIELDS[:3]),
+        "properties": {
+            "upstream": {"type": "string", "minLength": 1, "maxLength": MAX_UPSTREAM_CHARS},
+            "inputs": {**inputs, "description": "sent to the upstream as they are"},
+            "callback_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "metadata": {
+                "anyOf": [inputs, {"type": "null"}],
+                "description": f"echoed in the callback; at most {MAX_METADATA_BYTES} bytes",
+            },
+        },
     }
 
 

@@ -1,10 +1,11 @@
 """Reading request bodies within a time limit and a per-process memory budget.
 
-A body costs memory while it is handled: its bytes, their serialized copy, and the Python
-objects it parses into (orjson makes a 72-byte object of a 3-byte `{}`). Each request
-reserves its cost from one budget per process as its bytes arrive, and gives it back
-when it is answered; when the budget is spent, a request waits a moment, then is answered
-503 `overloaded` with Retry-After, so a burst of large bodies cannot exhaust the process's
+A body costs memory while it is handled: its bytes, their serialized copies, and the
+Python objects it parses into (orjson makes a 72-byte object of a 3-byte `{}`). Each
+request reserves its bytes from one budget per process as they arrive, the rest of its
+cost once the body is measured (before it is parsed), and gives it all back when it is
+answered. When the budget is spent, a request waits a moment, then is answered 503
+`overloaded` with Retry-After, so a burst of large bodies cannot exhaust the process's
 memory (the Helm chart's limit is 512 MiB).
 """
 
@@ -19,19 +20,18 @@ from starlette.requests import Request
 
 from bridge.problems import Problem
 
+COPIES = 4  # the body, its serialized inputs, their parsed and re-serialized copies upstream
 OBJECT_BYTES_PER_BODY_BYTE = 32  # `{"a":{}},`: 9 bytes on the wire, 256 as Python objects
 OBJECT_BYTES_PER_VALUE = 100  # any value costs at most this (empty object: 72 bytes)
 BUDGET_WAIT_S = 2.0  # how long a request waits for room in the budget before 503
-CLOSE = {"Connection": "close"}  # the unread rest of a refused body is not worth reading
+CLOSE = {"Connection": "close"}  # after a body timeout: the client is stalled anyway
 
 
-def body_cost_bytes(body_bytes: int, values: int | None = None) -> int:
-    """Memory a job body of this size may cost while handled (at most, if `values`, the
-    number of JSON values it holds, is not known yet)."""
-    objects = OBJECT_BYTES_PER_BODY_BYTE * body_bytes
-    if values is not None:
-        objects = min(objects, OBJECT_BYTES_PER_VALUE * values)
-    return 2 * body_bytes + objects
+def body_cost_bytes(body_bytes: int, values: int) -> int:
+    """Memory a job body of this size, holding this many JSON values, may cost while it
+    is handled. While it is read, a body costs its bytes."""
+    objects = min(OBJECT_BYTES_PER_BODY_BYTE * body_bytes, OBJECT_BYTES_PER_VALUE * values)
+    return COPIES * body_bytes + objects
 
 
 class MemoryBudget:
@@ -43,12 +43,14 @@ class MemoryBudget:
         self.used_bytes = 0
         self._freed = asyncio.Event()
 
-    def _fits(self, n_bytes: int) -> bool:
-        return self.used_bytes == 0 or self.used_bytes + n_bytes <= self.limit_bytes
+    def _fits(self, n_bytes: int, own_bytes: int) -> bool:
+        alone = self.used_bytes == own_bytes
+        return alone or self.used_bytes + n_bytes <= self.limit_bytes
 
-    async def take(self, n_bytes: int, deadline: float) -> bool:
-        """Reserve n_bytes, waiting until the (monotonic) deadline at most."""
-        while not self._fits(n_bytes):
+    async def take(self, n_bytes: int, deadline: float, own_bytes: int = 0) -> bool:
+        """Reserve n_bytes more for a request already holding own_bytes, waiting until the
+        (monotonic) deadline at most."""
+        while not self._fits(n_bytes, own_bytes):
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 return False
@@ -78,12 +80,12 @@ class Reservation:
         extra = n_bytes - self.held_bytes
         if extra <= 0:
             return
-        if not await self.budget.take(extra, self._deadline):
+        if not await self.budget.take(extra, self._deadline, self.held_bytes):
             raise Problem(
                 503,
                 "overloaded",
                 "too many large requests in flight; retry shortly",
-                headers={"Retry-After": "1", **CLOSE},
+                headers={"Retry-After": "1"},
             )
         self.held_bytes = n_bytes
 
@@ -103,7 +105,8 @@ async def reservation(budget: MemoryBudget) -> AsyncIterator[Reservation]:
 
 
 def _too_large(limit_bytes: int) -> Problem:
-    return Problem(413, "payload-too-large", f"body exceeds {limit_bytes} bytes", headers=CLOSE)
+    # no Connection: close: closing while the client still sends makes it miss the answer
+    return Problem(413, "payload-too-large", f"body exceeds {limit_bytes} bytes")
 
 
 async def read_body(
@@ -116,14 +119,14 @@ async def read_body(
     if declared.isascii() and declared.isdigit():
         if len(declared) > 18 or int(declared) > limit_bytes:
             raise _too_large(limit_bytes)
-        await reserved.grow_to(body_cost_bytes(int(declared)))
+        await reserved.grow_to(int(declared))
     body = bytearray()
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
                 if len(body) + len(chunk) > limit_bytes:
                     raise _too_large(limit_bytes)
-                await reserved.grow_to(body_cost_bytes(len(body) + len(chunk)))
+                await reserved.grow_to(len(body) + len(chunk))
                 body += chunk
     except TimeoutError:
         raise Problem(

@@ -209,12 +209,15 @@ def _reference(value: Any) -> tuple[int, int]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(json_values)
-def test_measure_counts_values_and_depth_exactly_whatever_the_strings_hold(value):
+@given(json_values, st.integers(0, 40), st.integers(0, 6))
+def test_measure_is_exact_at_the_limits_whatever_the_strings_hold(value, max_values, max_depth):
+    """Over a limit by measure if and only if over it by the parsed value."""
     body = orjson.dumps(value)
     values, depth = _reference(value)
-    shape = measure(body, max_values=10**6, max_depth=0)  # max_depth 0: always measured
-    assert (shape.values, shape.depth) == (max(values, 0), depth)
+    shape = measure(body, max_values, max_depth)
+    assert (shape.values > max_values) == (values > max_values)
+    if values <= max_values:
+        assert (shape.depth > max_depth) == (depth > max_depth)
 
 
 # ---- D4: result links -----------------------------------------------------------------

@@ -126,6 +126,17 @@ async def test_d5_many_headers_count_together_and_a_large_head_under_the_cap_pas
     assert status == 200
 
 
+async def test_d5_the_cap_holds_for_the_next_request_of_a_keep_alive_connection(make_stack):
+    s = await make_stack()
+    reader, writer = await connect(s.bridge.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: b\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert_problem_bytes(status, headers, body, 431, "header-too-large")
+    writer.close()
+
+
 # ---- D10: incomplete requests time out; leaving mid-body is quiet -------------------
 
 
@@ -212,10 +223,10 @@ async def test_uvicorn_s_own_400_is_problem_json(make_stack):
 
 
 async def test_bodies_beyond_the_memory_budget_wait_then_get_503(make_stack):
-    # a 20 kB body may cost 0.68 MB (bytes, copy, parsed values): two do not fit in 1 MiB
-    s = await make_stack(listen__body_memory_bytes=1 << 20, listen__body_timeout_s=4)
+    # a body reserves its declared length while it is read: 40 kB + 20 kB > 50 kB
+    s = await make_stack(listen__body_memory_bytes=50_000, listen__body_timeout_s=4)
     _, first = await connect(s.bridge.port)
-    first.write(AUTH_POST.format(key=API_KEY, length=20_000).encode() + b"{" + b" " * 100)
+    first.write(AUTH_POST.format(key=API_KEY, length=40_000).encode() + b"{" + b" " * 100)
     await first.drain()
     await asyncio.sleep(0.2)  # the first holds its share while its body trickles in
     started = time.monotonic()
@@ -229,6 +240,20 @@ async def test_bodies_beyond_the_memory_budget_wait_then_get_503(make_stack):
     first.close()
     await asyncio.sleep(0.2)  # the first's share is given back when it ends
     assert (await s.submit()).status_code == 202
+
+
+async def test_a_measured_body_reserves_its_parse_cost(make_stack):
+    # 2 000 empty objects: 6 kB of bytes, but up to 200 kB once parsed (100 B a value)
+    s = await make_stack(listen__body_memory_bytes=100_000, listen__body_timeout_s=4)
+    _, first = await connect(s.bridge.port)
+    first.write(AUTH_POST.format(key=API_KEY, length=60_000).encode() + b"{")
+    await first.drain()
+    await asyncio.sleep(0.2)
+    r = await s.submit(inputs={"k": [{}] * 2000})
+    assert r.status_code == 503, r.text
+    first.close()
+    await asyncio.sleep(0.2)
+    assert (await s.submit(inputs={"k": [{}] * 2000})).status_code == 202  # alone, it runs
 
 
 # ---- D3 measured on a real `pushbridge serve` process -------------------------------
@@ -310,7 +335,7 @@ async def test_d3_memory_of_a_serve_process_under_the_attack(tmp_path: Path, val
             after_mb = await _rss_mb(proc)
             figures.append((concurrent, statuses, peak_mb, after_mb, worst_s))
             print(
-                f"D3 attack x{concurrent} ({len(body) >> 20} MiB of empty objects): "
+                f"D3 attack x{concurrent} ({len(body) / 2**20:.1f} MiB of empty objects): "
                 f"statuses {statuses}, RSS {base_mb:.0f} MB before, peak {peak_mb:.0f} MB, "
                 f"after {after_mb:.0f} MB; worst /healthz latency {worst_s * 1000:.0f} ms"
             )
