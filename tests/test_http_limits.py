@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import jsonschema
 import orjson
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -39,6 +40,18 @@ from tests.test_api import assert_problem
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: these tests stop before delivery
 JOB_ID = "job_000000000000000000000000000"
+
+
+@contextlib.contextmanager
+def captured_logs() -> Iterator[io.StringIO]:
+    """structlog's lines into a buffer; the previous configuration is restored after."""
+    previous = structlog.get_config()
+    buf = io.StringIO()
+    configure_logging("json", "info", stream=buf)
+    try:
+        yield buf
+    finally:
+        structlog.configure(**previous)
 
 
 class Api:
@@ -404,13 +417,9 @@ async def test_a_bug_answers_problem_500_and_logs_one_line_without_traceback_spa
     async def buggy(request: Request) -> Response:
         raise RuntimeError("boom")
 
-    buf = io.StringIO()
-    configure_logging("json", "info", stream=buf)
-    try:
+    with captured_logs() as buf:
         api = await make_api(routes=(Route("/buggy", buggy),))
         r = await api.client.get("/buggy")
-    finally:
-        configure_logging("json", "info")
     problem = assert_problem(r, 500, "internal-error")
     assert "boom" not in r.text and "Traceback" not in r.text
     lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]

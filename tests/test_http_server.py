@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import signal
@@ -22,9 +21,9 @@ import yaml
 
 from bridge.embedded import free_port
 from bridge.emulator import EmulatorSettings, create_emulator_app
-from bridge.logs import configure_logging
 from bridge.serving import start_server
 from tests.conftest import API_KEY, ENV, base_config
+from tests.test_http_limits import captured_logs
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -190,9 +189,7 @@ async def test_d10_a_stalled_body_gets_408_and_is_closed(make_stack):
 
 
 async def test_d10_a_client_leaving_mid_body_is_one_info_line(make_stack, caplog):
-    buf = io.StringIO()
-    configure_logging("json", "info", stream=buf)
-    try:
+    with captured_logs() as buf:
         s = await make_stack()
         with caplog.at_level(logging.DEBUG):
             for _ in range(3):
@@ -203,8 +200,6 @@ async def test_d10_a_client_leaving_mid_body_is_one_info_line(make_stack, caplog
                 writer.close()
             await asyncio.sleep(0.3)
             assert (await s.client.get("/healthz")).status_code == 200
-    finally:
-        configure_logging("json", "info")
     assert "Exception in ASGI application" not in caplog.text  # before: 3 tracebacks
     assert "Traceback" not in caplog.text + buf.getvalue()
     assert buf.getvalue().count("client disconnected mid-request") == 3
