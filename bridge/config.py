@@ -60,6 +60,11 @@ class ListenConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * MIB, gt=0)
     public_url: str | None = None  # base of result_url links; default http://host:port
+    max_json_values: int = Field(500_000, ge=1)  # array elements + object members of a body
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; more → 431
+    header_timeout_s: float = Field(10.0, gt=0)  # to receive a request line and headers
+    body_timeout_s: float = Field(30.0, gt=0)  # to receive a request body
+    body_memory_bytes: int = Field(128 * MIB, gt=0)  # what request bodies may cost at once
 
     _public_url = field_validator("public_url")(_http_url)
 

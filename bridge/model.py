@@ -31,15 +31,21 @@ def webhook_id(job_id: str) -> str:
 
 
 def new_job_fields(
-    tenant: str, upstream: str, inputs: Any, callback_url: str, metadata: Any, deadline_s: float
+    tenant: str,
+    upstream: str,
+    inputs_json: str,
+    callback_url: str,
+    metadata_json: str,
+    deadline_s: float,
 ) -> dict[str, Any]:
+    """The stored fields of a new job; inputs and metadata come serialized (JSON text)."""
     return {
         "tenant": tenant,
         "upstream": upstream,
         "status": "queued",
         "callback_url": callback_url,
-        "inputs": orjson.dumps(inputs).decode(),
-        "metadata": orjson.dumps(metadata).decode(),
+        "inputs": inputs_json,
+        "metadata": metadata_json,
         "deadline_ms": int(deadline_s * 1000),
         "delivery_state": "none",
         "delivery_attempts": 0,

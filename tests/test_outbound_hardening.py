@@ -27,7 +27,7 @@ from bridge.dev.receiver import Receiver, Reply
 from bridge.model import new_job_fields
 from bridge.net.client import callback_client
 from bridge.obs.logs import configure_logging
-from bridge.store import Commit
+from bridge.store import Commit, Remove
 from tests.conftest import UPSTREAM_TOKEN
 from tests.test_api import assert_problem
 
@@ -204,7 +204,7 @@ async def test_an_unexpected_error_in_a_job_step_ends_the_job_instead_of_a_lease
     store = s.rt.store
     # a corrupt record: every step raises ValueError
     fields = {
-        **new_job_fields("alpha", "echo", {}, s.hook("/corrupt"), None, 30),
+        **new_job_fields("alpha", "echo", "{}", s.hook("/corrupt"), "null", 30),
         "deadline_ms": "soon",
     }
     created = await store.create_job("alpha", fields, 0, "x")
@@ -222,14 +222,14 @@ async def _seed_delivery(s, **fields: str) -> str:
     (or a corrupt record) left it."""
     store = s.rt.store
     job = {
-        **new_job_fields("alpha", "echo", {}, s.hook("/seeded"), None, 30),
+        **new_job_fields("alpha", "echo", "{}", s.hook("/seeded"), "null", 30),
         "status": "failed",
         "error": '{"code": "upstream-failed", "message": "x", "upstream_status": null}',
         "delivery_state": "pending",
         **fields,
     }
     created = await store.create_job("alpha", job, 60_000, "x")
-    move = Commit(fields={}, source="rm", completed=True, target_delay_ms=0)
+    move = Commit(fields={}, source=Remove(), completed=True, target_delay_ms=0)
     assert await store.commit("due", created.job_id, created.token, move)
     s.rt.workers.hint("deliver", 0, None)
     return created.job_id
