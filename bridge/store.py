@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from bridge.autopipe import AutoPipeline, Call
+from bridge.model import Job, JobChange, wire_fields
 
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{3}[0-9a-f]{24}$")
 Schedule = Literal["due", "deliver"]
@@ -43,7 +44,7 @@ class Claim:
     job_id: str
     token: str
     due_ms: int = 0
-    job: dict[str, str] = field(default_factory=dict)  # empty if the job is gone
+    job: Job | None = None  # None if the job is gone
     result: str | None = None  # with the deliver schedule
 
 
@@ -77,7 +78,7 @@ class Backlog:
 class Commit:
     """What a worker decided about a claimed job; applied atomically if still fenced."""
 
-    fields: dict[str, Any]
+    fields: JobChange = field(default_factory=JobChange)
     source: str = "keep"  # 'keep' | 'rm' | delay in ms
     target_delay_ms: int | None = None
     completed: bool = False
@@ -139,6 +140,10 @@ def valid_job_id(job_id: str) -> bool:
 
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _job(h: dict[str, str]) -> Job | None:
+    return Job.from_hash(h) if h else None
 
 
 def _flatten(fields: dict[str, Any]) -> list[Any]:
@@ -238,7 +243,7 @@ class Store:
                     flat[i],
                     str(flat[i + 1]),
                     int(float(flat[i + 2])),
-                    _pairs(flat[i + 3]),
+                    _job(_pairs(flat[i + 3])),
                     flat[i + 4] or None,
                 )
                 for i in range(0, len(flat), 5)
@@ -279,17 +284,17 @@ class Store:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             return await pipe.execute(raise_on_error=False)
 
-    async def get_job(self, job_id: str) -> dict[str, str]:
+    async def get_job(self, job_id: str) -> Job | None:
         self.round_trips["read"] += 1
-        return await self.redis.hgetall(self.keys.job(job_id))
+        return _job(await self.redis.hgetall(self.keys.job(job_id)))
 
-    async def get_job_and_result(self, job_id: str) -> tuple[dict[str, str], str | None]:
+    async def get_job_and_result(self, job_id: str) -> tuple[Job | None, str | None]:
         self.round_trips["read"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.get(self.keys.result(job_id))
             job, result = await pipe.execute()
-        return job, result
+        return _job(job), result
 
     async def get_result(self, job_id: str) -> str | None:
         self.round_trips["read"] += 1
@@ -325,7 +330,7 @@ class Store:
             c.due_field,
             "1" if c.failed_delivery else "",
             c.duration_field,
-            *_flatten(c.fields),
+            *_flatten(wire_fields(c.fields)),
         ]
         applied = int(await self._auto.call(self._commit, keys, args))
         return applied if applied > 0 else None

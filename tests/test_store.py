@@ -43,11 +43,11 @@ async def test_creator_holds_the_lease_until_it_expires(store: Store):
     assert int(batch.claims[0].token) == int(token) + 1
     # the creator's lease is gone: its commit is refused (fencing)
     assert not await store.commit("due", job_id, token, Commit(fields={"status": "running"}))
-    assert (await store.get_job(job_id))["status"] == "queued"
+    assert (await store.get_job(job_id)).status == "queued"
     assert await store.commit(
         "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source="rm")
     )
-    assert (await store.get_job(job_id))["status"] == "running"
+    assert (await store.get_job(job_id)).status == "running"
 
 
 async def test_claim_is_exclusive_under_concurrency(store: Store):
@@ -85,7 +85,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
     )
     assert ok
     job = await store.get_job(job_id)
-    assert job["next_attempt_at"]
+    assert job.next_attempt_at
     assert await store.get_result(job_id) == '{"a":1}'
     d = (await store.claim("deliver", 1000, 10)).claims[0]
     assert d.job_id == job_id

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.engine.lifecycle import Advancer
-from bridge.config import Tenant
-from bridge.model import job_view, new_job_fields
 from bridge.api.problems import Problem
-from bridge.engine.runtime import Runtime
-from bridge.store import valid_job_id
+from bridge.config import Tenant
 from bridge.delivery.urlpolicy import CallbackRejected
+from bridge.engine.lifecycle import Advancer
+from bridge.engine.runtime import Runtime
+from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
+from bridge.store import valid_job_id
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64
@@ -132,7 +132,7 @@ async def create_job(request: Request) -> Response:
     if upstream is None:
         raise Problem(404, "unknown-upstream", f"no upstream named {req.upstream!r}")
     await _check_callback(rt, req.callback_url)
-    fields = new_job_fields(
+    job = new_job(
         tenant.name,
         req.upstream,
         req.inputs,
@@ -143,7 +143,12 @@ async def create_job(request: Request) -> Response:
     body_sha = hashlib.sha256(orjson.dumps(req.model_dump(), option=orjson.OPT_SORT_KEYS))
     lease_ms = int((upstream.config.submit_timeout_s + 5) * 1000)
     created = await rt.store.create_job(
-        tenant.name, fields, lease_ms, body_sha.hexdigest(), idem_key, rt.retention_ms
+        tenant.name,
+        job.creation_fields(),
+        lease_ms,
+        body_sha.hexdigest(),
+        idem_key,
+        rt.retention_ms,
     )
     if not created.created:
         return await _idempotent_replay(
@@ -151,16 +156,11 @@ async def create_job(request: Request) -> Response:
         )
     structlog.contextvars.bind_contextvars(job_id=created.job_id, upstream=req.upstream)
     rt.metrics.jobs_submitted.labels(req.upstream).inc()
-    job = {
-        **{k: str(v) for k, v in fields.items()},
-        "id": created.job_id,
-        "created_at": str(created.now_ms),
-        "updated_at": str(created.now_ms),
-    }
+    job.stored(created.job_id, created.now_ms)
     return await _submit_now(rt, job, created.token)
 
 
-async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
+async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
     try:
         outcome = await Advancer(rt).submit(job, token, notify=False)
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
@@ -173,10 +173,10 @@ async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
             f"upstream answered {outcome.status_code}",
             upstream_status=outcome.status_code,
             upstream_body=outcome.detail,
-            job_id=job["id"],
+            job_id=job.id,
         )
-    rt.log.info("job accepted", status=job["status"])
-    headers = {"Location": f"/v1/jobs/{job['id']}"}
+    rt.log.info("job accepted", status=job.status)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     return _json(job_view(job), 202, headers)
 
 
@@ -194,21 +194,27 @@ async def _idempotent_replay(
     )
 
 
-async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> dict[str, str]:
-    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else {}
-    if not job or job.get("tenant") != tenant.name:
+async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else None
+    if job is None or job.tenant != tenant.name:
         raise Problem(404, "not-found", f"no job {job_id}")
-    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.get("upstream"))
+    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.upstream)
     return job
 
 
-async def _view(rt: Runtime, job: dict[str, str]) -> dict[str, Any]:
-    size = int(job.get("result_size") or 0)
-    if job["status"] != "completed":
+async def _reread(rt: Runtime, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise Problem(404, "not-found", f"no job {job_id}")
+    return job
+
+
+async def _view(rt: Runtime, job: Job) -> dict[str, Any]:
+    if job.status != JobStatus.COMPLETED:
         return job_view(job)
-    if size > rt.config.callbacks.max_inline_result_bytes:
-        return job_view(job, None, rt.result_url(job["id"]))
-    result = await rt.store.get_result(job["id"])
+    if not result_inline(job, rt.config.callbacks.max_inline_result_bytes):
+        return job_view(job, None, rt.result_url(job.id))
+    result = await rt.store.get_result(job.id)
     return job_view(job, orjson.loads(result) if result else None)
 
 
@@ -221,49 +227,49 @@ async def get_job(request: Request) -> Response:
 async def get_attempts(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    records = await rt.store.get_attempts(job["id"])
-    return _json({"job_id": job["id"], "attempts": [orjson.loads(r) for r in records]})
+    records = await rt.store.get_attempts(job.id)
+    return _json({"job_id": job.id, "attempts": [orjson.loads(r) for r in records]})
 
 
 async def redeliver(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.redeliver(job["id"], tenant.name)
+    outcome = await rt.store.redeliver(job.id, tenant.name)
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
-    rt.hint("deliver", 0, rt.store.keys.partition_of(job["id"]))
-    return _json(await _view(rt, await rt.store.get_job(job["id"])), 202)
+    rt.hint("deliver", 0, rt.store.keys.partition_of(job.id))
+    return _json(await _view(rt, await _reread(rt, job.id)), 202)
 
 
 async def cancel(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.cancel(job["id"], tenant.name, rt.retention_ms)
-    rt.forget(job["id"])  # another replica holding it polls at most once more, then is fenced
+    outcome = await rt.store.cancel(job.id, tenant.name, rt.retention_ms)
+    rt.forget(job.id)  # another replica holding it polls at most once more, then is fenced
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome != "ok":
         raise Problem(409, "job-terminal", f"job is already {outcome}")
-    rt.metrics.jobs_finished.labels(job["upstream"], "cancelled").inc()
-    return _json(job_view(await rt.store.get_job(job["id"])))
+    rt.metrics.jobs_finished.labels(job.upstream, "cancelled").inc()
+    return _json(job_view(await _reread(rt, job.id)))
 
 
-def _result_response(job: dict[str, str], result: str | None) -> Response:
-    if job["status"] in ("queued", "running"):
-        raise Problem(409, "job-not-terminal", f"job is {job['status']}")
-    if job["status"] != "completed" or result is None:
-        raise Problem(404, "no-result", f"job is {job['status']} and has no result")
+def _result_response(job: Job, result: str | None) -> Response:
+    if job.status in ACTIVE:
+        raise Problem(409, "job-not-terminal", f"job is {job.status}")
+    if job.status != JobStatus.COMPLETED or result is None:
+        raise Problem(404, "no-result", f"job is {job.status} and has no result")
     return Response(result.encode(), media_type="application/json")
 
 
 async def get_result(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    return _result_response(job, await rt.store.get_result(job["id"]))
+    return _result_response(job, await rt.store.get_result(job.id))
 
 
 async def get_result_by_link(request: Request) -> Response:
@@ -275,7 +281,7 @@ async def get_result_by_link(request: Request) -> Response:
     ):
         raise Problem(403, "invalid-link", "the link is invalid or has expired")
     job, result = await rt.store.get_job_and_result(job_id)
-    if not job:
+    if job is None:
         raise Problem(404, "not-found", f"no job {job_id}")
     return _result_response(job, result)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from bridge import __version__
 from bridge.api.jobs import JobRequest
+from bridge.model import DeliveryState, JobStatus
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
@@ -25,9 +26,7 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "required": ["state", "attempts", "last_status_code", "last_attempt_at", "next_attempt_at"],
         "properties": {
-            "state": {
-                "enum": ["pending", "scheduled", "delivering", "delivered", "failed", "none"]
-            },
+            "state": {"enum": [s.value for s in DeliveryState]},
             "attempts": {"type": "integer", "minimum": 0},
             "last_status_code": {"type": ["integer", "null"]},
             "last_attempt_at": TS,
@@ -61,7 +60,7 @@ def _schemas() -> dict[str, Any]:
         ],
         "properties": {
             "id": {"type": "string", "pattern": "^job_[0-9a-f]{27}$"},
-            "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+            "status": {"enum": [s.value for s in JobStatus]},
             "upstream": {"type": "string"},
             "upstream_id": {"type": ["string", "null"]},
             "callback_url": {"type": "string"},

@@ -18,9 +18,10 @@ from typing import TypeVar
 import structlog
 from redis.exceptions import RedisError
 
-from bridge.engine.lifecycle import Advancer
 from bridge.engine.dispatch import Dispatcher
+from bridge.engine.lifecycle import Advancer
 from bridge.engine.runtime import Runtime
+from bridge.model import Job
 from bridge.store import Claim, ClaimBatch, Commit, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
@@ -175,7 +176,7 @@ class Held:
     def __init__(
         self,
         store: Store,
-        step: Callable[[dict[str, str], str], Awaitable[None]],
+        step: Callable[[Job, str], Awaitable[None]],
         max_jobs: int,
         concurrency: int,
         observe_lateness: Callable[[float], None] = lambda s: None,
@@ -185,19 +186,19 @@ class Held:
         self.step = step
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
-        self.timers: dict[str, tuple[asyncio.TimerHandle, str, dict[str, str]]] = {}
+        self.timers: dict[str, tuple[asyncio.TimerHandle, str, Job]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
         self.stopping = False
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         if self.stopping or len(self.timers) >= self.max_jobs:
             return False
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
-        self.timers[job["id"]] = (handle, token, job)
+        self.timers[job.id] = (handle, token, job)
         return True
 
-    def jobs(self) -> list[dict[str, str]]:
+    def jobs(self) -> list[Job]:
         """The jobs held now."""
         return [job for _, _, job in self.timers.values()]
 
@@ -207,13 +208,13 @@ class Held:
         if timer is not None:
             timer[0].cancel()
 
-    def _fire(self, job: dict[str, str], token: str, due: float) -> None:
-        self.timers.pop(job["id"], None)
+    def _fire(self, job: Job, token: str, due: float) -> None:
+        self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
-        self.running[task] = (job["id"], token)
+        self.running[task] = (job.id, token)
         task.add_done_callback(lambda t: self.running.pop(t, None))
 
-    async def _run(self, job: dict[str, str], token: str, due: float) -> None:
+    async def _run(self, job: Job, token: str, due: float) -> None:
         async with self.gate:
             self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
             await self.step(job, token)
@@ -285,11 +286,11 @@ class Workers:
             for c in claims
         ]
 
-    async def _held_step(self, job: dict[str, str], token: str) -> None:
+    async def _held_step(self, job: Job, token: str) -> None:
         await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()))
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
-        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source="rm"))
+        await self.rt.store.commit(which, c.job_id, c.token, Commit(source="rm"))
 
     async def _guard(self, coro: Awaitable[None]) -> None:
         try:
@@ -305,7 +306,7 @@ class Workers:
         self.rt.held_jobs = self.held.jobs
         self.rt.deliver_now = self._deliver_now
 
-    async def _deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+    async def _deliver_now(self, job: Job, result: str | None, token: str) -> None:
         await self.dispatcher.step(job, result, token)
 
     def hint(self, which: Schedule, delay_s: float, partition: int | None = None) -> None:

@@ -13,14 +13,15 @@ from redis.exceptions import RedisError
 
 from bridge.config import Config, Secrets
 from bridge.delivery.sender import Deliverer
-from bridge.net.client import LeanClient
+from bridge.delivery.signing import ResultLinks
+from bridge.delivery.urlpolicy import Resolver, UrlPolicy
 from bridge.engine.learning import Durations, running_field
+from bridge.model import Job
+from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
 from bridge.ratelimit import RateLimiter
-from bridge.delivery.signing import ResultLinks
 from bridge.store import Commit, Schedule, Store
 from bridge.upstreams.octoai import OctoAIUpstream
-from bridge.delivery.urlpolicy import Resolver, UrlPolicy
 
 
 @dataclass
@@ -48,12 +49,12 @@ class Runtime:
     log: structlog.stdlib.BoundLogger
     hint: Callable[[Schedule, float, int | None], None] = lambda which, delay_s, p=None: None
     # set by the workers of this process (None in an api-only process):
-    hold: Callable[[dict[str, str], str, float], bool] | None = None  # keep a job's lease
+    hold: Callable[[Job, str, float], bool] | None = None  # keep a job's lease
     durations: Durations = field(default_factory=Durations)
     clock_offset_ms: float = 0.0  # store clock minus local clock, from the last claim
     forget: Callable[[str], None] = lambda job_id: None  # a cancelled job is no longer held
-    held_jobs: Callable[[], list[dict[str, str]]] = list  # jobs this process holds now
-    deliver_now: Callable[[dict[str, str], str | None, str], Awaitable[None]] | None = None
+    held_jobs: Callable[[], list[Job]] = list  # jobs this process holds now
+    deliver_now: Callable[[Job, str | None, str], Awaitable[None]] | None = None
 
     @property
     def retention_ms(self) -> int:
@@ -183,7 +184,7 @@ async def learn_durations(rt: Runtime) -> None:
     """Refresh the learned duration histograms of every upstream from the store."""
     counts = await rt.store.duration_counts()
     for job in rt.held_jobs():  # still running: known only to last longer than seen so far
-        if seen_ms := job.get("seen_running_at"):
-            field = running_field(job["upstream"], (int(seen_ms) - int(job["created_at"])) / 1000)
+        if job.seen_running_at:
+            field = running_field(job.upstream, (job.seen_running_at - job.created_at) / 1000)
             counts[field] = counts.get(field, 0) + 1
     await asyncio.to_thread(rt.durations.update, counts)  # the estimate is CPU work
