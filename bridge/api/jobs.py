@@ -21,7 +21,9 @@ from bridge.delivery.urlpolicy import CallbackRejected
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.runtime import Runtime
 from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
+from bridge.net.util import describe_error
 from bridge.store import valid_job_id
+from bridge.upstreams.base import Cancelled, Rejected, Transient
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64
@@ -166,13 +168,13 @@ async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
         rt.log.warning("store error after accepting job", error=str(e))
         outcome = None
-    if outcome is not None and outcome.kind == "rejected":
+    if isinstance(outcome, Rejected):
         raise Problem(
             422,
             "upstream-rejected",
             f"upstream answered {outcome.status_code}",
             upstream_status=outcome.status_code,
-            upstream_body=outcome.detail,
+            upstream_body=outcome.message,
             job_id=job.id,
         )
     rt.log.info("job accepted", status=job.status)
@@ -255,7 +257,25 @@ async def cancel(request: Request) -> Response:
     if outcome != "ok":
         raise Problem(409, "job-terminal", f"job is already {outcome}")
     rt.metrics.jobs_finished.labels(job.upstream, "cancelled").inc()
+    await _cancel_upstream(rt, job)
     return _json(job_view(await _reread(rt, job.id)))
+
+
+async def _cancel_upstream(rt: Runtime, job: Job) -> None:
+    """Best effort, after the job is cancelled here: stop it at the provider too, where
+    the protocol can. A failure is logged; the job stays cancelled."""
+    upstream = rt.upstreams.get(job.upstream)
+    if upstream is None or not upstream.capabilities.cancel or job.upstream_ref is None:
+        return
+    ref = job.upstream_ref
+    try:
+        outcome = await upstream.cancel(ref)
+    except Exception as e:  # best effort: never fails the client's cancel
+        outcome = Transient(describe_error(e))
+    rt.metrics.count_upstream(job.upstream, "cancel", outcome.status_code)
+    if not isinstance(outcome, Cancelled):
+        detail = outcome.message if isinstance(outcome, Rejected) else outcome.reason
+        rt.log.warning("upstream cancel failed", upstream_id=ref.id, error=detail)
 
 
 def _result_response(job: Job, result: str | None) -> Response:

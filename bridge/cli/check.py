@@ -8,10 +8,11 @@ import httpx
 from redis.exceptions import RedisError
 from rich.console import Console
 
-from bridge.config import Config, ConfigError, load_config, resolve_secrets
+from bridge.config import Config, ConfigError, Secrets, load_config, resolve_secrets
 from bridge.net.client import upstream_client
 from bridge.process import dev_config, open_store
-from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams import build_upstreams
+from bridge.upstreams.base import Healthy
 
 
 async def _check_store(config: Config, console: Console) -> bool:
@@ -34,15 +35,16 @@ def _safe_url(url: str) -> str:
     return url
 
 
-async def _check_upstreams(config: Config, tokens: dict[str, str | None], console: Console) -> bool:
+async def _check_upstreams(config: Config, secrets: Secrets, console: Console) -> bool:
     ok = True
     async with upstream_client() as client:
-        for name, u in config.upstreams.items():
-            upstream = OctoAIUpstream(name, u, tokens.get(name), client)
+        for name, upstream in build_upstreams(config, client, secrets).items():
             outcome = await upstream.health()
-            healthy, reason = outcome.kind == "completed", outcome.detail
+            healthy = isinstance(outcome, Healthy)
+            reason = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
             ok &= healthy
             mark = "[green]ok[/green]   " if healthy else "[red]error[/red]"
+            u = upstream.config
             console.print(f"{mark} upstream {name} ({u.health_url or u.url}): {reason}")
     return ok
 
@@ -60,7 +62,7 @@ async def run_check(path: str | None, console: Console) -> int:
         console.print("[dim]skip[/dim]  upstreams: dev mode uses the built-in emulator")
         return 0 if store_ok else 1
     try:
-        upstreams_ok = await _check_upstreams(config, secrets.upstream_tokens, console)
+        upstreams_ok = await _check_upstreams(config, secrets, console)
     except httpx.HTTPError as e:
         console.print(f"[red]error[/red] upstreams: {e}")
         upstreams_ok = False

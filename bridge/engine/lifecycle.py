@@ -11,24 +11,32 @@ one per poll.
 from __future__ import annotations
 
 import time
-from typing import Unpack
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, Unpack
 
 import orjson
 
 from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.engine.learning import interval_field
 from bridge.engine.runtime import Runtime
-from bridge.model import (
-    ACTIVE,
-    DeliveryState,
-    Job,
-    JobChange,
-    JobStatus,
-    UpstreamRef,
-    error_json,
-)
+from bridge.model import ACTIVE, DeliveryState, Job, JobChange, JobStatus, error_json
+from bridge.net.util import describe_error
 from bridge.store import Commit
-from bridge.upstreams.octoai import Outcome
+from bridge.upstreams.base import (
+    Done,
+    Expired,
+    Failed,
+    Fetched,
+    FetchOutcome,
+    Outcome,
+    Rejected,
+    Running,
+    SubmitOutcome,
+    Submitted,
+    Transient,
+)
+
+T = TypeVar("T")
 
 
 def _ms(seconds: float) -> int:
@@ -120,7 +128,7 @@ class Advancer:
         else:
             await self.poll(job, token)
 
-    async def submit(self, job: Job, token: str, notify: bool) -> Outcome | None:
+    async def submit(self, job: Job, token: str, notify: bool) -> SubmitOutcome | None:
         """Submit upstream. Returns the outcome, or None if the upstream is unhealthy."""
         name = job.upstream
         submits = job.submits + 1
@@ -132,31 +140,50 @@ class Advancer:
         upstream = self.rt.upstreams[name]
         if await self._rate_limited(job, token, "submit", upstream.config.rate_limit.submit_per_s):
             return None
-        outcome = await upstream.submit(orjson.loads(job.inputs))
+        outcome = await self._call(job, "submit", lambda: upstream.submit(orjson.loads(job.inputs)))
         self._count(job, "submit", outcome)
-        if outcome.kind == "accepted":
-            await self.reschedule(
-                job,
-                token,
-                upstream.config.poll.initial_delay_s,
-                status=JobStatus.RUNNING,
-                upstream_ref=UpstreamRef(outcome.upstream_id or "", {"poll_url": outcome.url}),
-                submits=submits,
-            )
-        elif outcome.kind == "rejected":
-            await self.fail(
-                job,
-                token,
-                "upstream-rejected",
-                outcome.detail,
-                outcome.status_code,
-                notify=notify,
-                submits=submits,
-            )
-        else:
-            delay_s = at_least(submit_retry_s(submits), outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, submits=submits, last_error=outcome.detail)
+        match outcome:
+            case Submitted(ref=ref):
+                await self.reschedule(
+                    job,
+                    token,
+                    upstream.config.poll.initial_delay_s,
+                    status=JobStatus.RUNNING,
+                    upstream_ref=ref,
+                    submits=submits,
+                )
+            case Rejected(status_code=code, message=message):
+                await self.fail(
+                    job,
+                    token,
+                    "upstream-rejected",
+                    message,
+                    code,
+                    notify=notify,
+                    submits=submits,
+                )
+            case Transient(reason=reason, retry_after_s=retry_after_s):
+                delay_s = at_least(submit_retry_s(submits), retry_after_s)
+                await self.reschedule(job, token, delay_s, submits=submits, last_error=reason)
         return outcome
+
+    async def _call(self, job: Job, step: str, call: Callable[[], Awaitable[T]]) -> T | Transient:
+        """One call to the upstream. Whatever it raises (a bug, an error of a client library
+        that no adapter maps) is a transient failure: retried with backoff until the
+        deadline, logged by type and message only (never an exception's repr, which may
+        hold the request's headers), never an exception that ends the step."""
+        try:
+            return await call()
+        except Exception as e:
+            reason = describe_error(e)
+            self.rt.log.warning(
+                "upstream call failed",
+                job_id=job.id,
+                upstream=job.upstream,
+                step=step,
+                error=reason,
+            )
+            return Transient(reason)
 
     async def _rate_limited(self, job: Job, token: str, kind: str, per_s: float | None) -> bool:
         """Wait for a slot of the upstream's shared rate limit, or re-schedule the job."""
@@ -200,41 +227,56 @@ class Advancer:
     async def poll(self, job: Job, token: str) -> None:
         upstream = self.rt.upstreams[job.upstream]
         polls = job.polls + 1
+        ref = job.upstream_ref
+        if ref is None:
+            await self.fail(job, token, "upstream-failed", "running without an upstream reference")
+            return
         if await self._rate_limited(job, token, "poll", upstream.config.rate_limit.poll_per_s):
             return
         sent_ms = self.rt.store_now_ms()
-        assert job.upstream_ref is not None
-        outcome = await upstream.poll(job.upstream_ref.data["poll_url"])
+        outcome = await self._call(job, "poll", lambda: upstream.poll(ref))
         self._count(job, "poll", outcome)
-        if outcome.kind == "completed":
-            await self.complete(job, token, polls, outcome.url or "")
-        elif outcome.kind in ("pending", "transient"):
-            seen: JobChange = {"seen_running_at": sent_ms} if outcome.kind == "pending" else {}
-            delay_s = at_least(self.next_poll_s(job, polls), outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, polls=polls, **seen)
-        elif outcome.kind == "expired":
-            await self.fail(
-                job, token, "upstream-expired", outcome.detail, outcome.status_code, polls=polls
-            )
-        else:
-            await self.fail(
-                job, token, "upstream-failed", outcome.detail, outcome.status_code, polls=polls
-            )
+        match outcome:
+            case Done():
+                await self.complete(job, token, polls, outcome)
+            case Running(retry_after_s=retry_after_s):
+                delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, seen_running_at=sent_ms)
+            case Transient(reason=reason, retry_after_s=retry_after_s):
+                delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)
+            case Expired(message=message, status_code=code):
+                await self.fail(job, token, "upstream-expired", message, code, polls=polls)
+            case Failed(message=message, status_code=code):
+                await self.fail(job, token, "upstream-failed", message, code, polls=polls)
 
-    async def complete(self, job: Job, token: str, polls: int, url: str) -> None:
+    async def _result(self, job: Job, done: Done) -> FetchOutcome:
+        """The result of a finished job: in the poll's answer, or fetched."""
+        if done.result is not None:
+            return Fetched(done.result, done.status_code)
         upstream = self.rt.upstreams[job.upstream]
-        outcome = await upstream.fetch_result(url)
+        ref = done.fetch_ref or job.upstream_ref
+        assert ref is not None  # polled with it
+        outcome = await self._call(job, "result", lambda: upstream.fetch_result(ref))
         self._count(job, "result", outcome)
-        if outcome.kind == "transient":
-            delay_s = at_least(upstream.config.poll.min_interval_s, outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, polls=polls)
-            return
-        if outcome.kind != "completed" or outcome.body is None:
-            code = "upstream-expired" if outcome.kind == "expired" else "upstream-failed"
-            await self.fail(job, token, code, outcome.detail, outcome.status_code, polls=polls)
-            return
+        return outcome
+
+    async def complete(self, job: Job, token: str, polls: int, done: Done) -> None:
+        outcome = await self._result(job, done)
+        match outcome:
+            case Transient(retry_after_s=retry_after_s, reason=reason):
+                poll = self.rt.upstreams[job.upstream].config.poll
+                delay_s = at_least(poll.min_interval_s, retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)
+                return
+            case Expired(message=message, status_code=code):
+                await self.fail(job, token, "upstream-expired", message, code, polls=polls)
+                return
+            case Failed(message=message, status_code=code):
+                await self.fail(job, token, "upstream-failed", message, code, polls=polls)
+                return
         self._finished(job, "completed")
-        result = outcome.body.decode()
+        result = outcome.result.decode()
         await self.finish(
             job,
             token,
@@ -242,7 +284,7 @@ class Advancer:
                 fields={
                     "status": JobStatus.COMPLETED,
                     "polls": polls,
-                    "result_size": len(outcome.body),
+                    "result_size": len(outcome.result),
                     "delivery_state": DeliveryState.PENDING,
                 },
                 source="rm",

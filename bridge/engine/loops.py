@@ -212,7 +212,13 @@ class Held:
         self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
         self.running[task] = (job.id, token)
-        task.add_done_callback(lambda t: self.running.pop(t, None))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        job_id, _ = self.running.pop(task, (None, None))
+        if not task.cancelled() and (e := task.exception()) is not None:  # retrieved: logged
+            log = structlog.get_logger("pushbridge.worker")
+            log.error("held job step failed", job_id=job_id, exc_info=e)
 
     async def _run(self, job: Job, token: str, due: float) -> None:
         async with self.gate:

@@ -21,7 +21,8 @@ from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
 from bridge.ratelimit import RateLimiter
 from bridge.store import Commit, Schedule, Store
-from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams import build_upstreams
+from bridge.upstreams.base import Healthy, Upstream
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Runtime:
     config: Config
     secrets: Secrets
     store: Store
-    upstreams: dict[str, OctoAIUpstream]
+    upstreams: dict[str, Upstream]
     deliverer: Deliverer
     policy: UrlPolicy
     links: ResultLinks
@@ -109,10 +110,7 @@ async def build_runtime(
     metrics: Metrics | None = None,
 ) -> Runtime:
     policy = UrlPolicy(config.callbacks, resolver)
-    upstreams = {
-        name: OctoAIUpstream(name, u, secrets.upstream_tokens.get(name), upstream_client)
-        for name, u in config.upstreams.items()
-    }
+    upstreams = build_upstreams(config, upstream_client, secrets)
     links = ResultLinks(await store.url_key(), public_url(config))
     return Runtime(
         config=config,
@@ -155,11 +153,10 @@ async def check_health(rt: Runtime) -> None:
     """Check every upstream's health_url once; remember the result."""
     for name, upstream in rt.upstreams.items():
         outcome = await upstream.health()
-        healthy = outcome.kind == "completed"
+        healthy = isinstance(outcome, Healthy)
+        reason = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
         if rt.health.state.get(name, True) != healthy:
-            rt.log.info(
-                "upstream health changed", upstream=name, healthy=healthy, reason=outcome.detail
-            )
+            rt.log.info("upstream health changed", upstream=name, healthy=healthy, reason=reason)
         rt.health.state[name] = healthy
         if upstream.config.health_url:
             rt.metrics.count_upstream(name, "health", outcome.status_code)

@@ -57,7 +57,9 @@ class _Transport(AiohttpTransport):
     httpcore's pool under concurrency (measured in bench/, see bench/RESULTS.md).
 
     httpx-aiohttp 0.2 maps a refused connection or a failed DNS lookup
-    (aiohttp's ClientConnectorError) to httpx.ConnectTimeout; it is a ConnectError."""
+    (aiohttp's ClientConnectorError) to httpx.ConnectTimeout; it is a ConnectError. It
+    leaves other aiohttp errors (ClientResponseError: not HTTP) unmapped; they are
+    RemoteProtocolErrors."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -69,6 +71,12 @@ class _Transport(AiohttpTransport):
             ):
                 raise httpx.ConnectError(str(e), request=request) from cause
             raise
+        except aiohttp.ClientError as e:  # not mapped by httpx-aiohttp: an answer that is not
+            # HTTP, a header line over 8 KiB. Without its repr, which holds the request headers.
+            message = getattr(e, "message", "") or str(e)
+            raise httpx.RemoteProtocolError(
+                f"{type(e).__name__}: {message}"[:300], request=request
+            ) from None
 
 
 def _transport(max_connections: int) -> httpx.AsyncBaseTransport:

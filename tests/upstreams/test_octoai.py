@@ -1,21 +1,50 @@
-"""The octoai upstream client, one module: httpx.MockTransport for every answer shape."""
+"""The octoai upstream client: httpx.MockTransport for every answer shape, then the
+contract suite against the octoai emulator, and where its token may go."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from bridge.config import UpstreamConfig
+from bridge.config import OctoAIUpstreamConfig
 from bridge.net.client import LeanClient
+from bridge.upstreams.base import (
+    Done,
+    Expired,
+    Failed,
+    Healthy,
+    Rejected,
+    Running,
+    Submitted,
+    Transient,
+    UpstreamRef,
+)
 from bridge.upstreams.octoai import OctoAIUpstream
 
 URL = "http://up.test/infer/m"
+KIND = {  # the outcome kinds of the old single Outcome type, as the per-call types
+    "accepted": Submitted,
+    "rejected": Rejected,
+    "transient": Transient,
+    "pending": Running,
+    "completed": Done,
+    "failed": Failed,
+    "expired": Expired,
+}
 
 
 def upstream(handler, **cfg) -> OctoAIUpstream:
     client = LeanClient(transport=httpx.MockTransport(handler))
-    config = UpstreamConfig(url=URL, health_url="http://up.test/healthz", **cfg)
+    config = OctoAIUpstreamConfig(url=URL, health_url="http://up.test/healthz", **cfg)
     return OctoAIUpstream("m", config, "tok-123", client, max_result_bytes=1000)
+
+
+def poll_ref(url: str) -> UpstreamRef:
+    return UpstreamRef("r", {"poll_url": url})
+
+
+def result_ref(url: str) -> UpstreamRef:
+    return UpstreamRef("r", {"response_url": url})
 
 
 def answer(status: int, body: bytes | str = b"", headers: dict | None = None):
@@ -36,8 +65,8 @@ async def test_submit_sends_protocol_headers_and_parses_future():
         return httpx.Response(202, json={"response_id": "r1", "poll_url": "/futures/r1"})
 
     out = await upstream(handler).submit({"a": 1})
-    assert out.kind == "accepted" and out.upstream_id == "r1"
-    assert out.url == "http://up.test/futures/r1"  # relative poll_url resolved
+    assert isinstance(out, Submitted) and out.ref.id == "r1"
+    assert out.ref.data["poll_url"] == "http://up.test/futures/r1"  # relative poll_url resolved
     assert seen["authorization"] == "Bearer tok-123"
     assert seen["x-octoai-async"] == "1"
     assert seen["content-type"] == "application/json"
@@ -58,10 +87,10 @@ async def test_submit_sends_protocol_headers_and_parses_future():
 )
 async def test_submit_classification(status, body, headers, kind, retry_after):
     out = await upstream(answer(status, body, headers)).submit({})
-    assert out.kind == kind
-    assert out.retry_after_s == retry_after
+    assert isinstance(out, KIND[kind])
+    assert getattr(out, "retry_after_s", None) == retry_after
     if kind == "rejected":
-        assert out.status_code == status and body in out.detail
+        assert out.status_code == status and body in out.message
 
 
 @pytest.mark.parametrize(
@@ -80,12 +109,12 @@ async def test_transport_errors_are_transient(exc, fragment):
     up = upstream(handler)
     for out in (
         await up.submit({}),
-        await up.poll("http://up.test/f"),
-        await up.fetch_result("http://up.test/r"),
+        await up.poll(poll_ref("http://up.test/f")),
+        await up.fetch_result(result_ref("http://up.test/r")),
     ):
-        assert out.kind == "transient" and fragment in out.detail
+        assert isinstance(out, Transient) and fragment in out.reason
     health = await up.health()
-    assert health.kind == "transient" and fragment in health.detail
+    assert isinstance(health, Transient) and fragment in health.reason
 
 
 @pytest.mark.parametrize(
@@ -106,20 +135,21 @@ async def test_transport_errors_are_transient(exc, fragment):
     ],
 )
 async def test_poll_classification(status, body, kind):
-    out = await upstream(answer(status, body)).poll("http://up.test/futures/1")
-    assert out.kind == kind
+    out = await upstream(answer(status, body)).poll(poll_ref("http://up.test/futures/1"))
+    assert isinstance(out, KIND[kind])
     if kind == "completed":
-        assert out.url == "http://up.test/r/1"
+        assert out.fetch_ref.data["response_url"] == "http://up.test/r/1"
     if kind == "failed" and status == 200:
-        assert out.detail in ("oom", "cancelled")
+        assert out.message in ("oom", "cancelled")
 
 
 async def test_fetch_result_limits_and_errors():
-    assert (await upstream(answer(200, '{"r": 1}')).fetch_result("http://u/r")).body == b'{"r": 1}'
-    huge = await upstream(answer(200, b'"' + b"x" * 5000 + b'"')).fetch_result("http://u/r")
-    assert huge.kind == "failed" and "exceeds 1000 bytes" in huge.detail
-    assert (await upstream(answer(404)).fetch_result("http://u/r")).kind == "expired"
-    assert (await upstream(answer(200, "not json")).fetch_result("http://u/r")).kind == "transient"
+    r = result_ref("http://u/r")
+    assert (await upstream(answer(200, '{"r": 1}')).fetch_result(r)).result == b'{"r": 1}'
+    huge = await upstream(answer(200, b'"' + b"x" * 5000 + b'"')).fetch_result(r)
+    assert isinstance(huge, Failed) and "exceeds 1000 bytes" in huge.message
+    assert isinstance(await upstream(answer(404)).fetch_result(r), Expired)
+    assert isinstance(await upstream(answer(200, "not json")).fetch_result(r), Transient)
 
 
 async def test_redirects_are_followed_for_upstreams():
@@ -129,13 +159,13 @@ async def test_redirects_are_followed_for_upstreams():
         return httpx.Response(200, json={"status": "running"})
 
     client = LeanClient(transport=httpx.MockTransport(handler), follow_redirects=True)
-    up = OctoAIUpstream("m", UpstreamConfig(url=URL), None, client)
-    assert (await up.poll("http://up.test/old")).kind == "pending"
+    up = OctoAIUpstream("m", OctoAIUpstreamConfig(url=URL), None, client)
+    assert isinstance(await up.poll(poll_ref("http://up.test/old")), Running)
 
 
 async def test_health_and_token_not_in_repr():
     up = upstream(answer(503))
-    assert (await up.health()).kind == "transient"
+    assert isinstance(await up.health(), Transient)
     assert (await up.health()).status_code == 503
-    assert (await upstream(answer(200)).health()).kind == "completed"
+    assert isinstance(await upstream(answer(200)).health(), Healthy)
     assert "tok-123" not in repr(up)
