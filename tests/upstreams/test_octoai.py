@@ -3,10 +3,15 @@ contract suite against the octoai emulator, and where its token may go."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import httpx
 import pytest
 
-from bridge.config import OctoAIUpstreamConfig
+from bridge.api.serving import RunningServer, start_server
+from bridge.config import OctoAIUpstreamConfig, PollConfig
+from bridge.dev.emulator import EmulatorSettings, create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import (
     Done,
@@ -20,6 +25,8 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.octoai import OctoAIUpstream
+from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.servers import Recorder
 
 URL = "http://up.test/infer/m"
 KIND = {  # the outcome kinds of the old single Outcome type, as the per-call types
@@ -169,3 +176,78 @@ async def test_health_and_token_not_in_repr():
     assert (await up.health()).status_code == 503
     assert isinstance(await upstream(answer(200)).health(), Healthy)
     assert "tok-123" not in repr(up)
+
+
+def _octoai_step(method: str, path: str) -> str | None:
+    """The protocol step of a request to the octoai emulator."""
+    parts = path.strip("/").split("/")
+    if method == "POST" and parts[0] == "infer":
+        return "submit"
+    if method == "GET" and parts[0] == "futures":
+        return "result" if parts[-1] == "result" else "poll"
+    return "health" if path == "/healthz" else None
+
+
+class OctoAIProvider(Provider):
+    """The octoai emulator (bridge.dev.emulator) behind a fault injector."""
+
+    def __init__(self) -> None:
+        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1)
+        self.faults = FaultInjector(create_emulator_app(self.settings), _octoai_step)
+        self.server: RunningServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    def upstream(self, client: LeanClient, base_url: str | None = None) -> OctoAIUpstream:
+        base = base_url or self.url
+        config = OctoAIUpstreamConfig(
+            url=f"{base}/infer/m",
+            health_url=f"{base}/healthz",
+            submit_timeout_s=2,
+            poll=PollConfig(timeout_s=2),
+        )
+        return OctoAIUpstream("m", config, TOKEN, client)
+
+    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
+        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
+
+    def is_result_of(self, result: Any, inputs: dict[str, Any]) -> bool:
+        return result["echo"] == inputs and bool(result["response"]["segments"])
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.settings.healthy = healthy
+
+    def carries_token(self, headers: dict[str, str]) -> bool:
+        return headers.get("authorization") == f"Bearer {TOKEN}"
+
+
+class TestOctoAIContract(UpstreamContract):
+    @pytest.fixture
+    async def provider(self) -> AsyncIterator[OctoAIProvider]:
+        p = OctoAIProvider()
+        p.server = await start_server(p.faults)
+        yield p
+        await p.server.stop()
+
+    async def test_token_only_to_the_configured_origins(self, up, provider: OctoAIProvider):
+        """A poll_url or response_url on another origin (presigned storage, a hostile
+        upstream: FINDINGS D9) gets no token; the configured origin does."""
+        other = await Recorder().start()
+        try:
+            other.answers["/poll/x"] = (200, {"status": "completed", "response_url": "/r/x"})
+            other.answers["/r/x"] = (200, {"ok": True})
+            ref = UpstreamRef("x", {"poll_url": f"{other.url}/poll/x"})
+            done = await up.poll(ref)
+            assert isinstance(done, Done)
+            assert done.fetch_ref.data["response_url"] == f"{other.url}/r/x"
+            assert (await up.fetch_result(done.fetch_ref)).result == b'{"ok":true}'
+            assert [s.headers.get("authorization") for s in other.seen] == [None, None]
+            assert isinstance(await up.submit(provider.inputs()), Submitted)
+            assert provider.carries_token(provider.requests("submit")[-1])
+            assert isinstance(await up.health(), Healthy)
+            assert provider.carries_token(provider.requests("health")[-1])
+        finally:
+            await other.stop()
