@@ -190,7 +190,7 @@ async def test_d12_what_fits_or_is_not_an_integer_is_kept_exactly(make_api):
     ).encode()
     r = await api.post_raw(body)
     assert r.status_code == 202, r.text
-    stored = orjson.loads((await api.rt.store.get_job(r.json()["id"]))["inputs"])
+    stored = orjson.loads((await api.rt.store.get_job(r.json()["id"])).inputs)
     assert stored["max"] == 2**64 - 1 and stored["min"] == -(2**63)
     assert stored["in_text"] == "id 123456789012345678901234567890 end"
 
@@ -319,7 +319,7 @@ async def test_d6_upstream_answering_non_http_gives_202_queued(make_api, answer)
         r = await api.submit()
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "queued"
-    assert (await api.rt.store.get_job(r.json()["id"]))["status"] == "queued"
+    assert (await api.rt.store.get_job(r.json()["id"])).status == "queued"
 
 
 class BrokenUpstream:
@@ -337,7 +337,7 @@ async def test_d6_any_exception_during_submit_gives_202_queued(make_api):
     api.rt.upstreams["echo"] = BrokenUpstream(api.rt.upstreams["echo"])  # type: ignore[assignment]
     r = await api.submit()
     assert r.status_code == 202, r.text
-    assert (await api.rt.store.get_job(r.json()["id"]))["status"] == "queued"
+    assert (await api.rt.store.get_job(r.json()["id"])).status == "queued"
 
 
 async def test_upstream_rejection_echo_never_shows_the_token(make_api):

@@ -23,9 +23,10 @@ from bridge.config import Tenant
 from bridge.delivery.urlpolicy import CallbackRejected
 from bridge.engine.events import JobEvents
 from bridge.engine.runtime import Runtime
-from bridge.model import job_view, new_job_fields
+from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
 from bridge.obs.logs import exception_fields
 from bridge.store import valid_job_id
+from bridge.upstreams.base import Rejected
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_INPUT_DEPTH = 64  # for inputs and metadata alike
@@ -216,7 +217,7 @@ async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBod
     if upstream is None:
         raise Problem(404, "unknown-upstream", f"no upstream named {req.upstream!r}")
     await _check_callback(rt, req.callback_url)
-    fields = new_job_fields(
+    job = new_job(
         tenant.name,
         req.upstream,
         req.inputs_json,
@@ -226,18 +227,13 @@ async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBod
     )
     lease_ms = int((upstream.config.submit_timeout_s + 5) * 1000)
     created = await rt.store.create_job(
-        tenant.name, fields, lease_ms, req.sha256, idem_key, rt.retention_ms
+        tenant.name, job.creation_fields(), lease_ms, req.sha256, idem_key, rt.retention_ms
     )
     if not created.created:
         return await _idempotent_replay(rt, tenant, created.job_id, created.body_sha256, req.sha256)
     structlog.contextvars.bind_contextvars(job_id=created.job_id, upstream=req.upstream)
     rt.metrics.jobs_submitted.labels(req.upstream).inc()
-    job = {
-        **{k: str(v) for k, v in fields.items()},
-        "id": created.job_id,
-        "created_at": str(created.now_ms),
-        "updated_at": str(created.now_ms),
-    }
+    job.stored(created.job_id, created.now_ms)
     return await _submit_now(rt, job, created.token)
 
 
@@ -253,7 +249,7 @@ def redact(text: str, secret: str | None) -> str:
     return BEARER_RE.sub("Bearer [redacted]", text)
 
 
-async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
+async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
     """Submit a stored job at once. Whatever goes wrong here, the job is stored and a
     worker submits it when this lease runs out: the answer is then 202 `queued`."""
     try:
@@ -264,17 +260,17 @@ async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
     except Exception as e:  # likewise: the job is stored, answer 202 queued, never a 500
         rt.log.error("submit step failed after accepting job", **exception_fields(e))
         outcome = None
-    if outcome is not None and outcome.kind == "rejected":
+    if isinstance(outcome, Rejected):
         raise Problem(
             422,
             "upstream-rejected",
             f"upstream answered {outcome.status_code}",
             upstream_status=outcome.status_code,
-            upstream_body=redact(outcome.detail, rt.secrets.upstream_tokens.get(job["upstream"])),
-            job_id=job["id"],
+            upstream_body=redact(outcome.message, rt.secrets.upstream_tokens.get(job.upstream)),
+            job_id=job.id,
         )
-    rt.log.info("job accepted", status=job["status"])
-    headers = {"Location": f"/v1/jobs/{job['id']}"}
+    rt.log.info("job accepted", status=job.status)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     return _json(job_view(job), 202, headers)
 
 
@@ -292,21 +288,27 @@ async def _idempotent_replay(
     )
 
 
-async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> dict[str, str]:
-    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else {}
-    if not job or job.get("tenant") != tenant.name:
+async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else None
+    if job is None or job.tenant != tenant.name:
         raise Problem(404, "not-found", f"no job {job_id}")
-    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.get("upstream"))
+    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.upstream)
     return job
 
 
-async def _view(rt: Runtime, job: dict[str, str]) -> dict[str, Any]:
-    size = int(job.get("result_size") or 0)
-    if job["status"] != "completed":
+async def _reread(rt: Runtime, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise Problem(404, "not-found", f"no job {job_id}")
+    return job
+
+
+async def _view(rt: Runtime, job: Job) -> dict[str, Any]:
+    if job.status != JobStatus.COMPLETED:
         return job_view(job)
-    if size > rt.config.callbacks.max_inline_result_bytes:
-        return job_view(job, None, rt.result_url(job["id"]))
-    result = await rt.store.get_result(job["id"])
+    if not result_inline(job, rt.config.callbacks.max_inline_result_bytes):
+        return job_view(job, None, rt.result_url(job.id))
+    result = await rt.store.get_result(job.id)
     return job_view(job, orjson.loads(result) if result else None)
 
 
@@ -319,51 +321,51 @@ async def get_job(request: Request) -> Response:
 async def get_attempts(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    records = await rt.store.get_attempts(job["id"])
-    return _json({"job_id": job["id"], "attempts": [orjson.loads(r) for r in records]})
+    records = await rt.store.get_attempts(job.id)
+    return _json({"job_id": job.id, "attempts": [orjson.loads(r) for r in records]})
 
 
 async def redeliver(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.redeliver(job["id"], tenant.name)
+    outcome = await rt.store.redeliver(job.id, tenant.name)
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome == "cancelled":
         raise Problem(409, "job-cancelled", "job was cancelled; a cancelled job has no callback")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
-    JobEvents(rt).redelivery_scheduled(job["id"])
-    return _json(await _view(rt, await rt.store.get_job(job["id"])), 202)
+    JobEvents(rt).redelivery_scheduled(job.id)
+    return _json(await _view(rt, await _reread(rt, job.id)), 202)
 
 
 async def cancel(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.cancel(job["id"], tenant.name, rt.retention_ms)
-    JobEvents(rt).cancelled(job["id"])
+    outcome = await rt.store.cancel(job.id, tenant.name, rt.retention_ms)
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome != "ok":
         raise Problem(409, "job-terminal", f"job is already {outcome}")
-    rt.metrics.jobs_finished.labels(job["upstream"], "cancelled").inc()
-    return _json(job_view(await rt.store.get_job(job["id"])))
+    rt.metrics.jobs_finished.labels(job.upstream, "cancelled").inc()
+    await JobEvents(rt).cancelled(job)
+    return _json(job_view(await _reread(rt, job.id)))
 
 
-def _result_response(job: dict[str, str], result: str | None) -> Response:
-    if job["status"] in ("queued", "running"):
-        raise Problem(409, "job-not-terminal", f"job is {job['status']}")
-    if job["status"] != "completed" or result is None:
-        raise Problem(404, "no-result", f"job is {job['status']} and has no result")
+def _result_response(job: Job, result: str | None) -> Response:
+    if job.status in ACTIVE:
+        raise Problem(409, "job-not-terminal", f"job is {job.status}")
+    if job.status != JobStatus.COMPLETED or result is None:
+        raise Problem(404, "no-result", f"job is {job.status} and has no result")
     return Response(result.encode(), media_type="application/json")
 
 
 async def get_result(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    return _result_response(job, await rt.store.get_result(job["id"]))
+    return _result_response(job, await rt.store.get_result(job.id))
 
 
 async def get_result_by_link(request: Request) -> Response:
@@ -378,7 +380,7 @@ async def get_result_by_link(request: Request) -> Response:
     ):
         raise Problem(403, "invalid-link", "the link is invalid or has expired")
     job, result = await rt.store.get_job_and_result(job_id)
-    if not job:
+    if job is None:
         raise Problem(404, "not-found", f"no job {job_id}")
     return _result_response(job, result)
 

@@ -12,6 +12,7 @@ from bridge.api.jobs import (
     MAX_UPSTREAM_CHARS,
 )
 from bridge.api.jsonshape import INT64_MIN, UINT64_MAX
+from bridge.model import DeliveryState, JobStatus
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
@@ -32,9 +33,7 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "required": ["state", "attempts", "last_status_code", "last_attempt_at", "next_attempt_at"],
         "properties": {
-            "state": {
-                "enum": ["pending", "scheduled", "delivering", "delivered", "failed", "none"]
-            },
+            "state": {"enum": [s.value for s in DeliveryState]},
             "attempts": {"type": "integer", "minimum": 0},
             "last_status_code": {"type": ["integer", "null"]},
             "last_attempt_at": TS,
@@ -68,7 +67,7 @@ def _schemas() -> dict[str, Any]:
         ],
         "properties": {
             "id": {"type": "string", "pattern": "^job_[0-9a-f]{27}$"},
-            "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+            "status": {"enum": [s.value for s in JobStatus]},
             "upstream": {"type": "string"},
             "upstream_id": {"type": ["string", "null"]},
             "callback_url": {"type": "string"},
