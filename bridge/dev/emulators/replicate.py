@@ -22,7 +22,8 @@ its test cassettes show it:
   `webhook-timestamp`, `webhook-signature`) with the secret of
   `GET /v1/webhooks/default/secret`; redirects are not followed; 3 attempts.
 Not confirmed against the live API: the body of a 404 for an unknown prediction, the status
-code of a cancel of a finished prediction (200 with it unchanged here), webhook retry timing.
+code of a cancel of a finished prediction (200 with it unchanged here), webhook retry timing,
+whether http:// webhook URLs are refused (accepted here, for loopback receivers).
 
 Per request, `input._emulate` sets `duration_s`, `outcome` (completed|failed|expired),
 `result_bytes`, `error` (the failure text) and `start_s` (time spent `starting`).
