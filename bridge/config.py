@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,7 +166,33 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
-PROTOCOLS = ("octoai",)
+REPLICATE_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[0-9a-f]{64})?$")
+# Replicate's documented limits: 600 creates a minute, 3000 other requests a minute
+REPLICATE_RATE_LIMITS = {"submit_per_s": 10.0, "poll_per_s": 50.0}
+
+
+class ReplicateUpstreamConfig(UpstreamCommon):
+    protocol: Literal["replicate"]
+    url: str = "https://api.replicate.com/v1"
+    model: str  # owner/name (an official model) or owner/name:<64-hex version id>
+    rate_limit: RateLimitConfig = RateLimitConfig(**REPLICATE_RATE_LIMITS)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        if not REPLICATE_MODEL.match(v):
+            raise ValueError("must be owner/name or owner/name:<64 hex digit version id>")
+        return v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _provider_limits(cls, v: RateLimitConfig) -> RateLimitConfig:
+        """A limit not given stays at Replicate's documented one."""
+        unset = {k: d for k, d in REPLICATE_RATE_LIMITS.items() if k not in v.model_fields_set}
+        return v.model_copy(update=unset)
+
+
+PROTOCOLS = ("octoai", "replicate")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -178,11 +205,12 @@ def _protocol_of(value: Any) -> Any:
 
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
-    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[ReplicateUpstreamConfig, Tag("replicate")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
-        custom_error_message="unknown protocol; the protocols are: octoai",
+        custom_error_message=f"unknown protocol; the protocols are: {', '.join(PROTOCOLS)}",
     ),
 ]
 
@@ -243,12 +271,11 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside `Model`, `Model | None` or a tagged union of models."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
@@ -256,13 +283,14 @@ def _unknown_part(path: list[str]) -> str | None:
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)  # several for upstreams: a key of any protocol is known
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        fields = {k: f.annotation for m in reversed(models) for k, f in m.model_fields.items()}
+        if path[i] not in fields:
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
-        node = model.model_fields[path[i]].annotation
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(fields))})"
+        node = fields[path[i]]
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model

@@ -34,7 +34,7 @@ def test_defaults_match_the_contract():
         ({"listen": {"port": 70000}}, "listen.port"),
         ({"store": {"url": "http://redis"}}, "store.url"),
         (
-            {"upstreams": {"w": {"protocol": "replicate", "url": "http://x"}}},
+            {"upstreams": {"w": {"protocol": "sagemaker", "url": "http://x"}}},
             "upstreams.w.protocol",
         ),
         ({"upstreams": {"w": {}}}, "upstreams.w.url"),

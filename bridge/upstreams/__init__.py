@@ -11,11 +11,14 @@ from bridge.config import Config, Secrets, UpstreamConfig
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import Upstream
 from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams.replicate import ReplicateUpstream
 
 # (name, its config, its token or None, the shared upstream client) -> the upstream
 Factory = Callable[[str, Any, str | None, LeanClient], Upstream]
 
-REGISTRY: Mapping[str, Factory] = MappingProxyType({OctoAIUpstream.protocol: OctoAIUpstream})
+REGISTRY: Mapping[str, Factory] = MappingProxyType(
+    {OctoAIUpstream.protocol: OctoAIUpstream, ReplicateUpstream.protocol: ReplicateUpstream}
+)
 
 
 def build_upstream(
