@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai, runpod
+from bridge.dev.emulators import fal, octoai, runpod
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
+    "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
     "runpod": runpod.create_emulator_app,
 }
