@@ -21,6 +21,7 @@ from bridge.delivery.urlpolicy import CallbackRejected
 from bridge.engine.events import JobEvents
 from bridge.engine.runtime import Runtime
 from bridge.model import job_view, new_job_fields
+from bridge.obs.logs import exception_fields
 from bridge.store import valid_job_id
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -165,6 +166,9 @@ async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
         outcome = await JobEvents(rt).accepted(job, token)
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
         rt.log.warning("store error after accepting job", error=str(e))
+        outcome = None
+    except Exception as e:  # likewise: the job is stored, answer 202 queued, never a 500
+        rt.log.error("submit step failed after accepting job", **exception_fields(e))
         outcome = None
     if outcome is not None and outcome.kind == "rejected":
         raise Problem(

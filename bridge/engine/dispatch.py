@@ -7,13 +7,15 @@ from typing import Any
 
 import orjson
 
+from bridge.delivery.hostgate import MAX_DEFER_S
 from bridge.delivery.sender import Attempt, webhook_headers
 from bridge.engine.backoff import at_least, delivery_retry_s, jittered
 from bridge.engine.runtime import Runtime
 from bridge.model import DELIVERABLE, job_view, rfc3339, webhook_id
+from bridge.net.util import describe_error
 from bridge.store import After, Commit, Remove
 
-DEFER_S = 0.5
+DEFER_S = 0.5  # first deferral; each next one of the same job waits twice as long
 ACTIVE_STATES = frozenset({"pending", "scheduled", "delivering"})
 
 
@@ -60,19 +62,43 @@ class Dispatcher:
             await self.rt.commit("deliver", job["id"], token, Commit(fields={}, source=Remove()))
             return
         attempt_no = int(job.get("delivery_attempts") or 0) + 1
-        body = self.event(job, result, attempt_no)
-        secrets = self.rt.secrets.tenant_secrets(job["tenant"])
         started_ms = int(time.time() * 1000)
-        headers = webhook_headers(secrets, webhook_id(job["id"]), started_ms // 1000, body)
+        prepared = self.prepare(job, result, attempt_no, started_ms)
+        if isinstance(prepared, Attempt):  # nothing to send: a failed attempt
+            await self.record(job, token, attempt_no, started_ms, prepared)
+            return
+        body, headers = prepared
         attempt = await self.rt.deliverer.post(job["callback_url"], body, headers)
         if attempt.outcome == "deferred":
-            self.rt.metrics.delivery_deferrals.inc()
-            delay_ms = int(jittered(DEFER_S) * 1000)
-            await self.rt.commit(
-                "deliver", job["id"], token, Commit(fields={}, source=After(delay_ms))
-            )
+            await self.defer(job, token, attempt)
             return
         await self.record(job, token, attempt_no, started_ms, attempt)
+
+    def prepare(
+        self, job: dict[str, str], result: str | None, attempt_no: int, at_ms: int
+    ) -> tuple[bytes, dict[str, str]] | Attempt:
+        """The signed event, or the failed attempt of an event that cannot be built."""
+        try:
+            body = self.event(job, result, attempt_no)
+        except Exception as e:  # e.g. metadata nested too deep to serialise: never sendable
+            return Attempt("gone", None, 0, f"the event cannot be serialised: {describe_error(e)}")
+        try:
+            secrets = self.rt.secrets.tenant_secrets(job["tenant"])
+            return body, webhook_headers(secrets, webhook_id(job["id"]), at_ms // 1000, body)
+        except Exception as e:  # e.g. the tenant's secret is missing: retry on the schedule
+            return Attempt("retry", None, 0, f"the event cannot be signed: {type(e).__name__}")
+
+    async def defer(self, job: dict[str, str], token: str, a: Attempt) -> None:
+        """Try again when a slot may be free, and the longer the more often this job was
+        deferred: hanging hosts cost few store round trips however many jobs wait."""
+        self.rt.metrics.delivery_deferrals.inc()
+        deferrals = int(job.get("delivery_deferrals") or 0)
+        delay_s = at_least(min(MAX_DEFER_S, DEFER_S * 2**deferrals), a.retry_after_s)
+        commit = Commit(
+            fields={"delivery_deferrals": deferrals + 1},
+            source=After(int(jittered(delay_s) * 1000)),
+        )
+        await self.rt.commit("deliver", job["id"], token, commit)
 
     def _max_attempts(self, job: dict[str, str]) -> int:
         configured = 1 + len(self.rt.config.callbacks.retry_schedule_s)
@@ -86,6 +112,8 @@ class Dispatcher:
             "last_status_code": a.status_code,
             "last_attempt_at": at_ms,
         }
+        if job.get("delivery_deferrals"):
+            fields["delivery_deferrals"] = 0
         commit = Commit(fields=fields, attempt=_attempt_record(at_ms, a))
         if a.outcome == "delivered":
             fields["delivery_state"] = "delivered"
