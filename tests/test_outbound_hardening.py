@@ -24,10 +24,10 @@ from bridge.delivery.hostgate import HostGates
 from bridge.delivery.sender import Deliverer
 from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
 from bridge.dev.receiver import Receiver, Reply
-from bridge.model import new_job_fields
+from bridge.model import new_job
 from bridge.net.client import callback_client
 from bridge.obs.logs import configure_logging
-from bridge.store import Commit
+from bridge.store import Commit, Remove
 from tests.conftest import UPSTREAM_TOKEN
 from tests.test_api import assert_problem
 
@@ -81,11 +81,11 @@ async def _delivery_ends(s, job_id: str, timeout_s: float = 10) -> tuple[dict, l
     """Wait until the job's delivery is terminal; return the stored job and its attempts."""
 
     async def terminal() -> bool:
-        job = await s.rt.store.get_job(job_id)
+        job = await _raw(s, job_id)
         return job.get("delivery_state") in ("delivered", "failed")
 
-    assert await _wait(terminal, timeout_s), await s.rt.store.get_job(job_id)
-    job = await s.rt.store.get_job(job_id)
+    assert await _wait(terminal, timeout_s), await _raw(s, job_id)
+    job = await _raw(s, job_id)
     attempts = [orjson.loads(a) for a in await s.rt.store.get_attempts(job_id)]
     return job, attempts
 
@@ -202,11 +202,17 @@ async def test_an_unexpected_error_in_a_job_step_ends_the_job_instead_of_a_lease
 ):
     s = await make_stack(worker__lease_s=30)
     store = s.rt.store
-    # a corrupt record: every step raises ValueError
-    fields = {
-        **new_job_fields("alpha", "echo", {}, s.hook("/corrupt"), None, 30),
-        "deadline_ms": "soon",
-    }
+    # a bug: every step of this job raises ValueError (a fault injected into the engine)
+    advancer = s.rt.workers.advancer
+    real_step = advancer.step
+
+    async def broken_step(job, token, now_ms):
+        if job.callback_url.endswith("/corrupt"):
+            raise ValueError("injected bug")
+        await real_step(job, token, now_ms)
+
+    advancer.step = broken_step
+    fields = new_job("alpha", "echo", "{}", s.hook("/corrupt"), "null", 30).creation_fields()
     created = await store.create_job("alpha", fields, 0, "x")
     s.rt.workers.hint("due", 0, None)
     assert await s.receiver.wait_for(lambda: len(s.receiver.to("/corrupt")) == 1, 15)
@@ -214,7 +220,12 @@ async def test_an_unexpected_error_in_a_job_step_ends_the_job_instead_of_a_lease
     assert event["type"] == "job.failed" and event["data"]["error"]["code"] == "internal-error"
     assert "ValueError" in event["data"]["error"]["message"]
     job = await store.get_job(created.job_id)
-    assert job["status"] == "failed" and int(job["step_errors"]) >= 2
+    assert job.status == "failed" and job.step_errors >= 2
+
+
+async def _raw(s, job_id: str) -> dict[str, str]:
+    """The job's stored hash as it is (field by field, as a script sees it)."""
+    return await s.rt.store.redis.hgetall(s.rt.store.keys.job(job_id))
 
 
 async def _seed_delivery(s, **fields: str) -> str:
@@ -222,14 +233,14 @@ async def _seed_delivery(s, **fields: str) -> str:
     (or a corrupt record) left it."""
     store = s.rt.store
     job = {
-        **new_job_fields("alpha", "echo", {}, s.hook("/seeded"), None, 30),
+        **new_job("alpha", "echo", "{}", s.hook("/seeded"), "null", 30).creation_fields(),
         "status": "failed",
         "error": '{"code": "upstream-failed", "message": "x", "upstream_status": null}',
         "delivery_state": "pending",
         **fields,
     }
     created = await store.create_job("alpha", job, 60_000, "x")
-    move = Commit(fields={}, source="rm", completed=True, target_delay_ms=0)
+    move = Commit(fields={}, source=Remove(), completed=True, target_delay_ms=0)
     assert await store.commit("due", created.job_id, created.token, move)
     s.rt.workers.hint("deliver", 0, None)
     return created.job_id
@@ -247,7 +258,17 @@ async def test_a_job_stuck_by_an_earlier_version_now_ends_failed(make_stack, url
 
 async def test_an_unexpected_error_in_a_delivery_step_is_a_recorded_attempt(make_stack):
     s = await make_stack(callbacks__retry_schedule_s=[0.1, 0.1])
-    job_id = await _seed_delivery(s, delivery_attempts="corrupt")
+    dispatcher = s.rt.workers.dispatcher
+    real_step, failures = dispatcher.step, []
+
+    async def broken_once(job, result, token):  # a bug in the first attempt only
+        if not failures:
+            failures.append(job.id)
+            raise ValueError("injected bug")
+        await real_step(job, result, token)
+
+    dispatcher.step = broken_once
+    job_id = await _seed_delivery(s)
     job, attempts = await _delivery_ends(s, job_id)
     assert attempts and "internal error: ValueError" in attempts[0]["error"]
     assert job["delivery_state"] == "delivered"  # the next attempt, counted afresh, got through
@@ -261,7 +282,7 @@ async def test_an_upstream_answering_garbage_to_submit_gives_202_queued(make_sta
     )
     r = await s.submit()
     assert r.status_code == 202, r.text
-    job = await s.rt.store.get_job(r.json()["id"])
+    job = await _raw(s, r.json()["id"])
     assert r.json()["status"] == "queued"
     assert "RemoteProtocolError" in job["last_error"] and UPSTREAM_TOKEN not in job["last_error"]
 
@@ -295,7 +316,7 @@ async def test_upstream_answering_garbage_to_polls_never_logs_the_token(make_sta
         r = await s.submit(callback_url=s.hook("/hostile"))
         assert r.status_code == 202, r.text
         assert await s.receiver.wait_for(lambda: len(s.receiver.to("/hostile")) == 1, 10)
-        job = await s.rt.store.get_job(r.json()["id"])
+        job = await _raw(s, r.json()["id"])
         gc.collect()  # an unretrieved task exception is logged when the task is collected
         await asyncio.sleep(0.1)
     finally:

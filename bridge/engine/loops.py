@@ -26,6 +26,7 @@ from bridge.engine.dispatch import Dispatcher
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.ports import NoWorkers
 from bridge.engine.runtime import Runtime
+from bridge.model import Job, JobChange
 from bridge.net.util import describe_error
 from bridge.obs.logs import exception_fields
 from bridge.store import After, Claim, ClaimBatch, Commit, Remove, Schedule, Store
@@ -65,14 +66,6 @@ def _log_task_error(
     resort), so none is left to asyncio's "never retrieved" message and its repr."""
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("job step failed", job_id=job_id, **exception_fields(exc))
-
-
-def _count(job: dict[str, str], name: str) -> int:
-    """A counter field of a job, 0 if missing or unreadable (the record may be corrupt)."""
-    try:
-        return int(job.get(name) or 0)
-    except ValueError:
-        return 0
 
 
 class ClaimLoop:
@@ -203,7 +196,7 @@ class Held:
     def __init__(
         self,
         store: Store,
-        step: Callable[[dict[str, str], str], Awaitable[None]],
+        step: Callable[[Job, str], Awaitable[None]],
         max_jobs: int,
         concurrency: int,
         observe_lateness: Callable[[float], None] = lambda s: None,
@@ -213,19 +206,19 @@ class Held:
         self.step = step
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
-        self.timers: dict[str, tuple[asyncio.TimerHandle, str, dict[str, str]]] = {}
+        self.timers: dict[str, tuple[asyncio.TimerHandle, str, Job]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
         self.stopping = False
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         if self.stopping or len(self.timers) >= self.max_jobs:
             return False
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
-        self.timers[job["id"]] = (handle, token, job)
+        self.timers[job.id] = (handle, token, job)
         return True
 
-    def jobs(self) -> list[dict[str, str]]:
+    def jobs(self) -> list[Job]:
         """The jobs held now."""
         return [job for _, _, job in self.timers.values()]
 
@@ -235,10 +228,10 @@ class Held:
         if timer is not None:
             timer[0].cancel()
 
-    def _fire(self, job: dict[str, str], token: str, due: float) -> None:
-        self.timers.pop(job["id"], None)
+    def _fire(self, job: Job, token: str, due: float) -> None:
+        self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
-        self.running[task] = (job["id"], token)
+        self.running[task] = (job.id, token)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -246,7 +239,7 @@ class Held:
         log = structlog.get_logger("pushbridge.worker")
         _log_task_error(task, log, held[0] if held else None)
 
-    async def _run(self, job: dict[str, str], token: str, due: float) -> None:
+    async def _run(self, job: Job, token: str, due: float) -> None:
         async with self.gate:
             self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
             await self.step(job, token)
@@ -316,22 +309,22 @@ class Workers:
             for c in claims
         ]
 
-    async def _held_step(self, job: dict[str, str], token: str) -> None:
+    async def _held_step(self, job: Job, token: str) -> None:
         await self._guard("due", job, token, self.advancer.step(job, token, self.rt.store_now_ms()))
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
         await self._guard(
             which,
-            {},
+            None,
             c.token,
-            self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source=Remove())),
+            self.rt.store.commit(which, c.job_id, c.token, Commit(source=Remove())),
             c.job_id,
         )
 
     async def _guard(
         self,
         which: Schedule,
-        job: dict[str, str],
+        job: Job | None,
         token: str,
         step: Awaitable[None],
         job_id: str | None = None,
@@ -347,39 +340,38 @@ class Workers:
             self.rt.log.warning(
                 "store unreachable during job step; releasing the lease", error=str(e)
             )
-            claim = (job_id or job.get("id", ""), token)
+            claim = (job_id or (job.id if job else ""), token)
             await release_claims(self.rt.store, [claim], self.rt.config.worker.lease_s)
         except RedisError as e:
             self.rt.log.warning("store error during job step; lease will expire", error=str(e))
         except Exception as e:
             fields = exception_fields(e)
-            self.rt.log.error("job step failed", job_id=job.get("id"), schedule=which, **fields)
+            job_id = job.id if job else job_id
+            self.rt.log.error("job step failed", job_id=job_id, schedule=which, **fields)
             if job:
                 await self._record_step_error(which, job, token, e)
 
-    async def _record_step_error(
-        self, which: Schedule, job: dict[str, str], token: str, e: Exception
-    ) -> None:
+    async def _record_step_error(self, which: Schedule, job: Job, token: str, e: Exception) -> None:
         message = f"internal error: {describe_error(e)}"
         try:
             if which == "deliver":
-                n = _count(job, "delivery_attempts") + 1
+                n = job.delivery_attempts + 1
                 at_ms = int(time.time() * 1000)
                 await self.dispatcher.record(
                     job, token, n, at_ms, Attempt("retry", None, 0, message)
                 )
                 return
-            errors = _count(job, "step_errors") + 1
+            errors = job.step_errors + 1
             if errors >= MAX_STEP_ERRORS:
                 await self.advancer.fail(job, token, "internal-error", message, step_errors=errors)
                 return
             delay_ms = int(jittered(STEP_RETRY_S * 2 ** (errors - 1)) * 1000)
-            fields = {"step_errors": errors, "last_error": message}
-            await self.advancer.commit(job, token, Commit(fields, After(delay_ms)))
+            change: JobChange = {"step_errors": errors, "last_error": message}
+            await self.advancer.commit(job, token, Commit(change, After(delay_ms)))
         except Exception as again:
             self.rt.log.error(
                 "could not record a failed job step; its lease will expire",
-                job_id=job.get("id"),
+                job_id=job.id,
                 **exception_fields(again),
             )
 
@@ -393,16 +385,16 @@ class Workers:
     def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
         self.loops[schedule].hint(delay_s, partition)
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         return self.held.hold(job, token, delay_s)
 
     def forget(self, job_id: str) -> None:
         self.held.forget(job_id)
 
-    def held_jobs(self) -> list[dict[str, str]]:
+    def held_jobs(self) -> list[Job]:
         return self.held.jobs()
 
-    async def deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
         await self._guard("deliver", job, token, self.dispatcher.step(job, result, token))
 
     async def stop(self, grace_s: float) -> None:
