@@ -165,7 +165,28 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
-PROTOCOLS = ("octoai",)
+class RunpodRateLimitConfig(RateLimitConfig):
+    # RunPod's base limits per endpoint: /run 1000 and /status 2000 requests per 10 s
+    submit_per_s: float | None = Field(100.0, gt=0)
+    poll_per_s: float | None = Field(200.0, gt=0)
+
+
+class RunpodUpstreamConfig(UpstreamCommon):
+    """url: https://api.runpod.ai/v2/<endpoint_id>. policy: RunPod's per-job `policy`
+    (executionTimeout, lowPriority, ttl in ms), sent with every job."""
+
+    protocol: Literal["runpod"] = "runpod"
+    rate_limit: RunpodRateLimitConfig = RunpodRateLimitConfig()
+    policy: dict[str, Any] | None = None
+
+
+class FalUpstreamConfig(UpstreamCommon):
+    """url: https://queue.fal.run/<owner>/<app>[/<subpath>] (fal documents no rate limit)."""
+
+    protocol: Literal["fal"] = "fal"
+
+
+PROTOCOLS = ("octoai", "runpod", "fal")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -178,11 +199,13 @@ def _protocol_of(value: Any) -> Any:
 
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
-    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[RunpodUpstreamConfig, Tag("runpod")]
+    | Annotated[FalUpstreamConfig, Tag("fal")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
-        custom_error_message="unknown protocol; the protocols are: octoai",
+        custom_error_message=f"unknown protocol; the protocols are: {', '.join(PROTOCOLS)}",
     ),
 ]
 
