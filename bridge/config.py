@@ -266,12 +266,11 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models in `Model`, `Model | None` or a (discriminated) union of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
@@ -279,12 +278,14 @@ def _unknown_part(path: list[str]) -> str | None:
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        model = next((m for m in models if path[i] in m.model_fields), None)
+        if model is None:  # in no model (an upstream's: in no protocol's)
+            known = ", ".join(sorted({k for m in models for k in m.model_fields}))
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
+            return f"unknown {where} {path[i]!r} (known: {known})"
         node = model.model_fields[path[i]].annotation
         i += 1
         origin = get_origin(node)

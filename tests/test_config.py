@@ -217,3 +217,28 @@ def test_example_config_loads_and_documents_every_key():
     expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
     missing = sorted(k for k in expected if k not in documented)
     assert missing == []
+
+
+def test_runpod_and_fal_upstreams_with_their_defaults_and_overrides():
+    raw = {
+        "upstreams": {
+            "rp": {"protocol": "runpod", "url": "https://api.runpod.ai/v2/ep1"},
+            "fal": {"protocol": "fal", "url": "https://queue.fal.run/fal-ai/flux/dev"},
+        }
+    }
+    env = {
+        "PUSHBRIDGE_UPSTREAMS__RP__POLICY": "{ttl: 60000}",  # a key only runpod has
+        "PUSHBRIDGE_UPSTREAMS__RP__RATE_LIMIT__SUBMIT_PER_S": "5",
+    }
+    config = parse_config(raw, env)
+    rp, fal = config.upstreams["rp"], config.upstreams["fal"]
+    assert (rp.protocol, fal.protocol) == ("runpod", "fal")
+    assert rp.policy == {"ttl": 60000}
+    assert (rp.rate_limit.submit_per_s, rp.rate_limit.poll_per_s) == (5, 200)  # RunPod's
+    assert (fal.rate_limit.submit_per_s, fal.rate_limit.poll_per_s) == (None, None)
+    with pytest.raises(ConfigError, match="upstreams.fal.policy: Extra inputs"):
+        parse_config({"upstreams": {"fal": {**raw["upstreams"]["fal"], "policy": {}}}}, {})
+    with pytest.raises(ConfigError, match="the protocols are: octoai, runpod, fal"):
+        parse_config({"upstreams": {"x": {"protocol": "replicat", "url": "https://x"}}}, {})
+    with pytest.raises(ConfigError, match="unknown key of upstreams.rp 'polcy'"):
+        parse_config(raw, {"PUSHBRIDGE_UPSTREAMS__RP__POLCY": "{}"})

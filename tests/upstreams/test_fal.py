@@ -37,7 +37,7 @@ from tests.upstreams.servers import Recorder
 URL = "http://fal.test/fal-ai/flux/dev"
 
 
-def _fal_step(method: str, path: str) -> str | None:
+def fal_step(method: str, path: str) -> str | None:
     """The protocol step of a request to the fal emulator."""
     parts = path.strip("/").split("/")
     if path == "/healthz":
@@ -58,7 +58,7 @@ class FalProvider(Provider):
         self.settings = EmulatorSettings(
             duration_s=JOB_S, token=TOKEN, seed=1, future_ttl_s=RETENTION_S
         )
-        self.faults = FaultInjector(create_emulator_app(self.settings), _fal_step)
+        self.faults = FaultInjector(create_emulator_app(self.settings), fal_step)
         self.server: RunningServer | None = None
 
     @property

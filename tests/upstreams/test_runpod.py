@@ -43,7 +43,7 @@ WORKER_ERROR = orjson.dumps(  # an exception in a handler, as the runpod worker 
 ).decode()
 
 
-def _runpod_step(method: str, path: str) -> str | None:
+def runpod_step(method: str, path: str) -> str | None:
     """The protocol step of a request to the runpod emulator."""
     parts = path.strip("/").split("/")
     if len(parts) >= 3 and parts[0] == "v2":
@@ -61,7 +61,7 @@ class RunpodProvider(Provider):
             duration_s=JOB_S, token=TOKEN, seed=1, future_ttl_s=RETENTION_S
         )
         self.app = create_emulator_app(self.settings)
-        self.faults = FaultInjector(self.app, _runpod_step)
+        self.faults = FaultInjector(self.app, runpod_step)
         self.server: RunningServer | None = None
 
     @property
