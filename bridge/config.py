@@ -192,7 +192,28 @@ class ReplicateUpstreamConfig(UpstreamCommon):
         return v.model_copy(update=unset)
 
 
-PROTOCOLS = ("octoai", "replicate")
+class RunpodRateLimitConfig(RateLimitConfig):
+    # RunPod's base limits per endpoint: /run 1000 and /status 2000 requests per 10 s
+    submit_per_s: float | None = Field(100.0, gt=0)
+    poll_per_s: float | None = Field(200.0, gt=0)
+
+
+class RunpodUpstreamConfig(UpstreamCommon):
+    """url: https://api.runpod.ai/v2/<endpoint_id>. policy: RunPod's per-job `policy`
+    (executionTimeout, lowPriority, ttl in ms), sent with every job."""
+
+    protocol: Literal["runpod"] = "runpod"
+    rate_limit: RunpodRateLimitConfig = RunpodRateLimitConfig()
+    policy: dict[str, Any] | None = None
+
+
+class FalUpstreamConfig(UpstreamCommon):
+    """url: https://queue.fal.run/<owner>/<app>[/<subpath>] (fal documents no rate limit)."""
+
+    protocol: Literal["fal"] = "fal"
+
+
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -206,7 +227,9 @@ def _protocol_of(value: Any) -> Any:
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
     Annotated[OctoAIUpstreamConfig, Tag("octoai")]
-    | Annotated[ReplicateUpstreamConfig, Tag("replicate")],
+    | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
+    | Annotated[RunpodUpstreamConfig, Tag("runpod")]
+    | Annotated[FalUpstreamConfig, Tag("fal")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
@@ -272,7 +295,7 @@ NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECR
 
 
 def _models_of(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models inside `Model`, `Model | None` or a tagged union of models."""
+    """The pydantic models in `Model`, `Model | None` or a (discriminated) union of them."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models_of(arg)]

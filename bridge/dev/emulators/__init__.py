@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai, replicate
+from bridge.dev.emulators import fal, octoai, replicate, runpod
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
+    "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
     "replicate": replicate.create_emulator_app,
+    "runpod": runpod.create_emulator_app,
 }
