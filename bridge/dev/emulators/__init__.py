@@ -11,9 +11,11 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai
+from bridge.dev.emulators import octoai, runway, stability
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
     "octoai": octoai.create_emulator_app,
+    "runway": runway.create_emulator_app,
+    "stability": stability.create_emulator_app,
 }
