@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
 )
 
+from bridge.adapter_config import AdapterConfig
+
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
 DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -165,7 +167,14 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
-PROTOCOLS = ("octoai",)
+class CustomUpstreamConfig(UpstreamCommon):
+    """A provider described by its `adapter` (README "Custom adapters")."""
+
+    protocol: Literal["custom"]
+    adapter: AdapterConfig
+
+
+PROTOCOLS = ("octoai", "custom")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -178,11 +187,11 @@ def _protocol_of(value: Any) -> Any:
 
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
-    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")] | Annotated[CustomUpstreamConfig, Tag("custom")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
-        custom_error_message="unknown protocol; the protocols are: octoai",
+        custom_error_message="unknown protocol; the protocols are: octoai, custom",
     ),
 ]
 
@@ -243,26 +252,28 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside `Model`, `Model | None`, a (tagged) union of models."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
-    """Why `path` (section, key, ...) names no config key, or None if it does."""
+    """Why `path` (section, key, ...) names no config key, or None if it does. Under a
+    union (upstreams.<name>), a key of any member counts."""
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        having = [m for m in models if path[i] in m.model_fields]
+        if not having:
+            known = {k for m in models for k in m.model_fields}
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
-        node = model.model_fields[path[i]].annotation
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(known))})"
+        node = having[0].model_fields[path[i]].annotation
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model

@@ -149,3 +149,40 @@ def test_a_result_fetch_may_read_the_completed_answer_and_extracted_names():
         result={"fetch": {"url": "{answer.response_url}"}, "path": "$"},
     )
     assert adapter.result.fetch is not None and adapter.result.fetch.method == "GET"
+
+
+def _config(adapter: dict, environ: dict[str, str] | None = None):
+    from bridge.config import parse_config
+
+    raw = {
+        "tenants": [{"name": "a", "api_keys_env": "K", "webhook_secret_env": "S"}],
+        "upstreams": {"runway": {"protocol": "custom", "url": "https://r", "adapter": adapter}},
+    }
+    return parse_config(raw, environ or {})
+
+
+def test_the_config_names_the_upstream_and_the_key_of_a_bad_adapter():
+    from bridge.config import ConfigError
+
+    good = yaml.safe_load(RUNWAY)
+    assert _config(good).upstreams["runway"].adapter.status.message == "failure"
+    bad = {**good, "poll": {"url": "/v1/tasks/{task}"}}
+    with pytest.raises(ConfigError) as refused:
+        _config(bad)
+    assert str(refused.value).startswith("upstreams.runway.adapter: ")
+    assert "poll.url: {task} is not known here (known: id)" in str(refused.value)
+    with pytest.raises(ConfigError, match=r"upstreams.runway.adapter.submit.id: Field required"):
+        _config({**good, "submit": {"url": "/x"}})
+    with pytest.raises(ConfigError, match=r"upstreams.runway.adapter: Input should be a valid"):
+        _config(None)  # type: ignore[arg-type]
+
+
+def test_environment_overrides_reach_adapter_keys():
+    from bridge.config import ConfigError
+
+    env = {"PUSHBRIDGE_UPSTREAMS__RUNWAY__ADAPTER__SUBMIT__URL": "/v1/text_to_video"}
+    config = _config(yaml.safe_load(RUNWAY), env)
+    assert config.upstreams["runway"].adapter.submit.url == "/v1/text_to_video"
+    typo = {"PUSHBRIDGE_UPSTREAMS__RUNWAY__ADAPTER__SUBMT__URL": "/x"}
+    with pytest.raises(ConfigError, match=r"unknown key of upstreams\.runway\.adapter 'submt'"):
+        _config(yaml.safe_load(RUNWAY), typo)

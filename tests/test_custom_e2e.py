@@ -20,7 +20,7 @@ from bridge.config import load_config
 from bridge.dev.emulators import runway, stability
 from bridge.dev.emulators.common import EmulatorSettings, EmulatorState
 from bridge.obs.logs import configure_logging
-from tests.conftest import SECRET, UPSTREAM_TOKEN
+from tests.conftest import ENV, SECRET, UPSTREAM_TOKEN
 from tests.upstreams.contract import FaultInjector
 from tests.upstreams.test_custom import (
     PNG_B64,
@@ -202,6 +202,7 @@ async def test_wrong_token_is_rejected_clearly_and_never_logged(stack, emulated,
     configure_logging("json", "debug", stream=buf)
     try:
         s = await stack()
+        await asyncio.sleep(0.5)  # the health watcher has asked the provider with that token
         r = await s.submit(upstream=name, inputs=e.with_knobs())
         assert r.status_code == 422, r.text
         problem = r.json()
@@ -212,7 +213,7 @@ async def test_wrong_token_is_rejected_clearly_and_never_logged(stack, emulated,
     finally:
         configure_logging("json", "info")
     logs = buf.getvalue()
-    assert "job" in logs
+    assert '"event": "job failed"' in logs and '"code": "upstream-rejected"' in logs
     assert UPSTREAM_TOKEN not in logs and "the-providers-other-key" not in logs
     assert UPSTREAM_TOKEN not in r.text
 
@@ -229,3 +230,39 @@ def test_config_example_holds_both_adapters_as_tested(tmp_path):
         shown = config.upstreams[name]
         assert shown.protocol == "custom"
         assert shown.adapter.model_dump() == type(shown.adapter).model_validate(tested).model_dump()
+
+
+async def test_check_verifies_a_custom_upstreams_token_by_its_health_request(tmp_path, valkey):
+    """`pushbridge check` runs the adapter's health request, which carries the token the
+    adapter's way: accepted, or reported refused."""
+    import os
+    import sys
+
+    from bridge.store.embedded import EmbeddedValkey
+    from tests.conftest import base_config
+
+    emu = await start_server(runway.create_emulator_app(EmulatorSettings(token=UPSTREAM_TOKEN)))
+    try:
+        with EmbeddedValkey(tmp_path / "aof") as persistent:
+            raw = base_config(emu.url)
+            raw["store"]["url"] = persistent.url
+            raw["upstreams"] = {"runway": _upstream(RUNWAY_YAML, emu.url)}
+            path = tmp_path / "config.yaml"
+            path.write_text(yaml.safe_dump(raw))
+            outs = []
+            for token in (UPSTREAM_TOKEN, "an-old-key"):
+                env = {**os.environ, **ENV, "UPSTREAM_TOKEN": token}
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "bridge", "check", "--config", str(path),
+                    env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(proc.communicate(), 60)
+                outs.append((proc.returncode, out.decode()))
+    finally:
+        await emu.stop()
+    (good_code, good), (bad_code, bad) = outs
+    assert good_code == 0, good
+    assert f"ok    upstream runway ({emu.url}): health answered 200" in good
+    assert bad_code == 1
+    assert "error upstream runway" in bad and "401: the provider refuses the token" in bad
+    assert "an-old-key" not in bad and UPSTREAM_TOKEN not in good

@@ -10,12 +10,15 @@ from typing import Any
 from bridge.config import Config, Secrets, UpstreamConfig
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import Upstream
+from bridge.upstreams.custom import CustomUpstream
 from bridge.upstreams.octoai import OctoAIUpstream
 
 # (name, its config, its token or None, the shared upstream client) -> the upstream
 Factory = Callable[[str, Any, str | None, LeanClient], Upstream]
 
-REGISTRY: Mapping[str, Factory] = MappingProxyType({OctoAIUpstream.protocol: OctoAIUpstream})
+REGISTRY: Mapping[str, Factory] = MappingProxyType(
+    {OctoAIUpstream.protocol: OctoAIUpstream, CustomUpstream.protocol: CustomUpstream}
+)
 
 
 def build_upstream(

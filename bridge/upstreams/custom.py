@@ -17,7 +17,8 @@ to the upstream's own origins, and reads the answer by the rules every protocol 
   without a result and fetch_result() sends that request.
 - cancel: 2xx -> Cancelled; an adapter without `cancel` -> Rejected, nothing sent.
 - health: `health` answering 2xx, else the upstream's health_url answering 200, else
-  always healthy.
+  always healthy. A 401 or 403 is healthy too: the provider is up and refuses the
+  token, so jobs fail `upstream-rejected` saying so rather than wait as `queued`.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from bridge.config import CustomUpstreamConfig
 from bridge.net.client import LeanClient
 from bridge.net.util import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
 from bridge.upstreams.base import (
-    CancelOutcome,
     Cancelled,
+    CancelOutcome,
     Capabilities,
     Done,
     Expired,
@@ -428,4 +429,6 @@ class CustomUpstream:
         code = response.status_code
         if (200 <= code < 300) if spec is not None else code == 200:
             return Healthy(f"health answered {code}", code)
+        if code in (401, 403):  # up, but refuses the token: jobs fail upstream-rejected
+            return Healthy(f"health answered {code}: the provider refuses the token", code)
         return _transient(f"health answered {code}", response)

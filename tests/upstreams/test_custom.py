@@ -223,8 +223,9 @@ class Scripted:
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
-        self.seen.append((request.method, request.url.path, dict(request.headers), body))
-        status, answer = self.answers.get(request.url.path, (404, {"detail": "nothing here"}))
+        path = request.scope["raw_path"].decode()  # as sent: percent-encoded
+        self.seen.append((request.method, path, dict(request.headers), body))
+        status, answer = self.answers.get(path, (404, {"detail": "nothing here"}))
         if isinstance(answer, bytes):
             return Response(answer, status)
         return JSONResponse(answer, status)
@@ -386,5 +387,7 @@ async def test_health_falls_back_to_health_url_then_to_none(scripted, client):
     assert isinstance(await up.health(), Healthy)
     home.answers["/api/up"] = (503, b"")
     assert isinstance(await up.health(), Transient)
+    home.answers["/api/up"] = (401, {"detail": "bad key"})  # up; the jobs say the rest
+    assert isinstance(await up.health(), Healthy)
     assert isinstance(await adapter_upstream(home.url, client, FORMS).health(), Healthy)
     assert "tok-9" not in repr(up)
