@@ -249,7 +249,7 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # PUSHBRIDGE_* variables that are not config overrides
-NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
+NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
 def _models_of(annotation: Any) -> list[type[BaseModel]]:
@@ -285,7 +285,13 @@ def _unknown_part(path: list[str]) -> str | None:
 
 def _referenced_env(raw: dict[str, Any]) -> set[str]:
     """Variables the config names in *_env keys (a tenant's secret may be PUSHBRIDGE_…)."""
-    names = {t.get(k) for t in raw.get("tenants") or [] if isinstance(t, dict) for k in t}
+    names = {
+        t.get(k)
+        for t in raw.get("tenants") or []
+        if isinstance(t, dict)
+        for k in t
+        if k.endswith("_env")
+    }
     names |= {
         u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
     }

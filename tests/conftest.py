@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,10 @@ from bridge.process import bridge_app
 from bridge.store import Store
 from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey, free_port
+
+# `pushbridge serve` started by a test is one process (not one per CPU), so that signals
+# sent to it (SIGSTOP, SIGTERM, kill -9) reach the process doing the work
+os.environ["PUSHBRIDGE_WORKERS"] = "1"
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"

@@ -217,3 +217,14 @@ def test_example_config_loads_and_documents_every_key():
     expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
     missing = sorted(k for k in expected if k not in documented)
     assert missing == []
+
+
+def test_an_unknown_override_is_refused_even_with_list_valued_tenant_keys():
+    """A tenant with api_key_hashes (a list) made the check for *_env names crash."""
+    raw = {
+        "tenants": [{"name": "a", "api_key_hashes": ["0" * 64], "webhook_secret_env": "S"}],
+        "upstreams": {},
+    }
+    with pytest.raises(ConfigError, match="PUSHBRIDGE_NOPE"):
+        parse_config(raw, {"PUSHBRIDGE_NOPE": "1", "S": "whsec_" + "A" * 40})
+    parse_config(raw, {"PUSHBRIDGE_WORKERS": "2", "S": "whsec_" + "A" * 40})  # not an override
