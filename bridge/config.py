@@ -29,6 +29,8 @@ from pydantic import (
     field_validator,
 )
 
+from bridge.adapter_config import AdapterConfig
+
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
 DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
@@ -213,7 +215,14 @@ class FalUpstreamConfig(UpstreamCommon):
     protocol: Literal["fal"] = "fal"
 
 
-PROTOCOLS = ("octoai", "replicate", "runpod", "fal")
+class CustomUpstreamConfig(UpstreamCommon):
+    """A provider described by its `adapter` (README "Custom adapters")."""
+
+    protocol: Literal["custom"]
+    adapter: AdapterConfig
+
+
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "custom")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -229,7 +238,8 @@ UpstreamConfig = Annotated[
     Annotated[OctoAIUpstreamConfig, Tag("octoai")]
     | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
     | Annotated[RunpodUpstreamConfig, Tag("runpod")]
-    | Annotated[FalUpstreamConfig, Tag("fal")],
+    | Annotated[FalUpstreamConfig, Tag("fal")]
+    | Annotated[CustomUpstreamConfig, Tag("custom")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
@@ -302,7 +312,8 @@ def _models_of(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _unknown_part(path: list[str]) -> str | None:
-    """Why `path` (section, key, ...) names no config key, or None if it does."""
+    """Why `path` (section, key, ...) names no config key, or None if it does. Under a
+    union (upstreams.<name>), a key of any member counts."""
     node: Any = Config
     i = 0
     while i < len(path):

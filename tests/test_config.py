@@ -249,7 +249,9 @@ def test_runpod_and_fal_upstreams_with_their_defaults_and_overrides():
     assert (fal.rate_limit.submit_per_s, fal.rate_limit.poll_per_s) == (None, None)
     with pytest.raises(ConfigError, match=r"upstreams\.fal\.policy: Extra inputs"):
         parse_config({"upstreams": {"fal": {**raw["upstreams"]["fal"], "policy": {}}}}, {})
-    with pytest.raises(ConfigError, match="the protocols are: octoai, replicate, runpod, fal"):
+    with pytest.raises(
+        ConfigError, match="the protocols are: octoai, replicate, runpod, fal, custom"
+    ):
         parse_config({"upstreams": {"x": {"protocol": "replicat", "url": "https://x"}}}, {})
     with pytest.raises(ConfigError, match=r"unknown key of upstreams\.rp 'polcy'"):
         parse_config(raw, {"PUSHBRIDGE_UPSTREAMS__RP__POLCY": "{}"})

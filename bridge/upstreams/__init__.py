@@ -10,6 +10,7 @@ from typing import Any
 from bridge.config import Config, Secrets, UpstreamConfig
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import Upstream
+from bridge.upstreams.custom import CustomUpstream
 from bridge.upstreams.fal import FalUpstream
 from bridge.upstreams.octoai import OctoAIUpstream
 from bridge.upstreams.replicate import ReplicateUpstream
@@ -19,7 +20,10 @@ from bridge.upstreams.runpod import RunpodUpstream
 Factory = Callable[[str, Any, str | None, LeanClient], Upstream]
 
 REGISTRY: Mapping[str, Factory] = MappingProxyType(
-    {u.protocol: u for u in (OctoAIUpstream, ReplicateUpstream, RunpodUpstream, FalUpstream)}
+    {
+        u.protocol: u
+        for u in (OctoAIUpstream, ReplicateUpstream, RunpodUpstream, FalUpstream, CustomUpstream)
+    }
 )
 
 

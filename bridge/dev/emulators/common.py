@@ -201,7 +201,8 @@ def gate(
     auth: Auth = bearer,
     refuse: Refuse = problem,
 ) -> tuple[EmulatorState, Response | None]:
-    """Count the request, check the token and inject the configured failures."""
+    """Count the request, check the token and inject the configured failures, each
+    answered in the provider's error shape (`error`)."""
     state: EmulatorState = request.app.state.emulator
     state.requests[kind] += 1
     state.times[kind].append(time.monotonic())
