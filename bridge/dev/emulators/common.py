@@ -149,6 +149,7 @@ def bearer(state: EmulatorState, request: Request) -> bool:
 
 
 Auth = Callable[[EmulatorState, Request], bool]
+Reply = Callable[[int, str, dict[str, str] | None], Response]  # the provider's error shape
 
 
 def emulate_knobs(inputs: Any) -> dict[str, Any]:
@@ -182,24 +183,30 @@ def lookup(state: EmulatorState, future_id: str) -> Future | None:
     return f
 
 
-def retry(state: EmulatorState, status: int) -> JSONResponse:
+def retry(state: EmulatorState, status: int, reply: Reply = problem) -> Response:
     headers = {"Retry-After": str(state.settings.retry_after_s)}
-    return problem(status, "try again later", headers)
+    return reply(status, "try again later", headers)
 
 
 def gate(
-    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0, auth: Auth = bearer
+    request: Request,
+    kind: str,
+    rate_503: float = 0.0,
+    rate_429: float = 0.0,
+    auth: Auth = bearer,
+    reply: Reply = problem,
 ) -> tuple[EmulatorState, Response | None]:
-    """Count the request, check the token and inject the configured failures."""
+    """Count the request, check the token and inject the configured failures, answered in
+    the provider's error shape (`reply`)."""
     state: EmulatorState = request.app.state.emulator
     state.requests[kind] += 1
     state.times[kind].append(time.monotonic())
     if not auth(state, request):
-        return state, problem(401, "missing or invalid token")
+        return state, reply(401, "missing or invalid token", None)
     if state.chance(rate_503):
-        return state, retry(state, 503)
+        return state, retry(state, 503, reply)
     if state.chance(rate_429):
-        return state, retry(state, 429)
+        return state, retry(state, 429, reply)
     return state, None
 
 
