@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai, openai
+from bridge.dev.emulators import gemini, octoai, openai
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
     "octoai": octoai.create_emulator_app,
     "openai": openai.create_emulator_app,
+    "gemini": gemini.create_emulator_app,
 }
