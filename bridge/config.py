@@ -14,11 +14,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
@@ -60,6 +68,11 @@ class ListenConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * MIB, gt=0)
     public_url: str | None = None  # base of result_url links; default http://host:port
+    max_json_values: int = Field(500_000, ge=1)  # array elements + object members of a body
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; more → 431
+    header_timeout_s: float = Field(10.0, gt=0)  # to receive a request line and headers
+    body_timeout_s: float = Field(30.0, gt=0)  # to receive a request body
+    body_memory_bytes: int = Field(128 * MIB, gt=0)  # what request bodies may cost at once
 
     _public_url = field_validator("public_url")(_http_url)
 
@@ -135,8 +148,9 @@ class RateLimitConfig(_Section):
     poll_per_s: float | None = Field(None, gt=0)
 
 
-class UpstreamConfig(_Section):
-    protocol: Literal["octoai"] = "octoai"
+class UpstreamCommon(_Section):
+    """The keys every upstream protocol has; each protocol's model adds its own."""
+
     url: str
     health_url: str | None = None
     token_env: str | None = None
@@ -145,6 +159,32 @@ class UpstreamConfig(_Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
 
     _urls = field_validator("url", "health_url")(_http_url)
+
+
+class OctoAIUpstreamConfig(UpstreamCommon):
+    protocol: Literal["octoai"] = "octoai"
+
+
+PROTOCOLS = ("octoai",)
+DEFAULT_PROTOCOL = "octoai"
+UNKNOWN_PROTOCOL = "unknown_protocol"
+
+
+def _protocol_of(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.get("protocol", DEFAULT_PROTOCOL)
+    return getattr(value, "protocol", DEFAULT_PROTOCOL)
+
+
+# One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
+UpstreamConfig = Annotated[
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Discriminator(
+        _protocol_of,
+        custom_error_type=UNKNOWN_PROTOCOL,
+        custom_error_message="unknown protocol; the protocols are: octoai",
+    ),
+]
 
 
 class WorkerConfig(_Section):
@@ -178,7 +218,12 @@ class Config(_Section):
 def _format_error(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = list(e["loc"])
+        if loc[:1] == ["upstreams"] and len(loc) > 2 and loc[2] in PROTOCOLS:
+            del loc[2]  # the union member's tag: upstreams.<name>.<key> reads better
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == UNKNOWN_PROTOCOL:
+            key += ".protocol"
         lines.append(f"{key}: {e['msg']}")
     return lines
 

@@ -49,7 +49,13 @@ async def serve(
 
     async with open_runtime(config, secrets) as rt:
         app = bridge_app(rt, role, extra_routes)
+        listen = config.listen
         uv = uvicorn_config(
-            app, config.listen.host, config.listen.port, config.worker.shutdown_grace_s
+            app,
+            listen.host,
+            listen.port,
+            config.worker.shutdown_grace_s,
+            listen.max_header_bytes,
+            listen.header_timeout_s,
         )
         await uvicorn.Server(uv).serve()

@@ -163,7 +163,12 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             rt = await build_runtime(
                 cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver or loopback_only_dns
             )
-            bridge = await start_server(bridge_app(rt, role), port)  # type: ignore[arg-type]
+            bridge = await start_server(
+                bridge_app(rt, role),  # type: ignore[arg-type]
+                port,
+                max_header_bytes=cfg.listen.max_header_bytes,
+                header_timeout_s=cfg.listen.header_timeout_s,
+            )
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(
                 httpx.AsyncClient(

@@ -210,10 +210,10 @@ def test_example_config_loads_and_documents_every_key():
     }
     tenants = raw["tenants"][0]
     documented |= {f"tenants.*.{k}" for k in tenants}
-    from bridge.config import TenantConfig, UpstreamConfig
+    from bridge.config import OctoAIUpstreamConfig, TenantConfig
 
     expected = _keys(Config) - {"dev_mode"}
-    expected |= {f"upstreams.*.{k}" for k in _keys(UpstreamConfig)}
+    expected |= {f"upstreams.*.{k}" for k in _keys(OctoAIUpstreamConfig)}
     expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
     missing = sorted(k for k in expected if k not in documented)
     assert missing == []

@@ -3,6 +3,7 @@ and check that the rendered config.yaml is one the bridge accepts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -176,9 +177,39 @@ def test_alert_texts_render_the_configured_percentage(tmp_path, ratio, percent):
     assert upstream.startswith(f"More than {percent}% of requests")
 
 
+def test_defaults_install_a_store_and_a_tenant():
+    """`helm install pb ./helm/pushbridge` with no values: the chart runs its own Valkey
+    (AOF on a PVC, noeviction) and a generated `default` tenant, and the bridge uses both."""
+    docs = render(ROOT / "tests" / "helm" / "defaults.yaml")
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    args = " ".join(container["args"])
+    assert "--appendonly yes" in args and "--maxmemory-policy noeviction" in args
+    assert container["volumeMounts"][0]["mountPath"] == "/data"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("valkey")
+    )
+    assert config["store"]["url"] == f"redis://{svc['metadata']['name']}:6379/0"
+    assert [t["name"] for t in config["tenants"]] == ["default"]
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert set(secret["data"]) == {"api-keys", "webhook-secret"}
+    env = {"PB_TENANT_0_API_KEYS": "k"}
+    env["PB_TENANT_0_WEBHOOK_SECRET"] = base64.b64decode(secret["data"]["webhook-secret"]).decode()
+    assert resolve_secrets(parse_config(config, env), env).tenants  # a valid whsec_ secret
+
+
+def test_an_external_store_turns_the_bundled_one_off():
+    kinds = {d["kind"] for d in render(ROOT / "tests" / "helm" / "minimal.yaml")}
+    assert "StatefulSet" not in kinds
+
+
 def test_missing_store_fails_with_a_clear_message(tmp_path):
     values = tmp_path / "v.yaml"
-    values.write_text("tenants: []\n")
+    values.write_text("valkey: {enabled: false}\n")
     r = subprocess.run(
         [helm(), "template", "pb", str(CHART), "-f", str(values)],
         capture_output=True,

@@ -58,11 +58,11 @@ async def test_creator_holds_the_lease_until_it_expires(store: Store):
     assert int(batch.claims[0].token) == int(token) + 1
     # the creator's lease is gone: its commit is refused (fencing)
     assert not await store.commit("due", job_id, token, Commit(fields={"status": "running"}))
-    assert (await store.get_job(job_id))["status"] == "queued"
+    assert (await store.get_job(job_id)).status == "queued"
     assert await store.commit(
         "due", job_id, batch.claims[0].token, Commit(fields={"status": "running"}, source=Remove())
     )
-    assert (await store.get_job(job_id))["status"] == "running"
+    assert (await store.get_job(job_id)).status == "running"
 
 
 async def test_claim_is_exclusive_under_concurrency(store: Store):
@@ -100,7 +100,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
     )
     assert ok
     job = await store.get_job(job_id)
-    assert job["next_attempt_at"]
+    assert job.next_attempt_at
     assert await store.get_result(job_id) == '{"a":1}'
     d = (await store.claim("deliver", 1000, 10)).claims[0]
     assert d.job_id == job_id
@@ -219,7 +219,7 @@ async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twic
     applied = await store.commit("due", job_id, claim.token, running)
     assert dropper.dropped == 1 and applied is not None
     job = await store.get_job(job_id)
-    assert job["updated_at"] == str(applied)
+    assert job.updated_at == applied
     assert await store.get_attempts(job_id) == ["a1"]
     assert await store.duration_counts() == {"u:s0-1": 1}
     # a terminal commit ends the fencing: its retry must still be answered as applied
@@ -228,7 +228,7 @@ async def test_a_commit_whose_reply_was_lost_is_neither_refused_nor_applied_twic
     assert await store.commit("due", job_id, claim.token, done) is not None
     assert dropper.dropped == 2
     assert await store.get_attempts(job_id) == ["a1", "a2"]
-    assert (await store.get_job(job_id))["status"] == "failed"
+    assert (await store.get_job(job_id)).status == "failed"
 
 
 async def test_a_create_whose_reply_was_lost_creates_one_job_held_by_its_creator(lossy_store):
@@ -321,7 +321,7 @@ async def test_every_script_runs_again_after_the_store_lost_its_scripts(store: S
     for call in calls:
         await store.redis.script_flush()
         await call()
-    assert (await store.get_job(job_id))["status"] == "cancelled"
+    assert (await store.get_job(job_id)).status == "cancelled"
 
 
 def test_scripts_take_the_time_from_the_prelude_only():

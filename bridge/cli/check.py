@@ -27,7 +27,8 @@ from bridge.net.util import describe_error
 from bridge.store import Store
 from bridge.store.connection import make_redis, open_store
 from bridge.store.embedded_share import SharedStore, running
-from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams import build_upstream
+from bridge.upstreams.base import Healthy
 
 MARKS = {
     "ok": "[green]ok[/green]   ",
@@ -167,9 +168,12 @@ async def _check_upstreams(
         return
     async with upstream_client() as client:
         for name, u in config.upstreams.items():
-            outcome = await OctoAIUpstream(name, u, tokens.get(name), client).health()
-            kind = "ok" if outcome.kind == "completed" else "error"
-            report.line(kind, f"upstream {name} ({u.health_url or u.url}): {outcome.detail}")
+            outcome = await build_upstream(name, u, tokens.get(name), client).health()
+            healthy = isinstance(outcome, Healthy)
+            detail = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
+            report.line(
+                "ok" if healthy else "error", f"upstream {name} ({u.health_url or u.url}): {detail}"
+            )
             if probe_tokens:
                 report.line(*await _token_line(client, name, u, tokens.get(name)))
 
