@@ -14,7 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -165,7 +166,37 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
-PROTOCOLS = ("octoai",)
+class OpenAIRateLimit(RateLimitConfig):
+    """OpenAI's limits are per usage tier and model; 500 requests a minute is tier 1's for
+    most models. Set your own tier's."""
+
+    submit_per_s: float | None = Field(500 / 60, gt=0)
+
+
+class OpenAIUpstreamConfig(UpstreamCommon):
+    """The Responses API in background mode (CONTRACT §5b); `url` is the API base."""
+
+    protocol: Literal["openai"] = "openai"
+    url: str = "https://api.openai.com/v1"
+    rate_limit: OpenAIRateLimit = OpenAIRateLimit()
+
+
+class GeminiRateLimit(RateLimitConfig):
+    """Veo's request limit on the Gemini API: 10 a minute for the preview models (per
+    project; higher tiers and GA models have more)."""
+
+    submit_per_s: float | None = Field(10 / 60, gt=0)
+
+
+class GeminiUpstreamConfig(UpstreamCommon):
+    """Long-running operations of the Gemini API (CONTRACT §5b); `url` is the model,
+    `https://generativelanguage.googleapis.com/v1beta/models/<model>`."""
+
+    protocol: Literal["gemini"] = "gemini"
+    rate_limit: GeminiRateLimit = GeminiRateLimit()
+
+
+PROTOCOLS = ("octoai", "openai", "gemini")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -178,11 +209,13 @@ def _protocol_of(value: Any) -> Any:
 
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
-    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[OpenAIUpstreamConfig, Tag("openai")]
+    | Annotated[GeminiUpstreamConfig, Tag("gemini")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
-        custom_error_message="unknown protocol; the protocols are: octoai",
+        custom_error_message=f"unknown protocol; the protocols are: {', '.join(PROTOCOLS)}",
     ),
 ]
 
@@ -243,12 +276,14 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models in `Model`, `Model | None` or an (annotated) union of models,
+    such as the upstream protocols' configs."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) in (Annotated, Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _models_of(arg)]
+    return []
 
 
 def _unknown_part(path: list[str]) -> str | None:
@@ -256,13 +291,14 @@ def _unknown_part(path: list[str]) -> str | None:
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        fields = {k: f for m in reversed(models) for k, f in m.model_fields.items()}
+        if path[i] not in fields:
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
-        node = model.model_fields[path[i]].annotation
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(fields))})"
+        node = fields[path[i]].annotation
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model
