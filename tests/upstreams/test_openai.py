@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bridge.api.serving import RunningServer, start_server
 from bridge.config import ConfigError, OpenAIUpstreamConfig, PollConfig, parse_config
@@ -99,31 +98,13 @@ class TestOpenAIContract(UpstreamContract):
 # ---- through the HTTP API --------------------------------------------------------------
 
 
-class Garble:
-    """ASGI wrapper: the first `n` answers of a step get `body` (200) instead."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.plans: dict[str, list[bytes]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        step = openai_step(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        if step and self.plans.get(step):
-            body = self.plans[step].pop(0)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture
 async def openai_stack(make_stack) -> AsyncIterator[Callable[..., Any]]:
     servers: list[RunningServer] = []
 
     async def make(token: str = UPSTREAM_TOKEN, **settings: Any):
         emulator = EmulatorSettings(**{"duration_s": 0.2, "token": token, **settings})
-        app = Garble(create_emulator_app(emulator))
+        app = FaultInjector(create_emulator_app(emulator), openai_step)
         server = await start_server(app)
         servers.append(server)
         echo = {
@@ -142,7 +123,7 @@ async def openai_stack(make_stack) -> AsyncIterator[Callable[..., Any]]:
         await server.stop()
 
 
-def state_of(app: Garble):
+def state_of(app: FaultInjector):
     return app.app.state.emulator  # type: ignore[attr-defined]
 
 
@@ -213,13 +194,14 @@ async def test_429_is_retried_after_retry_after(openai_stack):
 
 async def test_malformed_answers_are_retried(openai_stack):
     s, _, app = await openai_stack()
-    app.plans["submit"] = [b"<html>busy</html>"]
-    app.plans["poll"] = [b"{not json", b'{"status": 5}', b"[]"]
+    app.plan("submit", 200, b"<html>busy</html>", None)
+    for body in (b"{not json", b'{"status": 5}', b"[]"):
+        app.plan("poll", 200, body, None)
     r = await s.submit(inputs=job_inputs(0.1))
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
     event = await _event(s)
     assert event["type"] == "job.completed" and event["data"]["result"]["status"] == "completed"
-    assert app.plans["poll"] == [] and state_of(app).requests["submit"] == 1
+    assert app.planned["poll"] == [] and state_of(app).requests["submit"] == 1
 
 
 async def test_wrong_token_fails_upstream_rejected_and_is_never_logged(openai_stack, capfd):
