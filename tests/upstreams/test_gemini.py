@@ -19,6 +19,7 @@ from bridge.net.client import LeanClient
 from bridge.upstreams.gemini import GeminiUpstream, retry_delay_s
 from bridge.upstreams.jsonapi import Answer
 from tests.conftest import UPSTREAM_TOKEN, base_config
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
 
 MODEL = "veo-3.1-generate-preview"
@@ -240,3 +241,16 @@ def test_config_needs_the_model_url_and_keeps_the_default_limit():
     veo = parse_config(raw, {}).upstreams["veo"]
     assert isinstance(veo, GeminiUpstreamConfig)
     assert veo.rate_limit.submit_per_s == pytest.approx(10 / 60) and veo.rate_limit.poll_per_s == 2
+
+
+async def test_check_tries_the_key_the_way_google_takes_it(gemini_stack):
+    """check sent every token as a Bearer header and took 401/403 for refused: a good Gemini
+    key was reported refused (Google answers a Bearer it cannot use 403) and a wrong one
+    (400 API_KEY_INVALID) was never noticed."""
+    s, _, _ = await gemini_stack()
+    veo = s.config.upstreams["echo"].model_dump(mode="json")
+    errors, out = await check_lines(veo, UPSTREAM_TOKEN)
+    assert errors == 0 and "upstream u token: accepted" in out and "403 without)" in out, out
+    errors, out = await check_lines(veo, "AIza-wrong")
+    assert errors == 1 and "upstream u token: refused" in out and "answers 400" in out, out
+    assert UPSTREAM_TOKEN not in out and "AIza-wrong" not in out

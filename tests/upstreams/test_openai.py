@@ -18,6 +18,7 @@ from bridge.dev.emulators.openai import EmulatorSettings, create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.openai import OpenAIUpstream
 from tests.conftest import UPSTREAM_TOKEN, base_config
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
 
 MODEL = "gpt-5-mini"
@@ -238,3 +239,14 @@ def test_config_defaults_overrides_and_protocol_errors():
     raw["upstreams"]["oa"]["protocol"] = "openia"
     with pytest.raises(ConfigError, match="protocols are: octoai, openai, gemini"):
         parse_config(raw, {})
+
+
+async def test_check_tries_the_token_on_the_model_list(openai_stack):
+    """check tried the token with GET {url}, which OpenAI answers 404 with or without it:
+    never verified. The model list needs the token."""
+    s, _, _ = await openai_stack()
+    gpt = s.config.upstreams["echo"].model_dump(mode="json")
+    errors, out = await check_lines(gpt, UPSTREAM_TOKEN)
+    assert errors == 0 and "token: accepted" in out and "/v1/models: 200 with it" in out, out
+    errors, out = await check_lines(gpt, "sk-wrong")
+    assert errors == 1 and "token: refused" in out and "answers 401" in out, out
