@@ -5,12 +5,14 @@ its video, failure, the safety filter, errors). The API has no cancel for these 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 
@@ -31,21 +33,21 @@ def emulator(monkeypatch) -> Iterator[tuple[str, EmulatorSettings]]:
                  "GOOGLE_GEMINI_BASE_URL", "GOOGLE_CLOUD_PROJECT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     settings = EmulatorSettings(duration_s=0.4, token=KEY)
+    with serve(create_emulator_app(settings)) as url:
+        yield url, settings
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port, in a thread."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_emulator_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-        )
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", settings
+    yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(5)
 
@@ -156,3 +158,39 @@ def test_the_wire_answers_like_google(emulator):
     settings.poll_503_rate = 1.0
     busy = httpx.get(f"{base}/v1beta/{name}", headers=headers)
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+
+
+def test_dynamic_webhook_gets_the_event_when_the_video_is_done(emulator):
+    """`webhook_config` as the SDK sends it (snake_case keys, which Google's JSON accepts):
+    a video.generated event reaches every URI once the operation is done."""
+    from google.genai import types
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    events: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        events.append((dict(request.headers), await request.body()))
+        return Response(status_code=204)
+
+    base, _ = emulator
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hooks:
+        c = client(base)
+        config = types.GenerateVideosConfig(
+            webhook_config=types.WebhookConfig(uris=[f"{hooks}/hook"], user_metadata={"job": 7})
+        )
+        op = c.models.generate_videos(
+            model=MODEL, source=types.GenerateVideosSource(prompt="otters"), config=config
+        )
+        op, _ = wait_done(c, op)
+        deadline = time.monotonic() + 5
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.02)
+    headers, body = events[0]
+    event = orjson.loads(body)
+    assert event["type"] == "video.generated" and event["data"]["id"] == op.name
+    assert event["data"]["user_metadata"] == {"job": 7}
+    assert event["data"]["video_uri"] == op.result.generated_videos[0].video.uri
+    assert headers["webhook-id"].startswith("msg_") and len(events) == 1

@@ -15,7 +15,9 @@ answers it, without `done` while it runs, then `done: true` with `response`
 `{"error": {"code", "message", "status", "details"}}`: 403 without a key, 400
 `API_KEY_INVALID` for a wrong one, 400 `INVALID_ARGUMENT` for a bad body, 404 for an unknown
 path or operation, 429/503 with `Retry-After` (and a RetryInfo detail, which is what Google
-sends). The Gemini API has no cancel for these operations, nor does the SDK.
+sends). The Gemini API has no cancel for these operations, nor does the SDK. A request's
+`webhookConfig: {"uris": [...], "userMetadata": {...}}` (a dynamic webhook) gets a
+`video.generated` event POSTed to each URI when the operation is done (unsigned here).
 
 `_emulate` in the body (emulator only): `{"duration_s": 2.5,
 "outcome": "completed|failed|filtered|expired", "result_bytes": N}`.
@@ -23,10 +25,13 @@ sends). The Gemini API has no cancel for these operations, nor does the SDK.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from typing import Any
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -147,7 +152,20 @@ def check_body(body: Any) -> str | None:
         return "Each instance needs a prompt, an image, a video or reference images."
     if not isinstance(body.get("parameters", {}), dict):
         return 'Invalid value at "parameters": expected an object.'
+    if "webhookConfig" in body and webhook_uris(body) is None:
+        return 'Invalid value at "webhook_config.uris": expected http(s) URLs.'
     return check_knobs(emulate_knobs(body))
+
+
+def webhook_uris(body: dict[str, Any]) -> list[str] | None:
+    """The per-request webhook URIs (`webhookConfig.uris`), or None if malformed."""
+    config = body.get("webhookConfig")
+    uris = config.get("uris") if isinstance(config, dict) else None
+    if not isinstance(uris, list) or not all(
+        isinstance(u, str) and u.startswith(("http://", "https://")) for u in uris
+    ):
+        return None
+    return uris
 
 
 def check_knobs(knobs: dict[str, Any]) -> str | None:
@@ -179,7 +197,45 @@ async def predict_long_running(request: Request) -> Response:
     future = new_future(state, body)
     future.id = f"models/{model}/operations/{secrets.token_hex(6)}"
     state.add(future)
+    if webhook_uris(body):
+        task = asyncio.create_task(notify(request, future))
+        request.app.state.notifications.add(task)
+        task.add_done_callback(request.app.state.notifications.discard)
     return _json({"name": future.id})
+
+
+def webhook_event(request: Request, f: Future) -> dict[str, Any]:
+    """A dynamic webhook's event when the operation is done (shape from third-party notes of
+    Google's docs: Standard Webhooks envelope, thin `data`; Google signs it with an RS256
+    JWT, which the emulator does not)."""
+    data: dict[str, Any] = {"id": f.id}
+    config = f.inputs["webhookConfig"]  # proto JSON: either spelling of a field name
+    user_metadata = config.get("userMetadata", config.get("user_metadata"))
+    if user_metadata is not None:
+        data["user_metadata"] = user_metadata
+    response = operation(request, f, f.ready_at).get("response", {})
+    samples = response.get("generateVideoResponse", {}).get("generatedSamples") or []
+    if samples:
+        data["video_uri"] = samples[0]["video"]["uri"]
+    else:
+        data["error_message"] = "emulated inference failure"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f.ready_at))
+    return {"type": "video.generated", "version": "v1", "timestamp": stamp, "data": data}
+
+
+async def notify(request: Request, f: Future) -> None:
+    """POST the event to every URI of the request's webhookConfig once the operation is
+    done (an expired outcome is forgotten first: no event); failures are not retried."""
+    await asyncio.sleep(max(0.0, f.ready_at - time.time()))
+    if f.outcome == "expired":
+        return
+    event = orjson.dumps(webhook_event(request, f))
+    headers = {"content-type": "application/json", "webhook-id": f"msg_{secrets.token_hex(8)}",
+               "webhook-timestamp": str(int(time.time()))}  # fmt: skip
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+        for uri in f.inputs["webhookConfig"]["uris"]:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(uri, content=event, headers=headers)
 
 
 def _samples(request: Request, f: Future) -> list[dict[str, Any]]:
@@ -266,4 +322,5 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
         exception_handlers={404: not_found, 405: not_found},
     )
     app.state.emulator = new_state(settings)
+    app.state.notifications = set()  # webhook tasks in flight
     return app
