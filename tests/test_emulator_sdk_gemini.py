@@ -4,9 +4,6 @@ its video, failure, the safety filter, errors). The API has no cancel for these 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +11,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from bridge.dev.emulators.gemini import EmulatorSettings, create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import offline, serve
 
 KEY = "AIza-emulator-key"
 MODEL = "veo-3.1-generate-preview"
@@ -25,31 +21,13 @@ MODEL = "veo-3.1-generate-preview"
 
 @pytest.fixture
 def emulator(monkeypatch) -> Iterator[tuple[str, EmulatorSettings]]:
-    # Any request that is not for 127.0.0.1 would go to a closed proxy port and fail.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI",
                  "GOOGLE_GEMINI_BASE_URL", "GOOGLE_CLOUD_PROJECT"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     settings = EmulatorSettings(duration_s=0.4, token=KEY)
-    with serve(create_emulator_app(settings)) as url:
+    with offline(monkeypatch) as outside, serve(create_emulator_app(settings)) as url:
         yield url, settings
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """The app under uvicorn on a free loopback port, in a thread."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    assert outside == [], outside  # nothing tried to leave 127.0.0.1
 
 
 def client(base: str, key: str = KEY):

@@ -3,48 +3,27 @@ flow of the Responses API on it (create, poll, result, failure, cancel, errors).
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from bridge.dev.emulators.openai import EmulatorSettings, create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import offline, serve
 
 TOKEN = "sk-emulator-token"
 
 
 @pytest.fixture
 def emulator(monkeypatch) -> Iterator[tuple[str, EmulatorSettings]]:
-    # Any request that is not for 127.0.0.1 would go to a closed proxy port and fail.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
         monkeypatch.delenv(name, raising=False)
     settings = EmulatorSettings(duration_s=0.4, token=TOKEN, future_ttl_s=600)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_emulator_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-        )
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(5)
+    with offline(monkeypatch) as outside, serve(create_emulator_app(settings)) as url:
+        yield url, settings
+    assert outside == [], outside  # nothing tried to leave 127.0.0.1
 
 
 def client(base: str, token: str = TOKEN, **kwargs: Any):
