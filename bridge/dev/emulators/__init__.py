@@ -19,3 +19,10 @@ PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
     "openai": openai.create_emulator_app,
     "gemini": gemini.create_emulator_app,
 }
+
+# Where a client of `pushbridge emulator --protocol NAME` sends its first request.
+ENTRY_POINTS: dict[str, str] = {
+    "octoai": "POST {base}/infer/<model>",
+    "openai": "POST {base}/v1/responses (upstream url and SDK base_url: {base}/v1)",
+    "gemini": "POST {base}/v1beta/models/<model>:predictLongRunning (SDK base_url: {base})",
+}
