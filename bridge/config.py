@@ -11,11 +11,11 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -166,6 +166,53 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
+REPLICATE_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[0-9a-f]{64})?$")
+# Replicate's documented limits: 600 creates a minute, 3000 other requests a minute
+REPLICATE_RATE_LIMITS = {"submit_per_s": 10.0, "poll_per_s": 50.0}
+
+
+class ReplicateUpstreamConfig(UpstreamCommon):
+    protocol: Literal["replicate"]
+    url: str = "https://api.replicate.com/v1"
+    model: str  # owner/name (an official model) or owner/name:<64-hex version id>
+    rate_limit: RateLimitConfig = RateLimitConfig(**REPLICATE_RATE_LIMITS)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        if not REPLICATE_MODEL.match(v):
+            raise ValueError("must be owner/name or owner/name:<64 hex digit version id>")
+        return v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _provider_limits(cls, v: RateLimitConfig) -> RateLimitConfig:
+        """A limit not given stays at Replicate's documented one."""
+        unset = {k: d for k, d in REPLICATE_RATE_LIMITS.items() if k not in v.model_fields_set}
+        return v.model_copy(update=unset)
+
+
+class RunpodRateLimitConfig(RateLimitConfig):
+    # RunPod's base limits per endpoint: /run 1000 and /status 2000 requests per 10 s
+    submit_per_s: float | None = Field(100.0, gt=0)
+    poll_per_s: float | None = Field(200.0, gt=0)
+
+
+class RunpodUpstreamConfig(UpstreamCommon):
+    """url: https://api.runpod.ai/v2/<endpoint_id>. policy: RunPod's per-job `policy`
+    (executionTimeout, lowPriority, ttl in ms), sent with every job."""
+
+    protocol: Literal["runpod"] = "runpod"
+    rate_limit: RunpodRateLimitConfig = RunpodRateLimitConfig()
+    policy: dict[str, Any] | None = None
+
+
+class FalUpstreamConfig(UpstreamCommon):
+    """url: https://queue.fal.run/<owner>/<app>[/<subpath>] (fal documents no rate limit)."""
+
+    protocol: Literal["fal"] = "fal"
+
+
 class OpenAIRateLimit(RateLimitConfig):
     """OpenAI's limits are per usage tier and model; 500 requests a minute is tier 1's for
     most models. Set your own tier's."""
@@ -196,7 +243,7 @@ class GeminiUpstreamConfig(UpstreamCommon):
     rate_limit: GeminiRateLimit = GeminiRateLimit()
 
 
-PROTOCOLS = ("octoai", "openai", "gemini")
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "openai", "gemini")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -210,6 +257,9 @@ def _protocol_of(value: Any) -> Any:
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
     Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
+    | Annotated[RunpodUpstreamConfig, Tag("runpod")]
+    | Annotated[FalUpstreamConfig, Tag("fal")]
     | Annotated[OpenAIUpstreamConfig, Tag("openai")]
     | Annotated[GeminiUpstreamConfig, Tag("gemini")],
     Discriminator(
@@ -273,17 +323,14 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # PUSHBRIDGE_* variables that are not config overrides
-NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
+NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
 def _models_of(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models in `Model`, `Model | None` or an (annotated) union of models,
-    such as the upstream protocols' configs."""
+    """The pydantic models in `Model`, `Model | None` or a (discriminated) union of them."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    if get_origin(annotation) in (Annotated, Union, UnionType):
-        return [m for arg in get_args(annotation) for m in _models_of(arg)]
-    return []
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
@@ -291,14 +338,14 @@ def _unknown_part(path: list[str]) -> str | None:
     node: Any = Config
     i = 0
     while i < len(path):
-        models = _models_of(node)
+        models = _models_of(node)  # several for upstreams: a key of any protocol is known
         if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        fields = {k: f for m in reversed(models) for k, f in m.model_fields.items()}
+        fields = {k: f.annotation for m in reversed(models) for k, f in m.model_fields.items()}
         if path[i] not in fields:
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
             return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(fields))})"
-        node = fields[path[i]].annotation
+        node = fields[path[i]]
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model
@@ -310,7 +357,13 @@ def _unknown_part(path: list[str]) -> str | None:
 
 def _referenced_env(raw: dict[str, Any]) -> set[str]:
     """Variables the config names in *_env keys (a tenant's secret may be PUSHBRIDGE_…)."""
-    names = {t.get(k) for t in raw.get("tenants") or [] if isinstance(t, dict) for k in t}
+    names = {
+        t.get(k)
+        for t in raw.get("tenants") or []
+        if isinstance(t, dict)
+        for k in t
+        if k.endswith("_env")
+    }
     names |= {
         u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
     }

@@ -11,13 +11,16 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import gemini, octoai, openai
+from bridge.dev.emulators import fal, gemini, octoai, openai, replicate, runpod
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
+    "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
     "openai": openai.create_emulator_app,
     "gemini": gemini.create_emulator_app,
+    "replicate": replicate.create_emulator_app,
+    "runpod": runpod.create_emulator_app,
 }
 
 # Where a client of `pushbridge emulator --protocol NAME` sends its first request.

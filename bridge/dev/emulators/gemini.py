@@ -123,7 +123,7 @@ def key_error(request: Request) -> Response:
 def guard(
     request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0
 ) -> tuple[EmulatorState, Response | None]:
-    state, refused = gate(request, kind, rate_503, rate_429, auth=key_ok, reply=gate_error)
+    state, refused = gate(request, kind, rate_503, rate_429, auth=key_ok, refuse=gate_error)
     if refused is not None and refused.status_code == 401:
         return state, key_error(request)
     return state, refused

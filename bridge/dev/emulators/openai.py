@@ -213,7 +213,7 @@ def check_knobs(knobs: dict[str, Any]) -> Response | None:
 
 async def create(request: Request) -> Response:
     state: EmulatorState = request.app.state.emulator
-    state, refused = gate(request, "submit", state.settings.submit_503_rate, reply=gate_error)
+    state, refused = gate(request, "submit", state.settings.submit_503_rate, refuse=gate_error)
     if refused:
         return refused
     try:
@@ -241,7 +241,7 @@ def _find(request: Request, state: EmulatorState) -> Future | Response:
 
 async def retrieve(request: Request) -> Response:
     s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, reply=gate_error)
+    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, refuse=gate_error)
     if refused:
         return refused
     found = _find(request, state)
@@ -252,7 +252,7 @@ async def retrieve(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    state, refused = gate(request, "cancel", reply=gate_error)
+    state, refused = gate(request, "cancel", refuse=gate_error)
     if refused:
         return refused
     found = _find(request, state)
@@ -267,7 +267,7 @@ async def cancel(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
-    state, refused = gate(request, "delete", reply=gate_error)
+    state, refused = gate(request, "delete", refuse=gate_error)
     if refused:
         return refused
     found = _find(request, state)
@@ -278,7 +278,7 @@ async def delete(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
-    state, refused = gate(request, "health", reply=gate_error)
+    state, refused = gate(request, "health", refuse=gate_error)
     if refused:
         return refused
     if not state.settings.healthy:
