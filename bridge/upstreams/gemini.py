@@ -40,10 +40,8 @@ from bridge.upstreams.base import (
     Submitted,
     UpstreamRef,
 )
+from bridge.upstreams.httpjson import MAX_CONTROL_BODY_BYTES, MAX_ERROR_CHARS, REQUEST_ERRORS
 from bridge.upstreams.jsonapi import (
-    MAX_CONTROL_BODY_BYTES,
-    MAX_MESSAGE_CHARS,
-    REQUEST_ERRORS,
     Answer,
     JsonApi,
     poll_refusal,
@@ -81,7 +79,7 @@ def _filtered(response: dict[str, Any]) -> str | None:
         return None
     reasons = video.get("raiMediaFilteredReasons") or []
     text = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
-    return f"blocked by Google's safety filter: {text or 'no reason given'}"[:MAX_MESSAGE_CHARS]
+    return f"blocked by Google's safety filter: {text or 'no reason given'}"[:MAX_ERROR_CHARS]
 
 
 class GeminiUpstream:
@@ -151,7 +149,7 @@ class GeminiUpstream:
         error, response = data.get("error"), data.get("response")
         if isinstance(error, dict):
             message = error.get("message") or f"operation failed with code {error.get('code')}"
-            return Failed(str(message)[:MAX_MESSAGE_CHARS], code)
+            return Failed(str(message)[:MAX_ERROR_CHARS], code)
         if not isinstance(response, dict):
             return transient("malformed operation: done without response or error", answer)
         if why := _filtered(response):

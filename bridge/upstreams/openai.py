@@ -37,9 +37,8 @@ from bridge.upstreams.base import (
     Submitted,
     UpstreamRef,
 )
+from bridge.upstreams.httpjson import MAX_CONTROL_BODY_BYTES, REQUEST_ERRORS
 from bridge.upstreams.jsonapi import (
-    MAX_CONTROL_BODY_BYTES,
-    REQUEST_ERRORS,
     Answer,
     JsonApi,
     cancel_refusal,
