@@ -215,6 +215,36 @@ class FalUpstreamConfig(UpstreamCommon):
     protocol: Literal["fal"] = "fal"
 
 
+class OpenAIRateLimit(RateLimitConfig):
+    """OpenAI's limits are per usage tier and model; 500 requests a minute is tier 1's for
+    most models. Set your own tier's."""
+
+    submit_per_s: float | None = Field(500 / 60, gt=0)
+
+
+class OpenAIUpstreamConfig(UpstreamCommon):
+    """The Responses API in background mode (CONTRACT §5b); `url` is the API base."""
+
+    protocol: Literal["openai"] = "openai"
+    url: str = "https://api.openai.com/v1"
+    rate_limit: OpenAIRateLimit = OpenAIRateLimit()
+
+
+class GeminiRateLimit(RateLimitConfig):
+    """Veo's request limit on the Gemini API: 10 a minute for the preview models (per
+    project; higher tiers and GA models have more)."""
+
+    submit_per_s: float | None = Field(10 / 60, gt=0)
+
+
+class GeminiUpstreamConfig(UpstreamCommon):
+    """Long-running operations of the Gemini API (CONTRACT §5b); `url` is the model,
+    `https://generativelanguage.googleapis.com/v1beta/models/<model>`."""
+
+    protocol: Literal["gemini"] = "gemini"
+    rate_limit: GeminiRateLimit = GeminiRateLimit()
+
+
 class CustomUpstreamConfig(UpstreamCommon):
     """A provider described by its `adapter` (README "Custom adapters")."""
 
@@ -222,7 +252,7 @@ class CustomUpstreamConfig(UpstreamCommon):
     adapter: AdapterConfig
 
 
-PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "custom")
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "openai", "gemini", "custom")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -239,6 +269,8 @@ UpstreamConfig = Annotated[
     | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
     | Annotated[RunpodUpstreamConfig, Tag("runpod")]
     | Annotated[FalUpstreamConfig, Tag("fal")]
+    | Annotated[OpenAIUpstreamConfig, Tag("openai")]
+    | Annotated[GeminiUpstreamConfig, Tag("gemini")]
     | Annotated[CustomUpstreamConfig, Tag("custom")],
     Discriminator(
         _protocol_of,

@@ -250,7 +250,8 @@ def test_runpod_and_fal_upstreams_with_their_defaults_and_overrides():
     with pytest.raises(ConfigError, match=r"upstreams\.fal\.policy: Extra inputs"):
         parse_config({"upstreams": {"fal": {**raw["upstreams"]["fal"], "policy": {}}}}, {})
     with pytest.raises(
-        ConfigError, match="the protocols are: octoai, replicate, runpod, fal, custom"
+        ConfigError,
+        match="the protocols are: octoai, replicate, runpod, fal, openai, gemini, custom",
     ):
         parse_config({"upstreams": {"x": {"protocol": "replicat", "url": "https://x"}}}, {})
     with pytest.raises(ConfigError, match=r"unknown key of upstreams\.rp 'polcy'"):

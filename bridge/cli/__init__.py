@@ -296,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.dev.emulators import PROTOCOLS, EmulatorSettings
+    from bridge.dev.emulators import ENTRY_POINTS, PROTOCOLS, EmulatorSettings
 
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
@@ -315,7 +315,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(
-        f"emulator: POST http://{args.host}:{args.port}/infer/<model> (health: /healthz)",
+        f"emulator ({args.protocol}): "
+        + ENTRY_POINTS.get(args.protocol, "{base}").format(base=f"http://{args.host}:{args.port}")
+        + " (health: /healthz)",
         file=sys.stderr,
     )
     uvicorn.run(

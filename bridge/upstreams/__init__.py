@@ -12,7 +12,9 @@ from bridge.net.client import LeanClient
 from bridge.upstreams.base import Upstream
 from bridge.upstreams.custom import CustomUpstream
 from bridge.upstreams.fal import FalUpstream
+from bridge.upstreams.gemini import GeminiUpstream
 from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams.openai import OpenAIUpstream
 from bridge.upstreams.replicate import ReplicateUpstream
 from bridge.upstreams.runpod import RunpodUpstream
 
@@ -22,7 +24,15 @@ Factory = Callable[[str, Any, str | None, LeanClient], Upstream]
 REGISTRY: Mapping[str, Factory] = MappingProxyType(
     {
         u.protocol: u
-        for u in (OctoAIUpstream, ReplicateUpstream, RunpodUpstream, FalUpstream, CustomUpstream)
+        for u in (
+            OctoAIUpstream,
+            ReplicateUpstream,
+            RunpodUpstream,
+            FalUpstream,
+            OpenAIUpstream,
+            GeminiUpstream,
+            CustomUpstream,
+        )
     }
 )
 
