@@ -342,3 +342,16 @@ async def test_d3_memory_of_a_serve_process_under_the_attack(tmp_path: Path, val
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
         await emu.stop()
+
+
+async def test_a_server_started_without_signals_leaves_the_signal_handlers_alone():
+    """start_server(signals=False), the default (demo, tests): the servers are parts of a
+    program that handles its signals itself; uvicorn's own capture must not replace them."""
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in watched}
+    server = await start_server(create_emulator_app(EmulatorSettings()))
+    try:
+        assert {sig: signal.getsignal(sig) for sig in watched} == before
+    finally:
+        await server.stop()
+    assert {sig: signal.getsignal(sig) for sig in watched} == before

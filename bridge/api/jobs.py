@@ -57,7 +57,8 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime
+    rt: Runtime = request.app.state.runtime  # set by create_app
+    return rt
 
 
 def authenticate(request: Request) -> Tenant:
@@ -112,7 +113,7 @@ def _envelope(raw: Any) -> tuple[str, dict[str, Any], str, dict[str, Any] | None
     return upstream, inputs, callback_url, metadata
 
 
-def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
+def _refuse_wide_integers(body: bytes | bytearray, fields: dict[str, bytes]) -> None:
     """orjson reads an integer beyond 64 bits as a float: refuse it rather than forward an
     altered value (a literal that only appears inside a string is not in the parsed fields)."""
     for token in integers_beyond_64_bits(body):
@@ -127,7 +128,7 @@ def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
                 )
 
 
-def measure_body(body: bytes, max_values: int) -> Shape:
+def measure_body(body: bytes | bytearray, max_values: int) -> Shape:
     """The body's shape, measured on its bytes; 413 beyond max_values."""
     shape = measure(body, max_values, MAX_BODY_DEPTH)
     if shape.values > max_values:
@@ -139,7 +140,7 @@ def measure_body(body: bytes, max_values: int) -> Shape:
     return shape
 
 
-def parse_job_request(body: bytes, shape: Shape) -> JobBody:
+def parse_job_request(body: bytes | bytearray, shape: Shape) -> JobBody:
     """Parse a measured body once and check it by hand: its values are bounded in number
     (measure_body) and depth (64 levels for inputs and metadata)."""
     try:
