@@ -167,7 +167,7 @@ async def test_transport_errors_never_carry_the_request_headers(raw_server):
     port = await raw_server(lambda head: NOT_HTTP)
     async with callback_client() as client:
         with pytest.raises(Exception) as caught:
-            response = await client.send_lean(
+            response = await client.send_raw(
                 "POST", f"http://127.0.0.1:{port}/x", 2, {"authorization": "Bearer s3cr3t"}, b"{}"
             )
             await response.aclose()

@@ -34,6 +34,9 @@ MAX_BODY_DEPTH = MAX_INPUT_DEPTH + 1  # the body object around them
 MAX_UPSTREAM_CHARS = 200
 IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,255}")
 JSON_TYPES = ("application/json",)
+# the API holds a new job's lease for its submit: the upstream's submit timeout plus this
+# margin (for the store commit after it), then a worker may take the job over
+SUBMIT_LEASE_MARGIN_S = 5.0
 BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
 
 
@@ -226,7 +229,7 @@ async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBod
         req.metadata_json,
         upstream.config.poll.deadline_s,
     )
-    lease_ms = int((upstream.config.submit_timeout_s + 5) * 1000)
+    lease_ms = int((upstream.config.submit_timeout_s + SUBMIT_LEASE_MARGIN_S) * 1000)
     created = await rt.store.create_job(
         tenant.name, job.creation_fields(), lease_ms, req.sha256, idem_key, rt.retention_ms
     )

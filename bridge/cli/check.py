@@ -127,7 +127,7 @@ async def _check_configured_store(config: Config, report: Report) -> None:
 
 async def _get_status(client: LeanClient, url: str, token: str | None, timeout_s: float) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = await client.send_lean("GET", url, timeout_s, headers)
+    response = await client.send_raw("GET", url, timeout_s, headers)
     await response.aclose()
     return response.status_code
 
