@@ -22,8 +22,8 @@ import yaml
 from bridge.api.serving import start_server
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.store.embedded import free_port
-from tests.conftest import API_KEY, ENV, base_config
-from tests.test_http_limits import captured_logs
+from tests.support.config import API_KEY, ENV, base_config
+from tests.support.logs import captured_logs
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -28,8 +28,8 @@ from bridge.model import new_job
 from bridge.net.client import callback_client
 from bridge.obs.logs import configure_logging
 from bridge.store import Commit, Remove
-from tests.conftest import UPSTREAM_TOKEN
-from tests.test_api import assert_problem
+from tests.support.config import UPSTREAM_TOKEN
+from tests.support.problems import assert_problem
 
 NOT_HTTP = b"NOT HTTP AT ALL\r\n\r\n"
 HUGE_HEADER = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\nContent-Length: 0\r\n\r\n"

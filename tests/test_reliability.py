@@ -14,7 +14,7 @@ from bridge.api.serving import start_server
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Receiver, Reply
 from bridge.store.embedded import EmbeddedValkey, free_port
-from tests.conftest import UPSTREAM_TOKEN
+from tests.support.config import UPSTREAM_TOKEN
 
 
 async def test_rate_limits_hold_across_replicas(make_stack):

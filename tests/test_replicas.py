@@ -18,7 +18,7 @@ import yaml
 from bridge.dev.receiver import Reply
 from bridge.engine.loops import Workers
 from bridge.store.embedded import free_port
-from tests.conftest import ENV
+from tests.support.config import ENV
 
 
 @contextlib.asynccontextmanager

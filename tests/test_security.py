@@ -12,8 +12,8 @@ from bridge.delivery.signing import new_webhook_secret
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
 from bridge.obs.logs import configure_logging
-from tests.conftest import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN
-from tests.test_api import assert_problem
+from tests.support.config import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN
+from tests.support.problems import assert_problem
 
 NAMES = {
     "public.test": ["93.184.216.34"],

@@ -21,7 +21,7 @@ from bridge.store import After, Commit, Remove, Store, StoreLayoutError, valid_j
 from bridge.store.connection import make_redis
 from bridge.store.embedded import free_port
 from bridge.store.ratelimit import RateLimiter
-from tests.conftest import ENV, base_config
+from tests.support.config import ENV, base_config
 
 
 async def _create(store: Store, lease_ms: int = 50, **kw) -> tuple[str, str]:

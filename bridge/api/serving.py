@@ -71,10 +71,18 @@ async def start_server(
     signals: bool = False,
     max_header_bytes: int = 64 * 1024,
     header_timeout_s: float = 10.0,
+    grace_s: float = 10.0,
 ) -> RunningServer:
+    """`app` served on host:port (default: a free port); `stop()` lets requests in flight
+    finish within grace_s, then cancels them."""
     port = port or free_port(host)
     config = uvicorn_config(
-        app, host, port, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s
+        app,
+        host,
+        port,
+        grace_s,
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout_s,
     )
     server = uvicorn.Server(config) if signals else QuietServer(config)
     task = asyncio.create_task(server.serve())
