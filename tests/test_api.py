@@ -12,6 +12,7 @@ from bridge.dev.receiver import Reply
 from tests.support.config import OTHER_KEY
 from tests.support.inprocess import HOOK
 from tests.support.problems import assert_problem
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize(
@@ -162,7 +163,13 @@ async def test_delivery_gives_up_after_schedule_and_410_stops(make_stack):
     s.receiver.plan("/gone", Reply(410), Reply(200))
     down = (await s.submit(callback_url=s.hook("/down"))).json()["id"]
     gone = (await s.submit(callback_url=s.hook("/gone"))).json()["id"]
-    await asyncio.sleep(3)
+
+    async def both_failed() -> bool:
+        states = [(await s.job(job_id))["delivery"]["state"] for job_id in (down, gone)]
+        return states == ["failed", "failed"]
+
+    assert await eventually(both_failed, 10)
+    await asyncio.sleep(0.3)  # more than one retry interval: no attempt after failing
     assert len(s.receiver.to("/down")) == 4  # 1 + len(retry_schedule_s)
     assert len(s.receiver.to("/gone")) == 1
     for job_id in (down, gone):

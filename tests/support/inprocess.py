@@ -1,5 +1,6 @@
 """The bridge's API driven in process: httpx over ASGI, no server, no workers (role "api").
-For tests that need the store but no network between the client and the bridge."""
+For tests that need the store but no network between the client and the bridge; the
+upstream is a closed port, or, when a test asks for one, the emulator on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp
 
 from bridge.api.app import create_app
+from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
+from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState, create_emulator_app
 from bridge.engine.runtime import Runtime, build_runtime
 from bridge.net.client import callback_client, upstream_client
 from bridge.store import Store
@@ -25,6 +28,7 @@ NO_UPSTREAM = "http://127.0.0.1:9/infer"  # refuses connections: a submit is ret
 class Api:
     def __init__(self, rt: Runtime, app: ASGIApp, client: httpx.AsyncClient) -> None:
         self.rt, self.app, self.client = rt, app, client
+        self.emulator: EmulatorState | None = None  # with make(emulator=...)
 
     def client_with(self, api_key: str | None) -> httpx.AsyncClient:
         """Another client of the same app (`async with` it): another tenant's key, or none."""
@@ -48,16 +52,25 @@ ApiFactory = Callable[..., Any]
 
 @contextlib.asynccontextmanager
 async def api_factory(redis: Redis) -> AsyncIterator[ApiFactory]:
-    """`make(upstream_url, routes, resolver, **config overrides)`: an API-only bridge app
-    in process over the given store client; its upstream `echo` is at upstream_url."""
+    """`make(upstream_url, routes, resolver, emulator, **config overrides)`: an API-only
+    bridge app in process over the given store client; its upstream `echo` is at
+    upstream_url, or is an emulator with the given settings on 127.0.0.1."""
     async with contextlib.AsyncExitStack() as exits:
 
         async def make(
             upstream_url: str = NO_UPSTREAM,
             routes: tuple[Any, ...] = (),
             resolver: Any = None,
+            emulator: EmulatorSettings | None = None,
             **overrides: Any,
         ) -> Api:
+            emulator_state = None
+            if emulator is not None:
+                emulator_app = create_emulator_app(emulator)
+                server = await start_server(emulator_app, grace_s=0.5)
+                exits.push_async_callback(server.stop)
+                upstream_url = f"{server.url}/infer/echo"
+                emulator_state = emulator_app.state.emulator
             up = await exits.enter_async_context(upstream_client())
             cb = await exits.enter_async_context(callback_client())
             config = parse_config(base_config("http://127.0.0.1:9", **overrides), ENV)
@@ -75,6 +88,8 @@ async def api_factory(redis: Redis) -> AsyncIterator[ApiFactory]:
                     headers={"Authorization": f"Bearer {API_KEY}"},
                 )
             )
-            return Api(rt, app, client)
+            api = Api(rt, app, client)
+            api.emulator = emulator_state
+            return api
 
         yield make
