@@ -19,6 +19,7 @@ test: $(STAMP)
 		|| echo "make test: no Helm 3, so the chart tests will be skipped (reason above)"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -33,7 +33,7 @@ from bridge.adapter_config import AdapterConfig
 
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
-DEFAULT_RETRY_SCHEDULE_S = [5, 300, 1800, 7200, 18000, 36000, 36000]
+DEFAULT_RETRY_SCHEDULE_S: list[float] = [5, 300, 1800, 7200, 18000, 36000, 36000]
 WEBHOOK_SECRET_PREFIX = "whsec_"
 MIN_WEBHOOK_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
 

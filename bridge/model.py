@@ -29,7 +29,6 @@ class JobStatus(StrEnum):
 
 
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # worked on in the due schedule
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 DELIVERABLE = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})  # have a callback event
 
 

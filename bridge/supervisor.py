@@ -82,9 +82,11 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            slot = self.pids.pop(pid, None)
+            if pid not in self.pids:  # not one of ours
+                continue
+            slot = self.pids.pop(pid)
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping or slot is None:
+            if self.stopping:
                 worst = max(worst, code if code > 0 else 0)
                 continue
             self.log.error("worker exited; restarting it", pid=pid, exit_code=code)

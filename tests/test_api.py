@@ -1,25 +1,18 @@
-"""The HTTP API: problems, tenants, idempotency, attempts, redeliver, cancel, OpenAPI."""
+"""The HTTP API: problems, tenants, idempotency, attempts, redeliver, cancel, OpenAPI.
+Tests that need no upstream or receiver drive the API in process (`make_api`)."""
 
 from __future__ import annotations
 
 import asyncio
 
-import httpx
 import jsonschema
 import pytest
 
-from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
-from tests.conftest import UPSTREAM_TOKEN
-
-
-def assert_problem(r: httpx.Response, status: int, code: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["code"] == code and body["type"] == f"/problems/{code}"
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
+from tests.support.config import OTHER_KEY
+from tests.support.inprocess import HOOK
+from tests.support.problems import assert_problem
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize(
@@ -49,23 +42,23 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict:
         ),
     ],
 )
-async def test_bad_requests_get_problem_json(make_stack, content, headers, code):
-    s = await make_stack()
-    r = await s.client.post("/v1/jobs", content=content, headers=headers)
+async def test_bad_requests_get_problem_json(make_api, content, headers, code):
+    api = await make_api()
+    r = await api.client.post("/v1/jobs", content=content, headers=headers)
     assert_problem(r, 415 if code == "unsupported-media-type" else 400, code)
 
 
-async def test_auth_and_unknown_upstream(make_stack):
-    s = await make_stack()
-    async with httpx.AsyncClient(base_url=s.bridge.url) as anon:
+async def test_auth_and_unknown_upstream(make_api):
+    s = await make_api()
+    async with s.client_with(None) as anon:
         assert_problem(await anon.post("/v1/jobs", json={}), 401, "unauthorized")
         bad = {"Authorization": "Bearer nope"}
         assert_problem(await anon.get("/v1/jobs/job_x", headers=bad), 401, "unauthorized")
     assert_problem(await s.submit(upstream="nope"), 404, "unknown-upstream")
 
 
-async def test_body_and_field_limits(make_stack):
-    s = await make_stack(listen__max_body_bytes=2048)
+async def test_body_and_field_limits(make_api):
+    s = await make_api(listen__max_body_bytes=2048)
     r = await s.submit(inputs={"blob": "x" * 4096})
     assert_problem(r, 413, "payload-too-large")
     r = await s.client.post(
@@ -74,18 +67,18 @@ async def test_body_and_field_limits(make_stack):
         headers={"content-type": "application/json", "content-length": "3000"},
     )
     assert_problem(r, 413, "payload-too-large")
-    s2 = await make_stack()
+    s2 = await make_api()
     assert_problem(await s2.submit(metadata={"m": "x" * 17000}), 400, "invalid-request")
     r = await s2.client.post(
         "/v1/jobs",
         headers={"Idempotency-Key": "k" * 256},
-        json={"upstream": "echo", "inputs": {}, "callback_url": s2.hook()},
+        json={"upstream": "echo", "inputs": {}, "callback_url": HOOK},
     )
     assert_problem(r, 400, "invalid-request")
 
 
-async def test_callback_url_rejected_with_rule(make_stack):
-    s = await make_stack(callbacks__allow_private_networks=False, callbacks__allow_http=False)
+async def test_callback_url_rejected_with_rule(make_api):
+    s = await make_api(callbacks__allow_private_networks=False, callbacks__allow_http=False)
     body = assert_problem(
         await s.submit(callback_url="ftp://example.com/x"), 422, "callback-rejected"
     )
@@ -104,18 +97,19 @@ async def test_callback_url_rejected_with_rule(make_stack):
     assert body["rule"] == "link-local-address"
 
 
-async def test_tenant_isolation_on_every_job_endpoint(make_stack):
-    s = await make_stack()
+async def test_tenant_isolation_on_every_job_endpoint(make_api):
+    s = await make_api()
     job_id = (await s.submit()).json()["id"]
-    for method, path in [
-        ("GET", ""),
-        ("GET", "/attempts"),
-        ("POST", "/redeliver"),
-        ("GET", "/result"),
-        ("DELETE", ""),
-    ]:
-        r = await s.other.request(method, f"/v1/jobs/{job_id}{path}")
-        assert_problem(r, 404, "not-found")
+    async with s.client_with(OTHER_KEY) as other:
+        for method, path in [
+            ("GET", ""),
+            ("GET", "/attempts"),
+            ("POST", "/redeliver"),
+            ("GET", "/result"),
+            ("DELETE", ""),
+        ]:
+            r = await other.request(method, f"/v1/jobs/{job_id}{path}")
+            assert_problem(r, 404, "not-found")
     assert (await s.client.get(f"/v1/jobs/{job_id}")).status_code == 200
     assert_problem(await s.client.get("/v1/jobs/job_nonsense"), 404, "not-found")
     assert_problem(await s.client.get("/v1/jobs/job_" + "0" * 27), 404, "not-found")
@@ -169,7 +163,13 @@ async def test_delivery_gives_up_after_schedule_and_410_stops(make_stack):
     s.receiver.plan("/gone", Reply(410), Reply(200))
     down = (await s.submit(callback_url=s.hook("/down"))).json()["id"]
     gone = (await s.submit(callback_url=s.hook("/gone"))).json()["id"]
-    await asyncio.sleep(3)
+
+    async def both_failed() -> bool:
+        states = [(await s.job(job_id))["delivery"]["state"] for job_id in (down, gone)]
+        return states == ["failed", "failed"]
+
+    assert await eventually(both_failed, 10)
+    await asyncio.sleep(0.3)  # more than one retry interval: no attempt after failing
     assert len(s.receiver.to("/down")) == 4  # 1 + len(retry_schedule_s)
     assert len(s.receiver.to("/gone")) == 1
     for job_id in (down, gone):
@@ -206,8 +206,8 @@ async def test_cancel(make_stack):
     assert s.receiver.deliveries == []
 
 
-async def test_redeliver_and_result_before_terminal_conflict(make_stack):
-    s = await make_stack()
+async def test_redeliver_and_result_before_terminal_conflict(make_api):
+    s = await make_api()  # no upstream answers: the job stays queued
     job_id = (await s.submit(inputs={"_emulate": {"duration_s": 5}})).json()["id"]
     assert_problem(await s.client.post(f"/v1/jobs/{job_id}/redeliver"), 409, "job-not-terminal")
     assert_problem(await s.client.get(f"/v1/jobs/{job_id}/result"), 409, "job-not-terminal")
@@ -243,13 +243,13 @@ async def test_health_ready_and_metrics(make_stack):
     assert 'pushbridge_delivery_attempts_total{outcome="delivered"} 1.0' in text
 
 
-async def test_store_down_answers_503_and_nothing_is_accepted(make_stack, tmp_path):
+async def test_store_down_answers_503_and_nothing_is_accepted(make_api, tmp_path):
     from redis.asyncio import Redis
 
     from bridge.store import Store
     from bridge.store.embedded import EmbeddedValkey
 
-    s = await make_stack(emulator=EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN))
+    s = await make_api()
     own = EmbeddedValkey(tmp_path / "v", appendonly=False)
     own.start()
     client = Redis.from_url(own.url, decode_responses=True, socket_connect_timeout=1)

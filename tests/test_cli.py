@@ -22,7 +22,7 @@ from bridge.config import parse_config, resolve_secrets
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver
 from bridge.store.embedded import EmbeddedValkey, free_port
-from tests.conftest import API_KEY, ENV, SECRET, base_config
+from tests.support.config import API_KEY, ENV, SECRET, base_config
 
 
 async def _run(

@@ -25,7 +25,7 @@ LOOPBACK_OK = CallbacksConfig(
 @pytest.fixture
 async def receiver():
     rec = Receiver()
-    srv = await start_server(rec.app())
+    srv = await start_server(rec.app(), grace_s=0.5)  # a reply planned to hang is cut short
     yield rec, srv.url
     await srv.stop()
 

@@ -8,7 +8,7 @@ import httpx
 from standardwebhooks.webhooks import Webhook
 
 from bridge.dev.emulators.octoai import EmulatorSettings
-from tests.conftest import SECRET, UPSTREAM_TOKEN
+from tests.support.config import SECRET, UPSTREAM_TOKEN
 
 
 async def test_job_completes_and_callback_verifies(make_stack):

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from bridge.store.embedded import free_port
-from tests.conftest import SECRET
+from tests.support.config import SECRET
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

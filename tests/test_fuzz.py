@@ -26,7 +26,7 @@ from bridge.net.client import callback_client, upstream_client
 from bridge.process import bridge_app
 from bridge.store import Store
 from bridge.store.embedded import EmbeddedValkey, free_port
-from tests.conftest import API_KEY, ENV, base_config
+from tests.support.config import API_KEY, ENV, base_config
 
 schema = schemathesis.openapi.from_dict(openapi_spec())
 

@@ -7,95 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import jsonschema
 import orjson
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.api.app import create_app
 from bridge.api.jsonshape import measure
 from bridge.api.problems import DESCRIPTIONS, TITLES
 from bridge.api.serving import start_server
-from bridge.config import parse_config, resolve_secrets
 from bridge.delivery.signing import ResultLinks
-from bridge.engine.runtime import Runtime, build_runtime
-from bridge.net.client import callback_client, upstream_client
-from bridge.obs.logs import configure_logging
-from bridge.store import Store
-from tests.conftest import API_KEY, ENV, UPSTREAM_TOKEN, base_config, loopback_only_dns
-from tests.test_api import assert_problem
+from tests.support.config import API_KEY, UPSTREAM_TOKEN
+from tests.support.inprocess import HOOK
+from tests.support.logs import captured_logs
+from tests.support.problems import assert_problem
 
-HOOK = "http://127.0.0.1:9/hook"  # never called: these tests stop before delivery
 JOB_ID = "job_000000000000000000000000000"
-
-
-@contextlib.contextmanager
-def captured_logs() -> Iterator[io.StringIO]:
-    """structlog's lines into a buffer; the previous configuration is restored after."""
-    previous = structlog.get_config()
-    buf = io.StringIO()
-    configure_logging("json", "info", stream=buf)
-    try:
-        yield buf
-    finally:
-        structlog.configure(**previous)
-
-
-class Api:
-    def __init__(self, rt: Runtime, client: httpx.AsyncClient) -> None:
-        self.rt, self.client = rt, client
-
-    async def post_raw(self, body: bytes, **headers: str) -> httpx.Response:
-        return await self.client.post(
-            "/v1/jobs", content=body, headers={"content-type": "application/json", **headers}
-        )
-
-    async def submit(self, **fields: Any) -> httpx.Response:
-        body = {"upstream": "echo", "inputs": {"prompt": "hi"}, "callback_url": HOOK, **fields}
-        return await self.client.post("/v1/jobs", json=body)
-
-
-@pytest.fixture
-async def make_api(redis: Redis) -> AsyncIterator[Callable[..., Any]]:
-    """An API-only bridge app driven in process; its upstream `echo` is at upstream_url."""
-    async with contextlib.AsyncExitStack() as exits:
-
-        async def make(
-            upstream_url: str = "http://127.0.0.1:9/infer", routes: tuple = (), **overrides: Any
-        ) -> Api:
-            up = await exits.enter_async_context(upstream_client())
-            cb = await exits.enter_async_context(callback_client())
-            config = parse_config(base_config("http://127.0.0.1:9", **overrides), ENV)
-            echo = config.upstreams["echo"].model_copy(update={"url": upstream_url})
-            config = config.model_copy(update={"upstreams": {"echo": echo}})
-            store = Store(redis, config.store.key_prefix, config.store.partitions)
-            rt = await build_runtime(
-                config, resolve_secrets(config, ENV), store, up, cb, loopback_only_dns
-            )
-            app = create_app(rt, "api", routes)
-            client = await exits.enter_async_context(
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app),
-                    base_url="http://bridge",
-                    headers={"Authorization": f"Bearer {API_KEY}"},
-                )
-            )
-            return Api(rt, client)
-
-        yield make
 
 
 # ---- D3: the body is measured before it is parsed ------------------------------------

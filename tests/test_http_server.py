@@ -22,8 +22,8 @@ import yaml
 from bridge.api.serving import start_server
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.store.embedded import free_port
-from tests.conftest import API_KEY, ENV, base_config
-from tests.test_http_limits import captured_logs
+from tests.support.config import API_KEY, ENV, base_config
+from tests.support.logs import captured_logs
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -342,3 +342,16 @@ async def test_d3_memory_of_a_serve_process_under_the_attack(tmp_path: Path, val
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
         await emu.stop()
+
+
+async def test_a_server_started_without_signals_leaves_the_signal_handlers_alone():
+    """start_server(signals=False), the default (demo, tests): the servers are parts of a
+    program that handles its signals itself; uvicorn's own capture must not replace them."""
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in watched}
+    server = await start_server(create_emulator_app(EmulatorSettings()))
+    try:
+        assert {sig: signal.getsignal(sig) for sig in watched} == before
+    finally:
+        await server.stop()
+    assert {sig: signal.getsignal(sig) for sig in watched} == before

@@ -17,7 +17,7 @@ async def test_request_carries_timeout_user_agent_and_extensions():
         return httpx.Response(200, content=b"ok")
 
     async with LeanClient(transport=httpx.MockTransport(handler)) as client:
-        r = await client.send_lean(
+        r = await client.send_raw(
             "POST", "http://h.test/x", 2.5, {"a": "1"}, b"body", {"sni_hostname": "h"}
         )
         assert await r.aread() == b"ok"
@@ -37,7 +37,7 @@ async def test_redirects_only_through_the_full_client_when_it_follows_them(follo
         return httpx.Response(200)
 
     async with LeanClient(transport=httpx.MockTransport(handler), follow_redirects=follow) as c:
-        r = await c.send_lean("GET", "http://h.test/old", 1.0)
+        r = await c.send_raw("GET", "http://h.test/old", 1.0)
         await r.aclose()
     assert r.status_code == expected
 
@@ -46,4 +46,4 @@ async def test_redirects_only_through_the_full_client_when_it_follows_them(follo
 async def test_connection_refused_is_an_httpx_connect_error(make_client):
     async with make_client() as client:
         with pytest.raises(httpx.ConnectError):
-            await client.send_lean("GET", f"http://127.0.0.1:{free_port()}/", 1.0)
+            await client.send_raw("GET", f"http://127.0.0.1:{free_port()}/", 1.0)

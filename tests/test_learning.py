@@ -17,7 +17,7 @@ from bridge.engine.learning import (
     interval_field,
     running_field,
 )
-from tests.conftest import UPSTREAM_TOKEN
+from tests.support.config import UPSTREAM_TOKEN
 
 
 def test_buckets_are_log_spaced():

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
-from tests.conftest import UPSTREAM_TOKEN
+from tests.support.config import UPSTREAM_TOKEN
 
 
 async def scrape(s) -> dict[tuple[str, tuple], float]:

@@ -23,17 +23,19 @@ from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
 from bridge.delivery.sender import Deliverer
 from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Receiver, Reply
 from bridge.model import new_job
 from bridge.net.client import callback_client
 from bridge.obs.logs import configure_logging
 from bridge.store import Commit, Remove
-from tests.conftest import UPSTREAM_TOKEN
-from tests.test_api import assert_problem
+from tests.support.config import UPSTREAM_TOKEN
+from tests.support.problems import assert_problem
 
 NOT_HTTP = b"NOT HTTP AT ALL\r\n\r\n"
 HUGE_HEADER = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 9000 + b"\r\nContent-Length: 0\r\n\r\n"
 Answer = Callable[[bytes], bytes | None]  # request head -> reply bytes (None: never answer)
+EMULATOR = EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)  # as make_stack's
 
 
 @pytest.fixture
@@ -96,17 +98,18 @@ async def _delivery_ends(s, job_id: str, timeout_s: float = 10) -> tuple[dict, l
 @pytest.mark.parametrize(
     "suffix", ["\n", "\t", "\r\n", "\x00", " ", "\x7f", "\u2028", "\u00a0", "\u200b"]
 )
-async def test_control_characters_and_whitespace_in_callback_url_are_refused(make_stack, suffix):
-    s = await make_stack()
-    for url in (s.hook("/ok") + suffix, s.hook("/o" + suffix + "k")):
+async def test_control_characters_and_whitespace_in_callback_url_are_refused(make_api, suffix):
+    s = await make_api(emulator=EMULATOR)  # refused before anything is sent or delivered
+    hook = "http://127.0.0.1:9"
+    for url in (f"{hook}/ok{suffix}", f"{hook}/o{suffix}k"):
         body = assert_problem(await s.submit(callback_url=url), 422, "callback-rejected")
         assert body["rule"] == "control-character", body
     assert s.emulator.requests["submit"] == 0
 
 
-async def test_a_host_that_fails_idna_2008_is_refused_with_a_rule(make_stack):
-    s = await make_stack()
-    port = s.receiver_srv.port
+async def test_a_host_that_fails_idna_2008_is_refused_with_a_rule(make_api):
+    s = await make_api(emulator=EMULATOR)  # refused before anything is sent or delivered
+    port = 9
     fullwidth_localhost = "".join(chr(ord(c) + 0xFEE0) for c in "localhost")
     for host in (fullwidth_localhost, "xn--zz.test", "a\u0300b.test", "\u2603.test"):
         r = await s.submit(callback_url=f"http://{host}:{port}/ok")
@@ -167,7 +170,7 @@ async def test_transport_errors_never_carry_the_request_headers(raw_server):
     port = await raw_server(lambda head: NOT_HTTP)
     async with callback_client() as client:
         with pytest.raises(Exception) as caught:
-            response = await client.send_lean(
+            response = await client.send_raw(
                 "POST", f"http://127.0.0.1:{port}/x", 2, {"authorization": "Bearer s3cr3t"}, b"{}"
             )
             await response.aclose()
@@ -366,7 +369,7 @@ async def slow_receivers() -> AsyncIterator[Callable[[], asyncio.Future]]:
     async def start(delay_s: float = 0.3) -> tuple[Receiver, int]:
         rec = Receiver()
         rec.default = Reply(200, delay_s=delay_s)
-        srv = await start_server(rec.app())
+        srv = await start_server(rec.app(), grace_s=0.5)  # the test is over when it stops
         stops.append(srv.stop)
         return rec, srv.port
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from bridge.api.serving import start_server
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Receiver, Reply
 from bridge.store.embedded import EmbeddedValkey, free_port
-from tests.conftest import UPSTREAM_TOKEN
+from tests.support.config import UPSTREAM_TOKEN
 
 
 async def test_rate_limits_hold_across_replicas(make_stack):
@@ -60,7 +62,7 @@ async def test_hanging_host_does_not_delay_other_hosts(make_stack):
     port = s.receiver_srv.port
     slow = Receiver()  # on another port: caps are per address and port
     slow.path_defaults["/slow"] = Reply(200, delay_s=5)
-    slow_srv = await start_server(slow.app())
+    slow_srv = await start_server(slow.app(), grace_s=0.5)  # its replies hang: cut them short
 
     async def run_fast(tag: str, n: int) -> list[float]:
         path = f"/fast-{tag}"
@@ -81,6 +83,16 @@ async def test_hanging_host_does_not_delay_other_hosts(make_stack):
     assert max(with_hang) <= max(baseline) + 1.0, (baseline, with_hang)
 
 
+@pytest.fixture
+def aof_store(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A store of the test's own, with AOF. Asked for before `make_stack`, it stops after
+    the stack has (a bridge stopping against a dead store waits out its retries)."""
+    store = EmbeddedValkey(tmp_path / "aof", port=free_port(), appendonly=True)
+    store.start()
+    yield store
+    store.stop()
+
+
 async def _submit_until_accepted(client: httpx.AsyncClient, body: dict, key: str) -> dict:
     for _ in range(200):
         try:
@@ -94,40 +106,36 @@ async def _submit_until_accepted(client: httpx.AsyncClient, body: dict, key: str
     raise AssertionError("never accepted")
 
 
-async def test_store_restart_under_load_loses_nothing(make_stack, tmp_path):
-    store = EmbeddedValkey(tmp_path / "aof", port=free_port(), appendonly=True)
-    store.start()
-    try:
-        s = await make_stack(store_url=store.url)
-        body = {
-            "upstream": "echo",
-            "inputs": {"_emulate": {"duration_s": 0.5}},
-            "callback_url": s.hook("/load"),
-        }
-        accepted: list[dict] = []
+async def test_store_restart_under_load_loses_nothing(aof_store, make_stack):
+    store = aof_store
+    s = await make_stack(store_url=store.url)
+    body = {
+        "upstream": "echo",
+        "inputs": {"_emulate": {"duration_s": 0.5}},
+        "callback_url": s.hook("/load"),
+    }
+    accepted: list[dict] = []
 
-        async def producer() -> None:
-            for i in range(60):
-                accepted.append(await _submit_until_accepted(s.client, body, f"k{i}"))
-                await asyncio.sleep(0.02)
+    async def producer() -> None:
+        for i in range(60):
+            accepted.append(await _submit_until_accepted(s.client, body, f"k{i}"))
+            await asyncio.sleep(0.02)
 
-        task = asyncio.create_task(producer())
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(store.stop)  # SIGTERM: AOF flushed
-        await asyncio.sleep(0.3)
-        r = await s.client.get("/readyz")
-        assert r.status_code == 503 and r.json()["code"] == "store-unavailable"
-        await asyncio.sleep(0.7)
-        await asyncio.to_thread(store.start)
-        await task
-        ids = {j["id"] for j in accepted}
-        assert len(ids) == 60
-        assert await s.receiver.wait_for(
-            lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()} >= ids, 30
-        )
-        assert (await s.client.get("/readyz")).status_code == 200
-    finally:
-        store.stop()
+    task = asyncio.create_task(producer())
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(store.stop)  # SIGTERM: AOF flushed
+    await asyncio.sleep(0.3)
+    r = await s.client.get("/readyz")
+    assert r.status_code == 503 and r.json()["code"] == "store-unavailable"
+    await asyncio.sleep(0.7)
+    await asyncio.to_thread(store.start)
+    await task
+    ids = {j["id"] for j in accepted}
+    assert len(ids) == 60
+    assert await s.receiver.wait_for(
+        lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()} >= ids, 30
+    )
+    assert (await s.client.get("/readyz")).status_code == 200
 
 
 async def _restart(store: EmbeddedValkey, down_s: float) -> None:
@@ -146,39 +154,35 @@ async def _restart(store: EmbeddedValkey, down_s: float) -> None:
     [(10.0, 0.5), (0.3, 1.5)],
     ids=["steps retried until the store is back", "steps given up, leases released"],
 )
-async def test_a_store_restart_costs_seconds_not_leases(make_stack, tmp_path, retry_s, down_s):
+async def test_a_store_restart_costs_seconds_not_leases(aof_store, make_stack, retry_s, down_s):
     """Issue 10 item 7: with a 60 s lease and a 20 s deadline, a job whose step met the
     restart must not wait for its lease (it would fail `deadline-exceeded`): its store
     calls are retried, or, when the store stays away longer than that, its lease is
     given back as soon as the store is back."""
-    store = EmbeddedValkey(tmp_path / "aof", port=free_port(), appendonly=True)
-    store.start()
-    try:
-        s = await make_stack(
-            store_url=store.url, worker__lease_s=60, upstreams__echo__poll__deadline_s=20
-        )
-        s.rt.store.retry_s = retry_s
-        n = 100
-        replies = await asyncio.gather(
-            *(
-                s.submit(
-                    inputs={"_emulate": {"duration_s": 1 + (i % 5) / 2}}, callback_url=s.hook("/r")
-                )
-                for i in range(n)
+    store = aof_store
+    s = await make_stack(
+        store_url=store.url, worker__lease_s=60, upstreams__echo__poll__deadline_s=20
+    )
+    s.rt.store.retry_s = retry_s
+    n = 100
+    replies = await asyncio.gather(
+        *(
+            s.submit(
+                inputs={"_emulate": {"duration_s": 1 + (i % 5) / 2}}, callback_url=s.hook("/r")
             )
+            for i in range(n)
         )
-        assert all(r.status_code == 202 for r in replies)
-        ids = {r.json()["id"] for r in replies}
-        await asyncio.sleep(1.0)  # jobs are being polled, polls committed
-        await _restart(store, down_s)
-        back_at = time.time()
-        delivered = lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()}  # noqa: E731
-        assert await s.receiver.wait_for(lambda: delivered() >= ids, 15), len(ids - delivered())
-        events = [d.event for d in s.receiver.succeeded()]
-        assert {e["type"] for e in events} == {"job.completed"}
-        assert max(d.arrived_at for d in s.receiver.succeeded()) - back_at < 6
-    finally:
-        store.stop()
+    )
+    assert all(r.status_code == 202 for r in replies)
+    ids = {r.json()["id"] for r in replies}
+    await asyncio.sleep(1.0)  # jobs are being polled, polls committed
+    await _restart(store, down_s)
+    back_at = time.time()
+    delivered = lambda: {d.event["data"]["id"] for d in s.receiver.succeeded()}  # noqa: E731
+    assert await s.receiver.wait_for(lambda: delivered() >= ids, 15), len(ids - delivered())
+    events = [d.event for d in s.receiver.succeeded()]
+    assert {e["type"] for e in events} == {"job.completed"}
+    assert max(d.arrived_at for d in s.receiver.succeeded()) - back_at < 6
 
 
 async def test_a_replica_starting_while_the_store_is_down_waits_for_it(tmp_path):

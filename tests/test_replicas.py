@@ -18,7 +18,8 @@ import yaml
 from bridge.dev.receiver import Reply
 from bridge.engine.loops import Workers
 from bridge.store.embedded import free_port
-from tests.conftest import API_KEY, ENV
+from tests.support.config import API_KEY, ENV
+from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -94,12 +95,18 @@ async def test_frozen_replica_cannot_overwrite_newer_state(make_stack, valkey, t
                 "attempts": 1,
             }
             a["proc"].send_signal(signal.SIGCONT)  # A wakes up with a stale token
-            await asyncio.sleep(4)
+            lost_name = 'pushbridge_lost_leases_total{schedule="deliver"}'
+
+            async def a_tried_to_commit() -> bool:
+                return await _metric(a["url"], lost_name) > 0
+
+            assert await eventually(a_tried_to_commit, 6)  # its hanging attempt ended
+            await asyncio.sleep(0.3)
             final = await s.job(job_id)
             assert final["delivery"] == after_b["delivery"]  # A's commit was refused
             attempts = (await s.client.get(f"/v1/jobs/{job_id}/attempts")).json()["attempts"]
             assert len(attempts) == 1
-            lost = await _metric(a["url"], 'pushbridge_lost_leases_total{schedule="deliver"}')
+            lost = await _metric(a["url"], lost_name)
             assert lost == 1
             # at least once: both saw the same event, never a different one
             ids = {d.webhook_id for d in s.receiver.deliveries}

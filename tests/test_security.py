@@ -12,8 +12,8 @@ from bridge.delivery.signing import new_webhook_secret
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.dev.receiver import Reply
 from bridge.obs.logs import configure_logging
-from tests.conftest import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN
-from tests.test_api import assert_problem
+from tests.support.config import API_KEY, ENV, OTHER_SECRET, SECRET, UPSTREAM_TOKEN
+from tests.support.problems import assert_problem
 
 NAMES = {
     "public.test": ["93.184.216.34"],
@@ -90,10 +90,13 @@ HOSTILE = [
 ]
 
 
-async def test_hostile_callback_urls_are_refused_with_the_rule(make_stack):
+async def test_hostile_callback_urls_are_refused_with_the_rule(make_api):
     assert len(HOSTILE) >= 30
-    s = await make_stack(
-        resolver=fake_dns, callbacks__allow_http=False, callbacks__allow_private_networks=False
+    s = await make_api(
+        emulator=EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1),
+        resolver=fake_dns,
+        callbacks__allow_http=False,
+        callbacks__allow_private_networks=False,
     )
     wrong = {}
     for url, rule in HOSTILE:
@@ -168,16 +171,16 @@ async def test_allowed_networks_let_self_hosters_opt_in(make_stack):
         ),
     ],
 )
-async def test_malformed_bodies_get_4xx_never_5xx(make_stack, payload, status):
-    s = await make_stack()
+async def test_malformed_bodies_get_4xx_never_5xx(make_api, payload, status):
+    s = await make_api()
     r = await s.client.post(
         "/v1/jobs", content=payload, headers={"content-type": "application/json"}
     )
     assert_problem(r, status, "invalid-request")
 
 
-async def test_chunked_body_over_limit_is_refused_without_reading_it_all(make_stack):
-    s = await make_stack(listen__max_body_bytes=4096)
+async def test_chunked_body_over_limit_is_refused_without_reading_it_all(make_api):
+    s = await make_api(listen__max_body_bytes=4096)
     sent = 0
 
     async def body():

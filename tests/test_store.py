@@ -21,7 +21,7 @@ from bridge.store import After, Commit, Remove, Store, StoreLayoutError, valid_j
 from bridge.store.connection import make_redis
 from bridge.store.embedded import free_port
 from bridge.store.ratelimit import RateLimiter
-from tests.conftest import ENV, base_config
+from tests.support.config import ENV, base_config
 
 
 async def _create(store: Store, lease_ms: int = 50, **kw) -> tuple[str, str]:
@@ -125,7 +125,7 @@ async def test_commit_moves_between_schedules_and_expires(store: Store):
 
 async def test_release_makes_work_due_now_and_fences_the_releaser(store: Store):
     job_id, token = await _create(store, lease_ms=60000)
-    assert await store.release(job_id, token)
+    assert await store.release_many([(job_id, token)]) == 1
     assert not await store.commit("due", job_id, token, Commit(fields={}))
     assert [c.job_id for c in (await store.claim("due", 1000, 5)).claims] == [job_id]
 
@@ -313,8 +313,9 @@ async def test_every_script_runs_again_after_the_store_lost_its_scripts(store: S
     limiter = RateLimiter(store.redis, "pbtest")
     job_id, token = await _create(store)  # the scripts are loaded now
     calls = (
-        lambda: store.release(job_id, token),  # one call
+        lambda: store.cancel(job_id, "other-tenant", 1000),  # one call
         lambda: store.claim("due", 1000, 10),  # a pipeline
+        lambda: store.release_many([(job_id, token)]),  # a pipeline, retried
         lambda: store.create_job("t1", {"status": "queued"}, 0, "sha"),  # auto-pipelined
         lambda: store.cancel(job_id, "t1", 1000),
         lambda: store.backlog(1000),

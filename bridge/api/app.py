@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
@@ -54,7 +54,7 @@ class CatchAll:
             return
         started = False
 
-        async def send_noting_start(message: dict) -> None:
+        async def send_noting_start(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)

@@ -37,6 +37,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 64 * 1024
     head_timeout_s = 10.0
 
+    # narrower than asyncio.Protocol's (any BaseTransport), as uvicorn's own override is
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._reading_head = True
@@ -88,10 +89,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().on_headers_complete()
 
+    def _in_head(self) -> bool:
+        """Whether a request head is being read: the parser's callbacks change this while
+        the parser runs (a method, so that it is read anew after each parse)."""
+        return self._reading_head
+
     def data_received(self, data: bytes) -> None:
-        if not self._reading_head:  # in a body, or between requests
+        if not self._in_head():  # in a body, or between requests
             super().data_received(data)
-            if self._reading_head and not self.transport.is_closing():
+            if self._in_head() and not self.transport.is_closing():
                 # a head began within this data and is not complete: count all of it (a
                 # keep-alive client's next request starts at the first byte of a read)
                 self._head_bytes = len(data)

@@ -34,6 +34,9 @@ MAX_BODY_DEPTH = MAX_INPUT_DEPTH + 1  # the body object around them
 MAX_UPSTREAM_CHARS = 200
 IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,255}")
 JSON_TYPES = ("application/json",)
+# the API holds a new job's lease for its submit: the upstream's submit timeout plus this
+# margin (for the store commit after it), then a worker may take the job over
+SUBMIT_LEASE_MARGIN_S = 5.0
 BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
 
 
@@ -57,7 +60,8 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime
+    rt: Runtime = request.app.state.runtime  # set by create_app
+    return rt
 
 
 def authenticate(request: Request) -> Tenant:
@@ -112,7 +116,7 @@ def _envelope(raw: Any) -> tuple[str, dict[str, Any], str, dict[str, Any] | None
     return upstream, inputs, callback_url, metadata
 
 
-def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
+def _refuse_wide_integers(body: bytes | bytearray, fields: dict[str, bytes]) -> None:
     """orjson reads an integer beyond 64 bits as a float: refuse it rather than forward an
     altered value (a literal that only appears inside a string is not in the parsed fields)."""
     for token in integers_beyond_64_bits(body):
@@ -127,7 +131,7 @@ def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
                 )
 
 
-def measure_body(body: bytes, max_values: int) -> Shape:
+def measure_body(body: bytes | bytearray, max_values: int) -> Shape:
     """The body's shape, measured on its bytes; 413 beyond max_values."""
     shape = measure(body, max_values, MAX_BODY_DEPTH)
     if shape.values > max_values:
@@ -139,7 +143,7 @@ def measure_body(body: bytes, max_values: int) -> Shape:
     return shape
 
 
-def parse_job_request(body: bytes, shape: Shape) -> JobBody:
+def parse_job_request(body: bytes | bytearray, shape: Shape) -> JobBody:
     """Parse a measured body once and check it by hand: its values are bounded in number
     (measure_body) and depth (64 levels for inputs and metadata)."""
     try:
@@ -225,7 +229,7 @@ async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBod
         req.metadata_json,
         upstream.config.poll.deadline_s,
     )
-    lease_ms = int((upstream.config.submit_timeout_s + 5) * 1000)
+    lease_ms = int((upstream.config.submit_timeout_s + SUBMIT_LEASE_MARGIN_S) * 1000)
     created = await rt.store.create_job(
         tenant.name, job.creation_fields(), lease_ms, req.sha256, idem_key, rt.retention_ms
     )

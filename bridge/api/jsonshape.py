@@ -34,7 +34,7 @@ class Shape:
     long_digits: bool  # a run of >= 19 digits somewhere: maybe an integer beyond 64 bits
 
 
-def _skeleton(body: bytes, max_values: int) -> bytes | None:
+def _skeleton(body: bytes | bytearray, max_values: int) -> bytes | bytearray | None:
     """The body's structure outside strings: only `[]{},` are left. None when it holds so
     many strings that it is over max_values anyway (which bounds the regex's matches)."""
     if b"\\" in body:  # escaped backslashes first, then escaped quotes: as a parser pairs them
@@ -48,7 +48,7 @@ def _skeleton(body: bytes, max_values: int) -> bytes | None:
     return _STRING.sub(b"", skeleton) if quotes else skeleton
 
 
-def measure(body: bytes, max_values: int, max_depth: int) -> Shape:
+def measure(body: bytes | bytearray, max_values: int, max_depth: int) -> Shape:
     """The body's shape, exact where it matters: `values` > max_values or `depth` >
     max_depth only if the body really is over that limit (depth is 0 if values is over)."""
     long_digits = b"0" * LONG_DIGIT_RUN in body.translate(_DIGITS_TO_ZERO)
@@ -66,7 +66,7 @@ def measure(body: bytes, max_values: int, max_depth: int) -> Shape:
     return Shape(values, depth, long_digits)
 
 
-def integers_beyond_64_bits(body: bytes) -> list[bytes]:
+def integers_beyond_64_bits(body: bytes | bytearray) -> list[bytes]:
     """Integer literals in the body outside [-2**63, 2**64 - 1] (maybe inside strings too:
     the caller confirms against the parsed value)."""
     found = []

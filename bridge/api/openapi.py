@@ -230,7 +230,7 @@ def _json_content(name: str | None) -> dict[str, Any]:
     return {"application/json": {"schema": _ref(name) if name else {}}}
 
 
-def _op(summary: str, ok: dict[int, str | None], errors: list[int], **extra: Any) -> dict:
+def _op(summary: str, ok: dict[int, str | None], errors: list[int], **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(code): {"description": summary, "content": _json_content(schema)}
         for code, schema in ok.items()
@@ -247,7 +247,7 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "
 
 
 def openapi_spec() -> dict[str, Any]:
-    auth = [{"bearer": []}]
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
     idem = {
         "name": "Idempotency-Key",
         "in": "header",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -75,14 +76,14 @@ class Problem(Exception):
         status: int,
         code: str,
         detail: str,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def body(self) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -27,6 +29,15 @@ class RunningServer:
         await self.task
 
 
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone: it is one part
+    of a larger program (demo, tests) that handles signals itself, and stops by `stop()`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def uvicorn_config(
     app: ASGIApp,
     host: str,
@@ -44,7 +55,8 @@ def uvicorn_config(
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=grace_s,
+        # uvicorn annotates this int, but passes it to asyncio.wait_for, which takes a float
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
         loop="none",
         http=guarded_protocol(max_header_bytes, header_timeout_s),
         backlog=4096,
@@ -59,14 +71,20 @@ async def start_server(
     signals: bool = False,
     max_header_bytes: int = 64 * 1024,
     header_timeout_s: float = 10.0,
+    grace_s: float = 10.0,
 ) -> RunningServer:
+    """`app` served on host:port (default: a free port); `stop()` lets requests in flight
+    finish within grace_s, then cancels them."""
     port = port or free_port(host)
     config = uvicorn_config(
-        app, host, port, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s
+        app,
+        host,
+        port,
+        grace_s,
+        max_header_bytes=max_header_bytes,
+        header_timeout_s=header_timeout_s,
     )
-    server = uvicorn.Server(config)
-    if not signals:
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = uvicorn.Server(config) if signals else QuietServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

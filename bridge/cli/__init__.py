@@ -9,7 +9,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from starlette.routing import BaseRoute, Mount
@@ -17,6 +18,11 @@ from starlette.routing import BaseRoute, Mount
 from bridge.config import Config, ConfigError, load_config, resolve_secrets
 from bridge.obs.logs import configure_logging
 from bridge.store.embedded_share import EmbeddedShare
+
+if TYPE_CHECKING:  # imported when run: `pushbridge --help` stays quick
+    from bridge.engine.service import Role
+
+T = TypeVar("T")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -38,7 +44,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the HTTP API and/or the workers",
@@ -65,7 +71,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_emulator(sub: argparse._SubParsersAction) -> None:
+def _add_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = sub.add_parser(
         "emulator",
         help="run the upstream emulator alone",
@@ -105,7 +111,7 @@ def _add_emulator(sub: argparse._SubParsersAction) -> None:
     emu.add_argument("--seed", type=int, help="random seed, for repeatable runs")
 
 
-def _add_secret(sub: argparse._SubParsersAction) -> None:
+def _add_secret(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     secret = sub.add_parser(
         "secret",
         help="make a webhook secret or hash an API key",
@@ -198,7 +204,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _serve(config: Config, role: str, workers: int = 1) -> int:
+def _serve(config: Config, role: Role, workers: int = 1) -> int:
     from bridge.process import serve
     from bridge.supervisor import Supervisor, listening_socket
 
@@ -210,7 +216,7 @@ def _serve(config: Config, role: str, workers: int = 1) -> int:
         # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
         # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        _run(serve(config, secrets, role, routes, sock))  # type: ignore[arg-type]
+        _run(serve(config, secrets, role, routes, sock))
 
     if workers <= 1:
         run(None)
@@ -274,13 +280,13 @@ def _dev_routes(config: Config) -> list[BaseRoute]:
     return [Mount("/emulator", create_emulator_app())]
 
 
-def _run(coro: object) -> object:
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 
-        return uvloop.run(coro)  # type: ignore[arg-type]
+        return uvloop.run(coro)
     except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -289,8 +295,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("console", "warning")
     console = Console()
     report = _run(run_demo(args.jobs, console))
-    print_report(report, console)  # type: ignore[arg-type]
-    return 0 if report.ok else 1  # type: ignore[attr-defined]
+    print_report(report, console)
+    return 0 if report.ok else 1
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -335,7 +341,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from bridge.cli.check import run_check
 
     configure_logging("console", "error")
-    return _run(run_check(_config_path(args.config), Console()))  # type: ignore[return-value]
+    return _run(run_check(_config_path(args.config), Console()))
 
 
 def cmd_secret(args: argparse.Namespace) -> int:

@@ -148,7 +148,7 @@ async def _get_status(
     client: LeanClient, probe: TokenProbe, token: str | None, timeout_s: float
 ) -> int:
     headers = {probe.header: f"{probe.prefix}{token}"} if token else {}
-    response = await client.send_lean("GET", probe.url, timeout_s, headers)
+    response = await client.send_raw("GET", probe.url, timeout_s, headers)
     await response.aclose()
     return response.status_code
 

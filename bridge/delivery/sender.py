@@ -9,12 +9,11 @@ from typing import Literal
 
 import httpx
 
-from bridge import __version__
 from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
 from bridge.delivery.signing import sign_webhook
 from bridge.delivery.urlpolicy import CallbackRejected, Target, UrlPolicy
-from bridge.net.client import LeanClient
+from bridge.net.client import USER_AGENT, LeanClient
 from bridge.net.util import describe_error, parse_retry_after
 
 Outcome = Literal["delivered", "retry", "gone", "deferred"]
@@ -33,7 +32,7 @@ class Attempt:
 def webhook_headers(secrets: tuple[str, ...], msg_id: str, ts: int, body: bytes) -> dict[str, str]:
     return {
         "content-type": "application/json",
-        "user-agent": f"pushbridge/{__version__}",
+        "user-agent": USER_AGENT,
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
         "webhook-signature": sign_webhook(secrets, msg_id, ts, body),
@@ -98,7 +97,7 @@ class Deliverer:
     ) -> Attempt:
         sent = httpx.URL(url)
         netloc = _netloc(target.host, sent.port)
-        response = await self.client.send_lean(
+        response = await self.client.send_raw(
             "POST",
             sent.copy_with(host=str(target.addresses[0])),
             self.config.timeout_s,

@@ -49,7 +49,7 @@ class CallbackRejected(Exception):
 async def system_resolver(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))  # (address, port, ...)
 
 
 def address_class(ip: Address) -> str | None:

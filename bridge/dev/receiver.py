@@ -40,7 +40,8 @@ class Delivery:
 
     @property
     def event(self) -> dict[str, Any]:
-        return orjson.loads(self.body)
+        event: dict[str, Any] = orjson.loads(self.body)
+        return event
 
     @property
     def webhook_id(self) -> str:

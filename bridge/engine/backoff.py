@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from bridge.config import PollConfig
+from bridge.retry import exponential_s
 
 JITTER = 0.2
 SUBMIT_RETRY_MIN_S = 1.0
@@ -12,8 +13,8 @@ SUBMIT_RETRY_MAX_S = 60.0
 
 
 def jittered(delay_s: float, rng: random.Random | None = None, frac: float = JITTER) -> float:
-    rng = rng or random
-    return delay_s * (1 + rng.uniform(-frac, frac))
+    uniform = random.uniform if rng is None else rng.uniform
+    return delay_s * (1 + uniform(-frac, frac))
 
 
 def poll_interval_s(poll: PollConfig, polls_done: int, elapsed_s: float = 0.0) -> float:
@@ -26,9 +27,7 @@ def poll_interval_s(poll: PollConfig, polls_done: int, elapsed_s: float = 0.0) -
 
 
 def submit_retry_s(submits_done: int, rng: random.Random | None = None) -> float:
-    return jittered(
-        min(SUBMIT_RETRY_MAX_S, SUBMIT_RETRY_MIN_S * 2 ** max(0, submits_done - 1)), rng
-    )
+    return jittered(exponential_s(submits_done, SUBMIT_RETRY_MIN_S, SUBMIT_RETRY_MAX_S), rng)
 
 
 def delivery_retry_s(

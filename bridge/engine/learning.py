@@ -163,7 +163,7 @@ class Durations:
         survivors = sum(counts[max(0, start) :])
         if survivors <= 0:  # slower than anything seen yet: back off in proportion
             return max(BASE_S, elapsed_s * (GROWTH**2 - 1))
-        finished = 0
+        finished = 0.0
         for i in range(max(0, start), BUCKETS):
             finished += counts[i]
             if finished >= hazard * survivors:

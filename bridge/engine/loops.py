@@ -12,8 +12,8 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import ConnectionError as StoreConnectionError
@@ -29,10 +29,15 @@ from bridge.engine.runtime import Runtime
 from bridge.model import Job, JobChange
 from bridge.net.util import describe_error
 from bridge.obs.logs import exception_fields
+from bridge.retry import exponential_s
 from bridge.store import After, Claim, ClaimBatch, Commit, Remove, Schedule, Store
 
-Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
+Step = Coroutine[Any, Any, None]  # one claimed job's work, run as a task
+Handler = Callable[[list[Claim], int], Awaitable[list[Step]]]
+STORE_RETRY_FIRST_S = 0.2  # a claim loop's sleep after a failed claim; doubles with each one
 STORE_RETRY_MAX_S = 5.0
+CLAIM_JITTER_S = 0.005  # up to this much added to a claim loop's sleep, so that replicas
+# whose work falls due at the same moment do not all claim in the same instant
 STEP_RETRY_S = 0.5  # after an unexpected error in a job step; doubles with each one
 MAX_STEP_ERRORS = 4  # then the job fails ("internal-error")
 T = TypeVar("T")
@@ -108,11 +113,11 @@ class ClaimLoop:
                 failures = 0
             except RedisError as e:
                 failures += 1
-                sleep_s = min(STORE_RETRY_MAX_S, 0.1 * 2**failures)
+                sleep_s = exponential_s(failures, STORE_RETRY_FIRST_S, STORE_RETRY_MAX_S)
                 self.log.warning("store unavailable; backing off", error=str(e), sleep_s=sleep_s)
             except Exception as e:  # the loop must go on whatever one batch did
                 failures += 1
-                sleep_s = min(STORE_RETRY_MAX_S, 0.1 * 2**failures)
+                sleep_s = exponential_s(failures, STORE_RETRY_FIRST_S, STORE_RETRY_MAX_S)
                 self.log.error("claim failed; backing off", sleep_s=sleep_s, **exception_fields(e))
             await self._sleep(sleep_s)
 
@@ -135,7 +140,7 @@ class ClaimLoop:
         if parts != []:
             await self._claim(parts, min(free, self.batch_size), now)
         wait_s = min(min(self._due_at), self._sweep_at) - time.monotonic()
-        return max(0.0, wait_s) + (random.uniform(0, 0.005) if wait_s > 0 else 0.0)
+        return max(0.0, wait_s) + (random.uniform(0, CLAIM_JITTER_S) if wait_s > 0 else 0.0)
 
     async def _claim(self, parts: list[int] | None, limit: int, now: float) -> None:
         batch = await self.store.claim(self.which, self.lease_ms, limit, parts)
@@ -185,7 +190,7 @@ class ClaimLoop:
         await release_claims(self.store, [(c.job_id, c.token) for c in leftover.values()])
 
 
-class Held:
+class HeldLeases:
     """Jobs whose lease this process keeps between polls, each with a local timer.
 
     The store still has them scheduled at due + lease: if this process dies, another
@@ -262,19 +267,11 @@ class Workers:
         self.advancer = Advancer(rt)
         self.dispatcher = Dispatcher(rt)
         w = rt.config.worker
-        opts = dict(
-            concurrency=w.concurrency,
-            batch_size=w.batch_size,
-            lease_s=w.lease_s,
-            max_idle_s=w.max_idle_s,
-        )
-        self.loops = {
-            "due": ClaimLoop(rt.store, "due", self._advance, **opts),
-            "deliver": ClaimLoop(rt.store, "deliver", self._deliver, **opts),
+        self.loops: dict[Schedule, ClaimLoop] = {
+            "due": self._claim_loop("due", self._advance),
+            "deliver": self._claim_loop("deliver", self._deliver),
         }
-        for which, loop in self.loops.items():
-            loop.on_claim = self._lateness_observer(which)
-        self.held = Held(
+        self.held = HeldLeases(
             rt.store,
             self._held_step,
             w.max_sticky_jobs,
@@ -282,6 +279,20 @@ class Workers:
             rt.metrics.due_lateness.labels("due").observe,
         )
         self.active = False
+
+    def _claim_loop(self, which: Schedule, handler: Handler) -> ClaimLoop:
+        w = self.rt.config.worker
+        loop = ClaimLoop(
+            self.rt.store,
+            which,
+            handler,
+            concurrency=w.concurrency,
+            batch_size=w.batch_size,
+            lease_s=w.lease_s,
+            max_idle_s=w.max_idle_s,
+        )
+        loop.on_claim = self._lateness_observer(which)
+        return loop
 
     def _lateness_observer(self, which: Schedule) -> Callable[[ClaimBatch], None]:
         histogram = self.rt.metrics.due_lateness.labels(which)
@@ -292,7 +303,7 @@ class Workers:
 
         return observe
 
-    async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
+    async def _advance(self, claims: list[Claim], now_ms: int) -> list[Step]:
         self.rt.clock_offset_ms = now_ms - time.time() * 1000
         return [
             self._guard("due", c.job, c.token, self.advancer.step(c.job, c.token, now_ms))
@@ -301,7 +312,7 @@ class Workers:
             for c in claims
         ]
 
-    async def _deliver(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
+    async def _deliver(self, claims: list[Claim], now_ms: int) -> list[Step]:
         return [
             self._guard("deliver", c.job, c.token, self.dispatcher.step(c.job, c.result, c.token))
             if c.job
@@ -326,7 +337,7 @@ class Workers:
         which: Schedule,
         job: Job | None,
         token: str,
-        step: Awaitable[None],
+        step: Awaitable[object],
         job_id: str | None = None,
     ) -> None:
         """Run a job step; whatever it raises is logged (type and message only) and
@@ -365,7 +376,7 @@ class Workers:
             if errors >= MAX_STEP_ERRORS:
                 await self.advancer.fail(job, token, "internal-error", message, step_errors=errors)
                 return
-            delay_ms = int(jittered(STEP_RETRY_S * 2 ** (errors - 1)) * 1000)
+            delay_ms = int(jittered(exponential_s(errors, STEP_RETRY_S)) * 1000)
             change: JobChange = {"step_errors": errors, "last_error": message}
             await self.advancer.commit(job, token, Commit(change, After(delay_ms)))
         except Exception as again:

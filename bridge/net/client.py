@@ -16,7 +16,7 @@ USER_AGENT = f"pushbridge/{__version__}"
 
 
 class LeanClient(httpx.AsyncClient):
-    """`httpx.AsyncClient` plus `send_lean`, which hands an `httpx.Request` straight to
+    """`httpx.AsyncClient` plus `send_raw`, which hands an `httpx.Request` straight to
     the transport. It skips the client layers the bridge does not use on its hot paths
     (cookie jar, auth flows, event hooks, default-header merging), which cost about as
     much CPU as the request itself over aiohttp's pool (bench/RESULTS.md). Requests,
@@ -27,7 +27,7 @@ class LeanClient(httpx.AsyncClient):
         self.lean_transport = transport or httpx.AsyncHTTPTransport()
         super().__init__(transport=self.lean_transport, **kwargs)
 
-    async def send_lean(
+    async def send_raw(
         self,
         method: str,
         url: str | httpx.URL,

@@ -25,9 +25,7 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
         return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
+    except (TypeError, ValueError):  # not a date (never None since Python 3.10)
         return None
     delta = when.timestamp() - (time.time() if now_s is None else now_s)
     return min(max(delta, 0.0), MAX_RETRY_AFTER_S)

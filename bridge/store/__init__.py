@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as StoreConnectionError
@@ -37,6 +36,7 @@ from redis.exceptions import TimeoutError as StoreTimeoutError
 from bridge.config import ConfigError
 from bridge.model import Job, JobChange, wire_fields
 from bridge.store.autopipe import AutoPipeline
+from bridge.store.client import StoreClient, text, text_hash, text_or_none, texts
 from bridge.store.keys import (
     MAX_PARTITIONS,
     Index,
@@ -134,7 +134,7 @@ Source = Keep | Remove | After
 class Commit:
     """What a worker decided about a claimed job; applied atomically if still fenced."""
 
-    fields: JobChange = field(default_factory=JobChange)  # type: ignore[arg-type]
+    fields: JobChange = field(default_factory=JobChange)
     source: Source = Keep()
     target_delay_ms: int | None = None
     completed: bool = False
@@ -203,7 +203,7 @@ class Store:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: StoreClient,
         prefix: str = "pushbridge",
         partitions: int = 16,
         retry_s: float = RETRY_S,
@@ -362,7 +362,7 @@ class Store:
 
     async def get_job(self, job_id: str) -> Job | None:
         self.round_trips["read"] += 1
-        return _job(await self.redis.hgetall(self.keys.job(job_id)))
+        return _job(text_hash(await self.redis.hgetall(self.keys.job(job_id))))
 
     async def get_job_and_result(self, job_id: str) -> tuple[Job | None, str | None]:
         self.round_trips["read"] += 1
@@ -370,15 +370,15 @@ class Store:
             pipe.hgetall(self.keys.job(job_id))
             pipe.get(self.keys.result(job_id))
             job, result = await pipe.execute()
-        return _job(job), result
+        return _job(text_hash(job)), text_or_none(result)
 
     async def get_result(self, job_id: str) -> str | None:
         self.round_trips["read"] += 1
-        return await self.redis.get(self.keys.result(job_id))
+        return text_or_none(await self.redis.get(self.keys.result(job_id)))
 
     async def get_attempts(self, job_id: str) -> list[str]:
         self.round_trips["read"] += 1
-        return await self.redis.lrange(self.keys.attempts(job_id), 0, -1)
+        return texts(await self.redis.lrange(self.keys.attempts(job_id), 0, -1))
 
     async def commit(self, which: Schedule, job_id: str, token: str, c: Commit) -> int | None:
         """Apply `c` if `token` is current: the store time (ms) it was applied at, else None."""
@@ -402,21 +402,17 @@ class Store:
         p = self.keys.partition_of(job_id)
         return [self.keys.schedule("due", p), self.keys.schedule("deliver", p), self.keys.fence(p)]
 
-    async def release(self, job_id: str, token: str) -> bool:
-        """Give a claim back: due now in whichever schedule holds the job."""
-        self.round_trips["release"] += 1
-        reply = await self.scripts.call(self._release, self._release_keys(job_id), [job_id, token])
-        return reply == 1
-
-    async def release_many(self, claims: list[tuple[str, str]], retry_s: float = 0.0) -> None:
-        """Give back many claims (job id, token) in one round trip; retried for retry_s."""
+    async def release_many(self, claims: list[tuple[str, str]], retry_s: float = 0.0) -> int:
+        """Give back many claims (job id, token) in one round trip, each due now in whichever
+        schedule holds its job; retried for retry_s. The number whose token was current."""
         if not claims:
-            return
+            return 0
         self.round_trips["release"] += 1
         calls: list[Call] = [
             (self._release, self._release_keys(job_id), [job_id, token]) for job_id, token in claims
         ]
-        await self._retrying(lambda: self.run_scripts(calls), retry_s)
+        replies = await self._retrying(lambda: self.run_scripts(calls), retry_s)
+        return sum(reply == 1 for reply in replies)
 
     def _job_keys(self, job_id: str, which: Schedule) -> list[str]:
         p = self.keys.partition_of(job_id)
@@ -431,7 +427,7 @@ class Store:
     async def cancel(self, job_id: str, tenant: str, expire_ms: int) -> str:
         self.round_trips["cancel"] += 1
         keys = self._job_keys(job_id, "due")
-        return await self.scripts.call(self._cancel, keys, [job_id, tenant, expire_ms])
+        return text(await self.scripts.call(self._cancel, keys, [job_id, tenant, expire_ms]))
 
     async def redeliver(self, job_id: str, tenant: str) -> str:
         self.round_trips["redeliver"] += 1
@@ -439,19 +435,20 @@ class Store:
             *self._job_keys(job_id, "deliver"),
             self.keys.schedule("failed", self.keys.partition_of(job_id)),
         ]
-        return await self.scripts.call(self._redeliver, keys, [job_id, tenant])
+        return text(await self.scripts.call(self._redeliver, keys, [job_id, tenant]))
 
     async def ensure_layout(self) -> None:
         """Check that the store is laid out as this process expects (partitions, layout
         version); on a new store, write the layout. A mismatch would hide stored jobs
         (their keys are found through their partition), so it is refused at start."""
         want = {"version": LAYOUT_VERSION, "partitions": self.partitions}
-        stored = await self.redis.get(self.keys.layout())
+        stored = text_or_none(await self.redis.get(self.keys.layout()))
         if stored is None:
             await self._refuse_partitions_in_use()  # a store older than the layout key
             written = json.dumps(want)
-            stored = await self.redis.set(self.keys.layout(), written, nx=True, get=True)
-            stored = stored or written
+            # SET NX GET: the value already there, or None when ours was written
+            earlier = await self.redis.set(self.keys.layout(), written, nx=True, get=True)
+            stored = text_or_none(earlier) or written
         layout = json.loads(stored)
         if layout.get("version") != LAYOUT_VERSION:
             raise StoreLayoutError(
@@ -486,7 +483,7 @@ class Store:
         """The shared key that signs result_url links (created once, shared by replicas)."""
         key = self.keys.url_key()
         await self.redis.set(key, secrets.token_hex(32), nx=True)
-        value = await self.redis.get(key)
+        value = text(await self.redis.get(key))
         return bytes.fromhex(value)
 
     async def duration_counts(self) -> dict[str, int]:

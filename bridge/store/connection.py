@@ -16,10 +16,12 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import RedisError
 
 from bridge.config import Config
+from bridge.retry import exponential_s
 from bridge.store import Store
 from bridge.store.embedded_share import EmbeddedShare
 
 STORE_CONNECTIONS = 64
+WAIT_FIRST_SLEEP_S = 0.1  # wait_for_store's first sleep; doubles up to max_sleep_s
 
 
 def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
@@ -83,12 +85,13 @@ def _log_embedded(share: EmbeddedShare) -> None:
 async def wait_for_store(store: Store, max_sleep_s: float = 5.0) -> None:
     """Start even while the store is down (a restart, a failover): retry until it answers."""
     log = structlog.get_logger("pushbridge")
-    delay_s = 0.1
+    failures = 0
     while True:
         try:
             await store.ping()
             return
         except RedisError as e:
+            failures += 1
+            delay_s = exponential_s(failures, WAIT_FIRST_SLEEP_S, max_sleep_s)
             log.warning("store unavailable at start; retrying", error=str(e), sleep_s=delay_s)
-        await asyncio.sleep(delay_s)
-        delay_s = min(max_sleep_s, delay_s * 2)
+            await asyncio.sleep(delay_s)

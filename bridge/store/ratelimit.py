@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from redis.asyncio import Redis
-
+from bridge.store.client import StoreClient
 from bridge.store.scripts import Scripts
 
 MAX_WAIT_S = 1.0
@@ -15,7 +14,7 @@ MAX_WAIT_S = 1.0
 class RateLimiter:
     """`acquire` reserves a slot and sleeps until it, or says how long until one is free."""
 
-    def __init__(self, redis: Redis, prefix: str, round_trips: Counter[str] | None = None):
+    def __init__(self, redis: StoreClient, prefix: str, round_trips: Counter[str] | None = None):
         self.prefix = prefix
         self.round_trips = Counter() if round_trips is None else round_trips
         self._scripts = Scripts(redis)
@@ -44,10 +43,11 @@ class RateLimiter:
                 [self.key(upstream, kind)],
                 [int(1_000_000 * interval_s), int(max_wait_s * 1_000_000)],
             )
+            wait_s = int(wait_us) / 1_000_000
             if not reserved:
-                return wait_us / 1_000_000
-            slot = loop.time() + wait_us / 1_000_000
-            if wait_us > 0:
-                await asyncio.sleep(wait_us / 1_000_000)
+                return wait_s
+            slot = loop.time() + wait_s
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             if loop.time() - slot <= interval_s:
                 return 0.0

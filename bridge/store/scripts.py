@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from bridge.store.client import StoreClient
 
 PRELUDE = "_prelude"
 
@@ -34,7 +35,7 @@ Call = tuple[Script, list[str], list[Any]]  # (script, keys, args)
 class Scripts:
     """The scripts one client runs."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: StoreClient) -> None:
         self.redis = redis
         self._loaded: list[Script] = []
 
@@ -47,10 +48,10 @@ class Scripts:
     async def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """One script call (no pipeline, so any client runs it)."""
         try:
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._load_all()
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Calls in one pipeline (no SCRIPT EXISTS round trip): a reply or an exception

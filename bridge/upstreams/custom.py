@@ -233,7 +233,7 @@ class CustomUpstream:
         provider's answer named on another origin."""
         auth = self._auth if origin(built.url) in self._auth_origins else {}
         headers = {**built.headers, **auth}
-        response = await self.client.send_lean(
+        response = await self.client.send_raw(
             built.method, built.url, timeout_s, headers, content=built.content
         )
         try:

@@ -96,7 +96,7 @@ class Exchange:
     ) -> tuple[httpx.Response, bytes]:
         """Send, read at most limit_bytes of the answer (BodyTooLarge past that), close."""
         sent = {**self.auth_for(url), **(headers or {})}
-        response = await self.client.send_lean(method, url, timeout_s, sent, content=content)
+        response = await self.client.send_raw(method, url, timeout_s, sent, content=content)
         try:
             body = await read_capped(response, limit_bytes)
         finally:

@@ -35,7 +35,6 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 
-PENDING_STATUSES = frozenset({"pending", "running", "queued", "in_progress", "starting"})
 FAILED_STATUSES = frozenset({"failed", "error", "cancelled", "canceled"})
 MAX_CONTROL_BODY_BYTES = 1024 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -118,7 +117,7 @@ class OctoAIUpstream:
         self, method: str, url: str, timeout_s: float, limit_bytes: int, **kw: Any
     ) -> tuple[httpx.Response, bytes]:
         headers = {**self._auth_for(url), **kw.pop("headers", {})}
-        response = await self.client.send_lean(method, url, timeout_s, headers, **kw)
+        response = await self.client.send_raw(method, url, timeout_s, headers, **kw)
         try:
             body = await read_capped(response, limit_bytes)
         finally:

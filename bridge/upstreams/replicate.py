@@ -135,7 +135,7 @@ class ReplicateUpstream:
     ) -> tuple[httpx.Response, bytes]:
         auth = self._auth if origin(url) in self._auth_origins else {}
         headers = {**auth, **kw.pop("headers", {})}
-        response = await self.client.send_lean(method, url, timeout_s, headers, **kw)
+        response = await self.client.send_raw(method, url, timeout_s, headers, **kw)
         try:
             body = await read_capped(response, limit_bytes)
         finally:

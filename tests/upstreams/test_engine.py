@@ -14,7 +14,7 @@ import pytest
 from bridge.dev.emulators.octoai import EmulatorSettings
 from bridge.model import Job
 from bridge.upstreams.base import Cancelled, Capabilities, UpstreamRef
-from tests.conftest import UPSTREAM_TOKEN
+from tests.support.config import UPSTREAM_TOKEN
 from tests.upstreams.servers import NOT_HTTP, Recorder, http_answer, raw_server
 
 

@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 from bridge.dev.emulators import fal, gemini, octoai, openai, replicate, runpod, runway, stability
 from bridge.dev.emulators.common import EmulatorSettings
 
+__all__ = ["PROTOCOLS", "EmulatorSettings"]
+
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
     "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
