@@ -171,6 +171,14 @@ async def measure_backlog(rt: Runtime) -> None:
     m.due_deliveries.set(b.deliveries_due_now)
     m.scheduled_deliveries.set(b.deliveries_scheduled)
     m.failed_deliveries.set(b.failed_deliveries)
+    in_flight = await rt.store.lists.in_flight_by_tenant()
+    for tenant in {*rt.secrets.tenants, *in_flight}:
+        m.tenant_jobs_in_flight.labels(tenant).set(in_flight.get(tenant, 0))
+
+
+async def sweep_lists(rt: Runtime) -> None:
+    """Remove expired jobs from the tenants' job lists (bounded work per call)."""
+    await rt.store.lists.sweep(rt.retention_ms)
 
 
 async def learn_durations(rt: Runtime) -> None:
