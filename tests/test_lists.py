@@ -261,8 +261,27 @@ async def test_in_flight_counts_and_cap(store: Store):
     assert sum(await store.lists.in_flight("t1")) == 3
 
 
-def test_cursors_are_opaque_and_checked():
+def test_cursors_are_positions_and_checked():
     member = "1700000000123:job_00a" + "0" * 24
+    assert encode_cursor(member) == "1700000000123" + "00a" + "0" * 24
     assert decode_cursor(encode_cursor(member)) == member
-    for bad in ("", "xyz", encode_cursor("1:job_x"), "!!!", encode_cursor(member) + "A"):
+    for bad in ("", "xyz", "1:job_x", member, encode_cursor(member) + "0", "A" * 40):
         assert decode_cursor(bad) is None
+
+
+async def test_every_list_gets_a_share_of_the_sweep(store: Store, redis: Redis):
+    """Many old jobs still kept in one list (completed ones of t1, whose deliveries are
+    retried, say) do not hold up the expired ones of another list or tenant."""
+    kept = dict(await _many(store, 400))
+    cancelled = [i for i, _ in await _many(store, 5)]
+    other = dict(await _many(store, 5, tenant="t2"))
+    for jobs in (kept, other):
+        for i, token in jobs.items():
+            await _set(store, i, token, status=S.COMPLETED)
+    for i in cancelled:
+        assert await store.cancel(i, "t1", 60_000) == "ok"
+    await redis.delete(*[store.keys.job(i) for i in [*cancelled, *other]])
+    removed = (await store.lists.sweep(retention_ms=0, budget=6 * 8))[1]
+    assert removed == 10  # in one call, with 400 kept jobs ahead in their list
+    assert await _all(store, tenant="t2") == []
+    assert sorted(await _all(store)) == sorted(kept)

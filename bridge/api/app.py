@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge.api.console import console_routes
 from bridge.api.joblist import COLLECTION_ROUTE
 from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
@@ -127,6 +128,7 @@ def create_app(
         *JOB_ROUTES,
         Route("/openapi.json", _openapi),
         Route("/problems/{code}", _problem_page),
+        *console_routes(),
         *extra_routes,
     ]
     app = Starlette(

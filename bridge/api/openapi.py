@@ -13,7 +13,7 @@ from bridge.api.jobs import (
 )
 from bridge.api.jsonshape import INT64_MIN, UINT64_MAX
 from bridge.model import DeliveryState, JobStatus
-from bridge.store.lists import MAX_LIMIT
+from bridge.store.lists import CURSOR_PATTERN, MAX_LIMIT
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
@@ -300,7 +300,12 @@ def _list_parameters() -> list[dict[str, Any]]:
             "jobs per page",
             {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
         ),
-        _query("cursor", "`next_cursor` of the previous page", {"type": "string"}),
+        _query(
+            "cursor",
+            "`next_cursor` of the previous page: the creation time (13 digits of ms) and id "
+            "(hex digits) of the job the page starts below",
+            {"type": "string", "pattern": CURSOR_PATTERN},
+        ),
     ]
 
 
@@ -401,6 +406,32 @@ def openapi_spec() -> dict[str, Any]:
                     },
                     "404": {
                         "description": "no such problem code",
+                        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                    },
+                },
+            }
+        },
+        "/console": {
+            "get": {
+                "summary": "The operator console (a page; sign in with an API key)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/console/{asset}": {
+            "get": {
+                "summary": "The console's script and style sheet",
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["console.js", "console.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the file"},
+                    "404": {
+                        "description": "no such file",
                         "content": {"application/problem+json": {"schema": _ref("Problem")}},
                     },
                 },

@@ -22,7 +22,7 @@ from bridge.obs.logs import log_loop_exception
 
 Role = Literal["all", "api", "worker"]
 DURATIONS_INTERVAL_S = 10.0
-LIST_SWEEP_INTERVAL_S = 5.0  # with SWEEP_BUDGET per partition: >= 6,400 expired jobs/s at 16
+LIST_SWEEP_INTERVAL_S = 5.0  # up to 8 x SWEEP_BUDGET per partition: 12,800 members/s at 16
 
 
 class Engine:
