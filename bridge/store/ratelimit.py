@@ -38,7 +38,9 @@ class RateLimiter:
         reserved, wait_us = await self._scripts.call(
             self._script, [self.tenant_key(tenant)], [interval_us, tolerance_us]
         )
-        return 0.0 if reserved else (wait_us - tolerance_us) / 1_000_000
+        if reserved:
+            return 0.0
+        return float(wait_us - tolerance_us) / 1_000_000
 
     async def acquire(
         self, upstream: str, kind: str, per_s: float | None, max_wait_s: float = MAX_WAIT_S
