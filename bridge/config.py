@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
+from bridge.adapter_config import AdapterConfig
 
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
@@ -178,7 +181,61 @@ class OctoAIUpstreamConfig(UpstreamCommon):
     protocol: Literal["octoai"] = "octoai"
 
 
-PROTOCOLS = ("octoai",)
+REPLICATE_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[0-9a-f]{64})?$")
+# Replicate's documented limits: 600 creates a minute, 3000 other requests a minute
+REPLICATE_RATE_LIMITS = {"submit_per_s": 10.0, "poll_per_s": 50.0}
+
+
+class ReplicateUpstreamConfig(UpstreamCommon):
+    protocol: Literal["replicate"]
+    url: str = "https://api.replicate.com/v1"
+    model: str  # owner/name (an official model) or owner/name:<64-hex version id>
+    rate_limit: RateLimitConfig = RateLimitConfig(**REPLICATE_RATE_LIMITS)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        if not REPLICATE_MODEL.match(v):
+            raise ValueError("must be owner/name or owner/name:<64 hex digit version id>")
+        return v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _provider_limits(cls, v: RateLimitConfig) -> RateLimitConfig:
+        """A limit not given stays at Replicate's documented one."""
+        unset = {k: d for k, d in REPLICATE_RATE_LIMITS.items() if k not in v.model_fields_set}
+        return v.model_copy(update=unset)
+
+
+class RunpodRateLimitConfig(RateLimitConfig):
+    # RunPod's base limits per endpoint: /run 1000 and /status 2000 requests per 10 s
+    submit_per_s: float | None = Field(100.0, gt=0)
+    poll_per_s: float | None = Field(200.0, gt=0)
+
+
+class RunpodUpstreamConfig(UpstreamCommon):
+    """url: https://api.runpod.ai/v2/<endpoint_id>. policy: RunPod's per-job `policy`
+    (executionTimeout, lowPriority, ttl in ms), sent with every job."""
+
+    protocol: Literal["runpod"] = "runpod"
+    rate_limit: RunpodRateLimitConfig = RunpodRateLimitConfig()
+    policy: dict[str, Any] | None = None
+
+
+class FalUpstreamConfig(UpstreamCommon):
+    """url: https://queue.fal.run/<owner>/<app>[/<subpath>] (fal documents no rate limit)."""
+
+    protocol: Literal["fal"] = "fal"
+
+
+class CustomUpstreamConfig(UpstreamCommon):
+    """A provider described by its `adapter` (README "Custom adapters")."""
+
+    protocol: Literal["custom"]
+    adapter: AdapterConfig
+
+
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "custom")
 DEFAULT_PROTOCOL = "octoai"
 UNKNOWN_PROTOCOL = "unknown_protocol"
 
@@ -191,11 +248,15 @@ def _protocol_of(value: Any) -> Any:
 
 # One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
 UpstreamConfig = Annotated[
-    Annotated[OctoAIUpstreamConfig, Tag("octoai")],
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
+    | Annotated[RunpodUpstreamConfig, Tag("runpod")]
+    | Annotated[FalUpstreamConfig, Tag("fal")]
+    | Annotated[CustomUpstreamConfig, Tag("custom")],
     Discriminator(
         _protocol_of,
         custom_error_type=UNKNOWN_PROTOCOL,
-        custom_error_message="unknown protocol; the protocols are: octoai",
+        custom_error_message=f"unknown protocol; the protocols are: {', '.join(PROTOCOLS)}",
     ),
 ]
 
@@ -253,29 +314,30 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # PUSHBRIDGE_* variables that are not config overrides
-NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
+NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models in `Model`, `Model | None` or a (discriminated) union of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
-    """Why `path` (section, key, ...) names no config key, or None if it does."""
+    """Why `path` (section, key, ...) names no config key, or None if it does. Under a
+    union (upstreams.<name>), a key of any member counts."""
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)  # several for upstreams: a key of any protocol is known
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        fields = {k: f.annotation for m in reversed(models) for k, f in m.model_fields.items()}
+        if path[i] not in fields:
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
-        node = model.model_fields[path[i]].annotation
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(fields))})"
+        node = fields[path[i]]
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model
@@ -287,7 +349,13 @@ def _unknown_part(path: list[str]) -> str | None:
 
 def _referenced_env(raw: dict[str, Any]) -> set[str]:
     """Variables the config names in *_env keys (a tenant's secret may be PUSHBRIDGE_…)."""
-    names = {t.get(k) for t in raw.get("tenants") or [] if isinstance(t, dict) for k in t}
+    names = {
+        t.get(k)
+        for t in raw.get("tenants") or []
+        if isinstance(t, dict)
+        for k in t
+        if k.endswith("_env")
+    }
     names |= {
         u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ from redis.asyncio import Redis
 
 from bridge.api.serving import RunningServer, start_server
 from bridge.config import Config, parse_config, resolve_secrets
-from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.dev.emulators import PROTOCOLS as EMULATORS
+from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState
 from bridge.dev.receiver import Receiver
 from bridge.engine.runtime import Runtime, build_runtime
 from bridge.net.client import callback_client, upstream_client
@@ -24,6 +26,10 @@ from bridge.process import bridge_app
 from bridge.store import Store
 from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey, free_port
+
+# `pushbridge serve` started by a test is one process (not one per CPU), so that signals
+# sent to it (SIGSTOP, SIGTERM, kill -9) reach the process doing the work
+os.environ["PUSHBRIDGE_WORKERS"] = "1"
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"
@@ -183,9 +189,13 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             resolver: Any = None,
             store_url: str | None = None,
             replicas_n: int = 1,
+            protocol: str = "octoai",
+            upstream: Callable[[str], dict[str, Any]] | None = None,
             **overrides: Any,
         ) -> Stack:
-            emu_app = create_emulator_app(
+            """`protocol` picks the emulator; `upstream(emulator_url)` gives the keys of
+            the "echo" upstream for it (protocol, url, ...), over the octoai defaults."""
+            emu_app = EMULATORS[protocol](
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
             emu_srv = await start_server(emu_app)
@@ -194,7 +204,10 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             recv_srv = await start_server(receiver.app())
             exits.push_async_callback(recv_srv.stop)
             port = free_port()
-            config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
+            raw = base_config(emu_srv.url, listen__port=port, **overrides)
+            if upstream is not None:
+                raw["upstreams"]["echo"] |= upstream(emu_srv.url)
+            config = parse_config(raw, ENV)
             client_redis = redis
             if store_url:  # the production client, with its reconnects
                 client_redis = make_redis(store_url, cluster=False)  # type: ignore[assignment]

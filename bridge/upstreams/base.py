@@ -140,8 +140,13 @@ class Upstream(Protocol):
     """One configured upstream. Implementations take (name, config, token, client)."""
 
     protocol: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
     name: str
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it can do: the same for every upstream of a protocol (a class variable), or
+        per upstream where its config decides (custom)."""
+        ...
 
     @property
     def config(self) -> UpstreamCommon:

@@ -11,9 +11,14 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai
+from bridge.dev.emulators import fal, octoai, replicate, runpod, runway, stability
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
+    "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
+    "replicate": replicate.create_emulator_app,
+    "runpod": runpod.create_emulator_app,
+    "runway": runway.create_emulator_app,
+    "stability": stability.create_emulator_app,
 }

@@ -96,3 +96,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $cfg "upstreams" $ups -}}
 {{- toYaml $cfg -}}
 {{- end -}}
+
+{{/* Processes per pod (`serve --workers`): values.workers, else the CPU limit rounded up, else 1 */}}
+{{- define "pushbridge.workers" -}}
+{{- if .Values.workers -}}
+{{- .Values.workers -}}
+{{- else -}}
+{{- $cpu := toString (dig "limits" "cpu" "" .Values.resources) -}}
+{{- if not $cpu -}}
+1
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (ceil (divf (trimSuffix "m" $cpu | float64) 1000) | int) -}}
+{{- else -}}
+{{- max 1 (ceil ($cpu | float64) | int) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
