@@ -135,6 +135,14 @@ async def _bench(url: str, n: int, repeat: int) -> None:
     list_keys = [k async for k in redis.scan_iter(match="pushbridge:*:list:*", count=1000)]
     list_bytes = sum([await redis.memory_usage(k) or 0 for k in list_keys])
     print(f"  list sets: {len(list_keys)} keys, {list_bytes / n:.0f} bytes per job")
+    running = [k for k in list_keys if k.endswith(":s:running")]
+    running_bytes = sum([await redis.memory_usage(k) or 0 for k in running])
+    running_n = sum([await redis.zcard(k) for k in running])
+    print(
+        f"  per job in flight (in its status set only: no delivery yet): "
+        f"{running_bytes / running_n:.0f} bytes; in-flight counts: "
+        f"{sum((await store.lists.in_flight_by_tenant()).values())}"
+    )
     env = {"ACME_KEYS": KEY, "ACME_SECRET": new_webhook_secret()}
     port = free_port()
     config = parse_config(

@@ -124,6 +124,11 @@ async def test_filters_read_their_own_sets(store: Store):
     )
     assert await listed(statuses=(S.FAILED,), states=(D.DELIVERED,)) == set()
     assert await listed(upstream="v") == set(other)
+    no_delivery = set(ids[:5] + ids[17:]) | set(list(other)[2:])
+    assert await listed(states=(D.NONE,)) == no_delivery  # read from the status sets
+    assert await listed(states=(D.NONE, D.FAILED), statuses=(S.RUNNING, S.FAILED)) == set(
+        ids[:5] + ids[15:17]
+    )
     assert await listed(upstream="nope") == set()
     page = await store.list_jobs("t1", ListQuery(states=(D.FAILED,)))
     assert page.examined == 7  # the failed deliveries only, not the 34 jobs
@@ -137,10 +142,11 @@ async def test_cancel_and_redeliver_move_jobs_between_sets(store: Store):
     assert await _all(store, statuses=(S.CANCELLED,)) == [a]
     assert await _all(store, states=(D.PENDING,)) == [b]
     assert await _all(store, states=(D.FAILED,)) == []
-    # one set of each kind per job, all in the job's own slot
+    # one status set per job, one delivery set unless it has none; all in the job's slot
     lists = [k async for k in store.redis.scan_iter(match="pbtest:*:list:*")]
     members = [m for k in lists for m in await store.redis.zrange(k, 0, -1)]
-    assert sorted(m.split(":")[1] for m in members) == sorted([a, a, b, b])
+    assert sorted(m.split(":")[1] for m in members) == sorted([a, b, b])
+    assert await _all(store, states=(D.NONE,)) == [a]
     for key in lists:
         assert key_slot(key.encode()) in {
             key_slot(store.keys.fence(store.keys.partition_of(j)).encode()) for j in (a, b)

@@ -267,8 +267,9 @@ class Store:
     ) -> Created:
         """Store and list a new job, claimed for lease_ms. With max_in_flight, refused
         (InFlightLimit) when the tenant has that many jobs queued or running: one more
-        round trip reads its count in the other partitions; jobs created at the same time
-        through other partitions may pass together, by at most one each."""
+        round trip reads its count in the other partitions, and the script checks the rest:
+        creates that race each other through different partitions may pass together, by
+        at most one job each."""
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
             partition = int(digest[:8], 16) % self.partitions

@@ -2,9 +2,10 @@
 
 The job scripts keep the lists (lua/_lists.lua): per partition and tenant, one sorted set
 per status and one per delivery state, whose members are "<created_at, 13 digits>:<id>"
-with score 0, so each set is ordered by creation, then id. A job is in one set of each
-kind; a change of status or delivery state moves it between sets inside the script that
-makes the change (create, commit, cancel, redeliver: no extra round trip).
+with score 0, so each set is ordered by creation, then id. A job is in one status set,
+and in one delivery set unless it has no delivery (state `none`: most jobs in flight,
+whose memory counts). A change of status or delivery state moves it between sets inside
+the script that makes the change (create, commit, cancel, redeliver: no extra round trip).
 
 Pages. A member never changes, so a position in the list is a member: a page holds the
 first `limit` jobs below its cursor in the merge of all partitions (one script call per
@@ -157,7 +158,8 @@ class JobLists:
     ) -> Call:
         statuses = [s.value for s in q.statuses] or list(STATUSES)
         keys = [self.keys.job_list(partition, tenant, "s", s) for s in statuses]
-        keys += [self.keys.job_list(partition, tenant, "d", s.value) for s in q.states]
+        if DeliveryState.NONE not in q.states:  # jobs without a delivery have no set
+            keys += [self.keys.job_list(partition, tenant, "d", s.value) for s in q.states]
         args = [
             len(statuses),
             at.position,

@@ -6,12 +6,15 @@
 -- member has score 0 and is '<created_at, 13 digits>:<job id>', so the sets are ordered by
 -- creation, then id (ZREVRANGEBYLEX reads them newest first from any member on), and a
 -- member never changes: a job moves between sets, never within one. A job is in exactly
--- one status set and one delivery set of its tenant while its record exists.
+-- one status set of its tenant while its record exists, and in one delivery set unless
+-- its delivery state is 'none' (no set: most jobs in flight have no delivery yet, and
+-- their memory counts; a filter on 'none' reads the status sets and checks each job).
 -- <tag>:inflight counts each tenant's queued and running jobs; <tag>:tenants names the
 -- tenants that have lists in the partition.
 local LIST_STATUSES = {'queued', 'running', 'completed', 'failed', 'cancelled'}
 local LIST_STATES = {'none', 'pending', 'scheduled', 'delivering', 'delivered', 'failed'}
 local IN_FLIGHT = {queued = true, running = true}
+local UNLISTED_STATE = 'none'
 
 -- "<prefix>:{pN}" from a job key "<prefix>:{pN}:job:<id>"
 local function partition_tag(job_key)
@@ -43,7 +46,7 @@ end
 local function list_job(tag, tenant, member, status, state)
   redis.call('SADD', tag .. ':tenants', tenant)
   redis.call('ZADD', list_key(tag, tenant, 's', status), 0, member)
-  redis.call('ZADD', list_key(tag, tenant, 'd', state), 0, member)
+  if state ~= UNLISTED_STATE then redis.call('ZADD', list_key(tag, tenant, 'd', state), 0, member) end
   if IN_FLIGHT[status] then count_in_flight(tag, tenant, 1) end
 end
 
@@ -62,8 +65,12 @@ local function relist(tag, id, old, new_status, new_state)
     if delta ~= 0 then count_in_flight(tag, tenant, delta) end
   end
   if new_state and new_state ~= old[2] then
-    if old[2] then redis.call('ZREM', list_key(tag, tenant, 'd', old[2]), member) end
-    redis.call('ZADD', list_key(tag, tenant, 'd', new_state), 0, member)
+    if old[2] and old[2] ~= UNLISTED_STATE then
+      redis.call('ZREM', list_key(tag, tenant, 'd', old[2]), member)
+    end
+    if new_state ~= UNLISTED_STATE then
+      redis.call('ZADD', list_key(tag, tenant, 'd', new_state), 0, member)
+    end
   end
 end
 
@@ -74,5 +81,7 @@ local function unlist(tag, tenant, member)
     local removed = redis.call('ZREM', list_key(tag, tenant, 's', s), member)
     if removed == 1 and IN_FLIGHT[s] then count_in_flight(tag, tenant, -1) end
   end
-  for _, s in ipairs(LIST_STATES) do redis.call('ZREM', list_key(tag, tenant, 'd', s), member) end
+  for _, s in ipairs(LIST_STATES) do
+    if s ~= UNLISTED_STATE then redis.call('ZREM', list_key(tag, tenant, 'd', s), member) end
+  end
 end
