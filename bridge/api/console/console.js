@@ -207,7 +207,7 @@ function attemptRow(attempt, n) {
     time,
     code,
     el("td", `${attempt.duration_ms} ms`, "num nowrap"),
-    el("td", attempt.error || "—"),
+    el("td", attempt.error || "—", "attempt-error"),
     el("td", attempt.response_excerpt || "", "excerpt mono"),
   );
   return tr;
