@@ -17,6 +17,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python tools/get_helm.py >/dev/null \
 		|| echo "make test: no Helm 3, so the chart tests will be skipped (reason above)"
+	bash tools/get_chromium.sh \
+		|| echo "make test: no chromium, so the console's browser test will be skipped (reason above)"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy

@@ -95,11 +95,24 @@ class StoreConfig(_Section):
         return url
 
 
+class TenantLimits(_Section):
+    """What one tenant may ask of a shared bridge, held across all replicas; off when null."""
+
+    jobs_per_s: float | None = Field(None, gt=0)  # jobs created per second
+    burst: int | None = Field(None, ge=1)  # created at once above the rate [one second's worth]
+    max_jobs_in_flight: int | None = Field(None, ge=1)  # jobs queued or running at once
+
+    @property
+    def burst_jobs(self) -> int:
+        return self.burst or max(1, int(self.jobs_per_s or 1))
+
+
 class TenantConfig(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     api_keys_env: str | None = None
     api_key_hashes: list[str] = []
     webhook_secret_env: str
+    limits: TenantLimits = TenantLimits()
 
     @field_validator("api_key_hashes")
     @classmethod
@@ -447,6 +460,7 @@ def api_key_sha256(api_key: str) -> str:
 class Tenant:
     name: str
     webhook_secrets: tuple[str, ...]
+    limits: TenantLimits = field(default_factory=TenantLimits)
 
 
 @dataclass(frozen=True)
@@ -508,7 +522,8 @@ def _resolve_tenants(
             problems.append(f"tenants.{i}.name: duplicate tenant {t.name!r}")
             continue
         try:
-            tenant = tenants[t.name] = Tenant(t.name, tuple(_tenant_secrets(i, t, environ)))
+            secrets = tuple(_tenant_secrets(i, t, environ))
+            tenant = tenants[t.name] = Tenant(t.name, secrets, t.limits)
             hashes = _tenant_key_hashes(i, t, environ)
         except ConfigError as e:
             problems.append(str(e))

@@ -209,7 +209,7 @@ def test_example_config_loads_and_documents_every_key():
         for k in documented
     }
     tenants = raw["tenants"][0]
-    documented |= {f"tenants.*.{k}" for k in tenants}
+    documented |= _documented(tenants, "tenants.*.")
     from bridge.config import OctoAIUpstreamConfig, TenantConfig
 
     expected = _keys(Config) - {"dev_mode"}
@@ -217,6 +217,20 @@ def test_example_config_loads_and_documents_every_key():
     expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
     missing = sorted(k for k in expected if k not in documented)
     assert missing == []
+
+
+def test_tenant_limits_default_off_and_checked():
+    raw = {"tenants": [{"name": "a", "webhook_secret_env": "S"}]}
+    assert parse_config(raw, {}).tenants[0].limits.jobs_per_s is None
+    raw["tenants"][0]["limits"] = {"jobs_per_s": 0, "max_jobs_in_flight": 0, "burst": 0}
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, {})
+    for key in ("jobs_per_s", "max_jobs_in_flight", "burst"):
+        assert f"tenants.0.limits.{key}" in str(e.value)
+    raw["tenants"][0]["limits"] = {"jobs_per_s": 2.5}
+    assert parse_config(raw, {}).tenants[0].limits.burst_jobs == 2
+    with pytest.raises(ConfigError, match="PUSHBRIDGE_NOPE"):  # a mapping-valued tenant key
+        parse_config(raw, {"PUSHBRIDGE_NOPE": "1"})
 
 
 def test_an_unknown_override_is_refused_even_with_list_valued_tenant_keys():

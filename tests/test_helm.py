@@ -129,6 +129,11 @@ def test_rendered_config_is_accepted_by_the_bridge(values):
     assert config.store.url  # from the file or the Secret-backed override
     secrets = resolve_secrets(config, env)  # every *_env names a variable the pod has
     assert len(secrets.tenants) == len(raw["tenants"])
+    given = yaml.safe_load(values.read_text()).get("tenants") or []
+    for t in given:  # tenant limits pass through as they are
+        assert secrets.tenants[t["name"]].limits.model_dump(exclude_none=True) == t.get(
+            "limits", {}
+        )
 
 
 def test_monitoring_objects():

@@ -18,6 +18,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bridge.api.console import console_routes
+from bridge.api.joblist import COLLECTION_ROUTE
 from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
 from bridge.api.problems import Problem, problem_page
@@ -122,9 +124,11 @@ def create_app(
     only. Whatever else runs in the process (the engine) is started by `lifespan`."""
     ops = [*OPS_ROUTES, Route("/metrics", _metrics)]
     api = [
+        COLLECTION_ROUTE,
         *JOB_ROUTES,
         Route("/openapi.json", _openapi),
         Route("/problems/{code}", _problem_page),
+        *console_routes(),
         *extra_routes,
     ]
     app = Starlette(

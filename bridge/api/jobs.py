@@ -25,7 +25,7 @@ from bridge.engine.events import JobEvents
 from bridge.engine.runtime import Runtime
 from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
 from bridge.obs.logs import exception_fields
-from bridge.store import valid_job_id
+from bridge.store import InFlightLimit, valid_job_id
 from bridge.upstreams.base import Rejected
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -38,6 +38,7 @@ JSON_TYPES = ("application/json",)
 # margin (for the store commit after it), then a worker may take the job over
 SUBMIT_LEASE_MARGIN_S = 5.0
 BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
+IN_FLIGHT_RETRY_S = 1  # Retry-After of a creation refused by limits.max_jobs_in_flight
 
 
 JOB_FIELDS = ("upstream", "inputs", "callback_url", "metadata")  # the body's (openapi.py)
@@ -230,15 +231,52 @@ async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBod
         upstream.config.poll.deadline_s,
     )
     lease_ms = int((upstream.config.submit_timeout_s + SUBMIT_LEASE_MARGIN_S) * 1000)
-    created = await rt.store.create_job(
-        tenant.name, job.creation_fields(), lease_ms, req.sha256, idem_key, rt.retention_ms
-    )
+    await _admit(rt, tenant)
+    limit = tenant.limits.max_jobs_in_flight
+    try:
+        created = await rt.store.create_job(
+            tenant.name,
+            job.creation_fields(),
+            lease_ms,
+            req.sha256,
+            idem_key,
+            rt.retention_ms,
+            limit,
+        )
+    except InFlightLimit as e:
+        rt.metrics.tenant_jobs_refused.labels(tenant.name, "in_flight").inc()
+        raise Problem(
+            429,
+            "too-many-in-flight",
+            f"{e.in_flight} jobs of this tenant are queued or running; its limit is {limit}",
+            headers={"Retry-After": str(IN_FLIGHT_RETRY_S)},
+            limit=limit,
+        ) from None
     if not created.created:
         return await _idempotent_replay(rt, tenant, created.job_id, created.body_sha256, req.sha256)
     structlog.contextvars.bind_contextvars(job_id=created.job_id, upstream=req.upstream)
     rt.metrics.jobs_submitted.labels(req.upstream).inc()
+    rt.metrics.tenant_jobs_created.labels(tenant.name).inc()
     job.stored(created.job_id, created.now_ms)
     return await _submit_now(rt, job, created.token)
+
+
+async def _admit(rt: Runtime, tenant: Tenant) -> None:
+    """The tenant's rate of job creation (limits.jobs_per_s), held across all replicas by
+    the store's limiter: 429 with Retry-After beyond it."""
+    limits = tenant.limits
+    if limits.jobs_per_s is None:
+        return
+    wait_s = await rt.limiter.admit(tenant.name, limits.jobs_per_s, limits.burst_jobs)
+    if wait_s > 0:
+        rt.metrics.tenant_jobs_refused.labels(tenant.name, "rate").inc()
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this tenant may create {limits.jobs_per_s:g} jobs per second "
+            f"({limits.burst_jobs} at once); retry in {wait_s:.2f} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -406,8 +444,7 @@ async def job_resource(request: Request) -> Response:
     return await (cancel(request) if request.method == "DELETE" else get_job(request))
 
 
-JOB_ROUTES = [
-    Route("/v1/jobs", create_job, methods=["POST"]),
+JOB_ROUTES = [  # and /v1/jobs itself (joblist.py)
     Route("/v1/jobs/{job_id}", job_resource, methods=["GET", "DELETE"]),
     Route("/v1/jobs/{job_id}/attempts", get_attempts, methods=["GET"]),
     Route("/v1/jobs/{job_id}/redeliver", redeliver, methods=["POST"]),

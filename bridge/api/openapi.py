@@ -13,6 +13,7 @@ from bridge.api.jobs import (
 )
 from bridge.api.jsonshape import INT64_MIN, UINT64_MAX
 from bridge.model import DeliveryState, JobStatus
+from bridge.store.lists import CURSOR_PATTERN, MAX_LIMIT
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
@@ -24,6 +25,7 @@ PROBLEM_CODES = {
     413: "payload too large",
     415: "unsupported media type",
     422: "rejected (callback URL or upstream)",
+    429: "a limit of the tenant (jobs per second, jobs in flight); see Retry-After",
     503: "store unavailable, or too many large requests in flight (overloaded)",
 }
 
@@ -130,8 +132,26 @@ def _schemas() -> dict[str, Any]:
             "description": {"type": "string"},
         },
     }
+    job_list = {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {
+                "type": "array",
+                "items": _ref("Job"),
+                "description": "newest first; `result` is not included (see GET "
+                "/v1/jobs/{job_id}); a page may hold fewer than `limit` jobs and still have "
+                "a next_cursor when filters had to be checked job by job",
+            },
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "the `cursor` of the next page; null on the last page",
+            },
+        },
+    }
     return {
         "JobRequest": _job_request(),
+        "JobList": job_list,
         "JsonValue": _json_value(),
         "Job": job,
         "Attempt": attempt,
@@ -246,6 +266,49 @@ def _op(summary: str, ok: dict[int, str | None], errors: list[int], **extra: Any
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _list_parameters() -> list[dict[str, Any]]:
+    def states(values: list[str]) -> dict[str, Any]:
+        one = "|".join(values)
+        return {"type": "string", "pattern": f"^({one})(,({one}))*$"}
+
+    return [
+        _query(
+            "status", "comma-separated statuses: any of them", states([s.value for s in JobStatus])
+        ),
+        _query(
+            "delivery",
+            "comma-separated delivery states: any of them (`failed`: failed deliveries)",
+            states([s.value for s in DeliveryState]),
+        ),
+        _query(
+            "upstream",
+            "the upstream's name",
+            {"type": "string", "minLength": 1, "maxLength": MAX_UPSTREAM_CHARS},
+        ),
+        _query(
+            "limit",
+            "jobs per page",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+        ),
+        _query(
+            "cursor",
+            "`next_cursor` of the previous page: the creation time (13 digits of ms) and id "
+            "(hex digits) of the job the page starts below",
+            {"type": "string", "pattern": CURSOR_PATTERN},
+        ),
+    ]
+
+
 def openapi_spec() -> dict[str, Any]:
     auth: list[dict[str, list[str]]] = [{"bearer": []}]
     idem = {
@@ -257,14 +320,21 @@ def openapi_spec() -> dict[str, Any]:
     job_ops = [401, 404, 503]
     paths = {
         "/v1/jobs": {
+            "get": _op(
+                "The tenant's jobs, newest first, a page at a time",
+                {200: "JobList"},
+                [400, 401, 503],
+                security=auth,
+                parameters=_list_parameters(),
+            ),
             "post": _op(
                 "Create a job",
                 {202: "Job", 200: "Job"},
-                [400, 401, 404, 408, 409, 413, 415, 422, 503],
+                [400, 401, 404, 408, 409, 413, 415, 422, 429, 503],
                 security=auth,
                 parameters=[idem],
                 requestBody={"required": True, "content": _json_content("JobRequest")},
-            )
+            ),
         },
         "/v1/jobs/{job_id}": {
             "get": _op("Get a job", {200: "Job"}, job_ops, security=auth, parameters=[JOB_ID]),
@@ -336,6 +406,32 @@ def openapi_spec() -> dict[str, Any]:
                     },
                     "404": {
                         "description": "no such problem code",
+                        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                    },
+                },
+            }
+        },
+        "/console": {
+            "get": {
+                "summary": "The operator console (a page; sign in with an API key)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/console/{asset}": {
+            "get": {
+                "summary": "The console's script and style sheet",
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["console.js", "console.css"]},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the file"},
+                    "404": {
+                        "description": "no such file",
                         "content": {"application/problem+json": {"schema": _ref("Problem")}},
                     },
                 },

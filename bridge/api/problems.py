@@ -30,6 +30,8 @@ TITLES = {
     "overloaded": "Too many large requests in flight",
     "request-timeout": "Request timed out",
     "header-too-large": "Request header fields too large",
+    "rate-limited": "Too many jobs created per second",
+    "too-many-in-flight": "Too many jobs in flight",
 }
 
 # What each code means, for the page its `type` URI names (GET /problems/<code>).
@@ -67,6 +69,10 @@ DESCRIPTIONS = {
     "(`listen.body_timeout_s`) did not arrive in time; the connection is closed.",
     "header-too-large": "The request line and headers exceed `listen.max_header_bytes`; the "
     "connection is closed.",
+    "rate-limited": "The tenant created jobs faster than its `limits.jobs_per_s` (with "
+    "`limits.burst` at once); nothing was accepted. Retry after the Retry-After delay.",
+    "too-many-in-flight": "The tenant has `limits.max_jobs_in_flight` jobs queued or running; "
+    "nothing was accepted. Retry once some have finished (Retry-After says when to look again).",
 }
 
 

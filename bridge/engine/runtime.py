@@ -20,6 +20,7 @@ from bridge.engine.ports import LocalWorkers, NoWorkers
 from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
 from bridge.store import After, Commit, Schedule, Store
+from bridge.store.lists import SWEEP_BUDGET
 from bridge.store.ratelimit import RateLimiter
 from bridge.upstreams import build_upstreams
 from bridge.upstreams.base import Healthy, Upstream
@@ -171,6 +172,19 @@ async def measure_backlog(rt: Runtime) -> None:
     m.due_deliveries.set(b.deliveries_due_now)
     m.scheduled_deliveries.set(b.deliveries_scheduled)
     m.failed_deliveries.set(b.failed_deliveries)
+    in_flight = await rt.store.lists.in_flight_by_tenant()
+    for tenant in {*rt.secrets.tenants, *in_flight}:
+        m.tenant_jobs_in_flight.labels(tenant).set(in_flight.get(tenant, 0))
+
+
+async def sweep_lists(rt: Runtime, max_calls: int = 8) -> None:
+    """Remove expired jobs from the tenants' job lists: one sweep, and more while they
+    use their whole budget (each call is bounded; others' commands run between them)."""
+    lists = rt.store.lists
+    for _ in range(max_calls):
+        examined, _removed = await lists.sweep(rt.retention_ms)
+        if examined < SWEEP_BUDGET * rt.store.partitions:
+            return
 
 
 async def learn_durations(rt: Runtime) -> None:

@@ -1,5 +1,6 @@
 """The engine of one process: its worker loops (roles all and worker) and the background
-steps every role runs (upstream health, backlog gauges, learned durations)."""
+steps every role runs (upstream health, backlog gauges) or workers run (learned durations,
+the sweep of the job lists)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,19 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal
 
 from bridge.engine.loops import Workers
-from bridge.engine.runtime import Runtime, check_health, every, learn_durations, measure_backlog
+from bridge.engine.runtime import (
+    Runtime,
+    check_health,
+    every,
+    learn_durations,
+    measure_backlog,
+    sweep_lists,
+)
 from bridge.obs.logs import log_loop_exception
 
 Role = Literal["all", "api", "worker"]
 DURATIONS_INTERVAL_S = 10.0
+LIST_SWEEP_INTERVAL_S = 5.0  # up to 8 x SWEEP_BUDGET per partition: 12,800 members/s at 16
 
 
 class Engine:
@@ -41,6 +50,7 @@ class Engine:
         if self.workers:
             self.workers.start()
             self._spawn(every("durations", DURATIONS_INTERVAL_S, lambda: learn_durations(rt), stop))
+            self._spawn(every("list-sweep", LIST_SWEEP_INTERVAL_S, lambda: sweep_lists(rt), stop))
         rt.log.info("bridge started", role=self.role, upstreams=sorted(rt.upstreams))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

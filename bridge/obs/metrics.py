@@ -88,6 +88,22 @@ class Metrics:
             "Retained jobs whose delivery failed for good (redeliver them)",
             registry=r,
         )
+        self.tenant_jobs_created = Counter(
+            "pushbridge_tenant_jobs_created", "Jobs created, by tenant", ["tenant"], registry=r
+        )
+        self.tenant_jobs_refused = Counter(
+            "pushbridge_tenant_jobs_refused",
+            "Job creations refused (429) by a tenant limit: rate (limits.jobs_per_s) or "
+            "in_flight (limits.max_jobs_in_flight)",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.tenant_jobs_in_flight = Gauge(
+            "pushbridge_tenant_jobs_in_flight",
+            "The tenant's jobs queued or running (read from the store)",
+            ["tenant"],
+            registry=r,
+        )
         self.store_up = Gauge("pushbridge_store_up", "1 if the store answered", registry=r)
         self.due_lateness = Histogram(
             "pushbridge_due_lateness_seconds",

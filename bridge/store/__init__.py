@@ -45,6 +45,7 @@ from bridge.store.keys import (
     new_job_id,
     valid_job_id,
 )
+from bridge.store.lists import JobLists, ListPage, ListQuery
 from bridge.store.scripts import Call, Scripts
 
 __all__ = [
@@ -54,9 +55,12 @@ __all__ = [
     "ClaimBatch",
     "Commit",
     "Created",
+    "InFlightLimit",
     "Index",
     "Keep",
     "Keys",
+    "ListPage",
+    "ListQuery",
     "Remove",
     "Schedule",
     "Source",
@@ -91,6 +95,14 @@ class ClaimBatch:
     claims: list[Claim]
     next_due: dict[int, int | None] = field(default_factory=dict)  # by partition
     full: set[int] = field(default_factory=set)  # partitions that may have more due now
+
+
+class InFlightLimit(Exception):
+    """The tenant has max_jobs_in_flight jobs queued or running: nothing was written."""
+
+    def __init__(self, in_flight: int) -> None:
+        super().__init__(f"{in_flight} jobs in flight")
+        self.in_flight = in_flight
 
 
 @dataclass(frozen=True)
@@ -224,13 +236,16 @@ class Store:
         # job creation and commits made in one loop iteration share a round trip
         self._auto = AutoPipeline(self._auto_send)
         self.scripts = Scripts(redis)
-        self._create = self.scripts.load("create")
+        self._create = self.scripts.load("create", "_lists")
         self._claim = self.scripts.load("claim")
-        self._commit = self.scripts.load("commit")
+        self._commit = self.scripts.load("commit", "_lists")
         self._release = self.scripts.load("release")
-        self._cancel = self.scripts.load("cancel")
-        self._redeliver = self.scripts.load("redeliver")
+        self._cancel = self.scripts.load("cancel", "_lists")
+        self._redeliver = self.scripts.load("redeliver", "_lists")
         self._stats = self.scripts.load("stats")
+        self.lists = JobLists(
+            redis, self.scripts, self.keys, self.run_scripts, self.round_trips, _job
+        )
 
     @property
     def partitions(self) -> int:
@@ -248,7 +263,13 @@ class Store:
         body_sha256: str,
         idempotency_key: str | None = None,
         idem_ttl_ms: int = 0,
+        max_in_flight: int | None = None,
     ) -> Created:
+        """Store and list a new job, claimed for lease_ms. With max_in_flight, refused
+        (InFlightLimit) when the tenant has that many jobs queued or running: one more
+        round trip reads its count in the other partitions, and the script checks the rest:
+        creates that race each other through different partitions may pass together, by
+        at most one job each."""
         if idempotency_key is not None:
             digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()
             partition = int(digest[:8], 16) % self.partitions
@@ -258,13 +279,26 @@ class Store:
             partition = secrets.randbelow(self.partitions)
         job_id = new_job_id(partition)
         idem_value = f"{job_id}|{body_sha256}" if idem_key else ""
+        cap, others = "", 0
+        if max_in_flight is not None:
+            counts = await self.lists.in_flight(tenant)
+            others = sum(counts) - counts[partition]
+            cap = str(max_in_flight - others)
         keys = [
             self.keys.job(job_id),
             self.keys.schedule("due", partition),
             self.keys.fence(partition),
             idem_key or self.keys.idem(partition, "-"),
         ]
-        args = [job_id, lease_ms, idem_value, idem_ttl_ms, *_flatten({"id": job_id, **fields})]
+        args = [
+            job_id,
+            lease_ms,
+            idem_value,
+            idem_ttl_ms,
+            tenant,
+            cap,
+            *_flatten({"id": job_id, **fields}),
+        ]
         try:  # retried on fresh connections, but a client waits only create_wait_s
             async with asyncio.timeout(self.create_wait_s):
                 created, value, now_ms = await self._auto.call(self._create, keys, args)
@@ -272,6 +306,8 @@ class Store:
             raise StoreConnectionError(
                 f"the store did not take the write within {self.create_wait_s} s"
             ) from None
+        if created == 2:
+            raise InFlightLimit(others + int(value))
         if not created:
             prev_id, prev_sha = value.split("|", 1)
             return Created(False, prev_id, "", int(now_ms), prev_sha)
@@ -497,6 +533,10 @@ class Store:
         for reply in replies:
             total.update({k: int(v) for k, v in reply.items()})
         return dict(total)
+
+    async def list_jobs(self, tenant: str, query: ListQuery) -> ListPage:
+        """A page of the tenant's jobs, newest first (lists.py)."""
+        return await self.lists.page(tenant, query)
 
     async def backlog(self, retention_ms: int) -> Backlog:
         """Due work, scheduled deliveries and failed deliveries over all partitions."""

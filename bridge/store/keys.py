@@ -14,6 +14,12 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:durations       hash   counters commits add to: the learned duration
                                          histogram, "<upstream>:s<lo>-<hi>" -> completed jobs
     <prefix>:{p7}:claims:<claimer> string the claimer's last claim (its retry after a lost reply)
+    <prefix>:{p7}:list:<tenant>:s:<status>  zset  the tenant's jobs of that status, and
+    <prefix>:{p7}:list:<tenant>:d:<state>   zset  of that delivery state: members
+                                         "<created_at, 13 digits>:<id>", score 0 (lists.py)
+    <prefix>:{p7}:tenants         set    tenants that have lists in the partition
+    <prefix>:{p7}:inflight        hash   tenant -> its queued and running jobs
+    <prefix>:{p7}:list-sweep      hash   where the sweep of expired list members stopped
     <prefix>:url-key              string key that signs result_url links
     <prefix>:layout               string {"version": 1, "partitions": N}, written at first start
 """
@@ -71,6 +77,19 @@ class Keys:
 
     def claims(self, partition: int, claimer: str) -> str:
         return f"{self.tag(partition)}:claims:{claimer}"
+
+    def job_list(self, partition: int, tenant: str, kind: Literal["s", "d"], state: str) -> str:
+        """A tenant's jobs of one status ("s") or delivery state ("d") in a partition."""
+        return f"{self.tag(partition)}:list:{tenant}:{kind}:{state}"
+
+    def tenants(self, partition: int) -> str:
+        return f"{self.tag(partition)}:tenants"
+
+    def in_flight(self, partition: int) -> str:
+        return f"{self.tag(partition)}:inflight"
+
+    def list_sweep(self, partition: int) -> str:
+        return f"{self.tag(partition)}:list-sweep"
 
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"

@@ -1,4 +1,5 @@
-"""Upstream rate limits held across all replicas together (GCRA in Redis, Redis TIME)."""
+"""Rate limits held across all replicas together (GCRA in Redis, Redis TIME): the
+upstreams' submits and polls, and the jobs each tenant creates."""
 
 from __future__ import annotations
 
@@ -22,6 +23,23 @@ class RateLimiter:
 
     def key(self, upstream: str, kind: str) -> str:
         return f"{self.prefix}:{{rl:{upstream}:{kind}}}"
+
+    def tenant_key(self, tenant: str) -> str:
+        return f"{self.prefix}:{{rl-tenant:{tenant}}}"
+
+    async def admit(self, tenant: str, per_s: float, burst: int) -> float:
+        """Whether the tenant may create a job now, at `per_s` with `burst` at once:
+        0.0 if so (the job is counted), else the seconds until it may (nothing counted).
+        Never waits."""
+        self.round_trips["ratelimit"] += 1
+        interval_us = int(1_000_000 / per_s)
+        tolerance_us = interval_us * (burst - 1)
+        reserved, wait_us = await self._scripts.call(
+            self._script, [self.tenant_key(tenant)], [interval_us, tolerance_us]
+        )
+        if reserved:
+            return 0.0
+        return float(wait_us - tolerance_us) / 1_000_000
 
     async def acquire(
         self, upstream: str, kind: str, per_s: float | None, max_wait_s: float = MAX_WAIT_S

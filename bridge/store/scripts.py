@@ -1,5 +1,6 @@
 """The store's Lua scripts, loaded one way: each is `lua/_prelude.lua` (the store's
-clock) followed by `lua/<name>.lua`, and is run by EVALSHA. A store that lost its
+clock), then the files it includes (`lua/_lists.lua`), then `lua/<name>.lua`, and is run
+by EVALSHA. A store that lost its
 scripts (restarted, or SCRIPT FLUSH) answers NOSCRIPT; this is handled here only:
 every script of the client is loaded again and the calls that found none are sent
 once more."""
@@ -39,8 +40,11 @@ class Scripts:
         self.redis = redis
         self._loaded: list[Script] = []
 
-    def load(self, name: str) -> Script:
-        source = f"{lua_source(PRELUDE)}\n{lua_source(name)}"
+    def load(self, name: str, *includes: str) -> Script:
+        """The script `name` after the prelude and the `includes` (lua/<include>.lua, shared
+        functions such as _lists.lua's)."""
+        parts = [lua_source(n) for n in (PRELUDE, *includes, name)]
+        source = "\n".join(parts)
         script = Script(name, source, hashlib.sha1(source.encode()).hexdigest())
         self._loaded.append(script)
         return script

@@ -1,4 +1,5 @@
 -- Apply a worker's decision about a claimed job, only if its fencing token is current.
+-- A change of status or delivery state moves the job between its tenant's lists (_lists.lua).
 -- Returns the store's time (ms) it was applied at, 0 if fenced out, -1 if the job is gone.
 -- Run again with the same commit id (its reply was lost), it applies nothing and
 -- answers the time of the first run, even if that run ended the fencing.
@@ -24,7 +25,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HDEL', KEYS[2], id)
   return -1
 end
+local new_status, new_state = pair_value(ARGV, 2, 'status'), pair_value(ARGV, 2, 'delivery_state')
+local before = (new_status or new_state)
+  and redis.call('HMGET', KEYS[1], 'status', 'delivery_state', 'tenant', 'created_at')
 redis.call('HSET', KEYS[1], 'updated_at', now, 'commit_id', o.commit, unpack(ARGV, 2))
+if before then relist(partition_tag(KEYS[1]), id, before, new_status, new_state) end
 if o.completed then redis.call('HSET', KEYS[1], 'completed_at', now) end
 local due = nil
 if o.remove then

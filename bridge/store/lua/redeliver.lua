@@ -1,4 +1,4 @@
--- Schedule one more delivery of a terminal job's event (same webhook-id).
+-- Schedule one more delivery of a terminal job's event (same webhook-id); relists it.
 -- KEYS: 1 job hash, 2 deliver zset, 3 fence hash, 4 result, 5 attempts, 6 failed zset
 -- ARGV: 1 id, 2 tenant
 -- Returns 'ok', 'missing' or the current (non-deliverable) status.
@@ -13,8 +13,10 @@ local budget = attempts + 1
 if state == 'pending' or state == 'scheduled' or state == 'delivering' then
   budget = math.max(budget, tonumber(redis.call('HGET', KEYS[1], 'max_attempts') or '0'))
 end
+local before = redis.call('HMGET', KEYS[1], 'status', 'delivery_state', 'tenant', 'created_at')
 redis.call('HSET', KEYS[1], 'delivery_state', 'pending', 'max_attempts', budget,
   'next_attempt_at', now, 'updated_at', now)
+relist(partition_tag(KEYS[1]), ARGV[1], before, nil, 'pending')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[4])
 redis.call('PERSIST', KEYS[5])

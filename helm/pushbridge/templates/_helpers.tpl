@@ -80,6 +80,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $tenant := dict "name" $t.name "webhook_secret_env" (include "pushbridge.tenantSecretEnv" $i) -}}
 {{- if $t.apiKeysSecret }}{{ $_ := set $tenant "api_keys_env" (include "pushbridge.tenantKeysEnv" $i) }}{{ end -}}
 {{- if $t.apiKeyHashes }}{{ $_ := set $tenant "api_key_hashes" $t.apiKeyHashes }}{{ end -}}
+{{- if $t.limits }}{{ $_ := set $tenant "limits" $t.limits }}{{ end -}}
 {{- $tenants = append $tenants $tenant -}}
 {{- end -}}
 {{- $_ := set $cfg "tenants" $tenants -}}

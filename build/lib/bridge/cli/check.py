@@ -1,0 +1,242 @@
+"""`pushbridge check`: config, secrets, store and upstreams, every problem reported; exit 1
+if there is any.
+
+The store must answer, keep every key (maxmemory-policy noeviction) and persist (AOF or
+RDB snapshots). Each upstream must answer its health check, and its token is tried: a
+GET of the upstream's URL with the token and without it; 401/403 with the token means a
+bad token. Without --config (dev mode) the dev server's store and emulator are checked
+when one runs on the data dir, else an embedded store is started for the check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from redis.exceptions import RedisError, ResponseError
+from rich.console import Console
+from rich.markup import escape
+
+from bridge.config import Config, ConfigError, UpstreamConfig, load_config, resolve_secrets
+from bridge.dev.devmode import dev_config
+from bridge.net.client import LeanClient, upstream_client
+from bridge.net.util import describe_error
+from bridge.store import Store
+from bridge.store.connection import make_redis, open_store
+from bridge.store.embedded_share import SharedStore, running
+from bridge.upstreams import build_upstream
+from bridge.upstreams.base import Healthy
+
+MARKS = {
+    "ok": "[green]ok[/green]   ",
+    "error": "[red]error[/red]",
+    "warn": "[yellow]warn[/yellow] ",
+    "skip": "[dim]skip[/dim] ",
+}
+AUTH_REFUSED = (401, 403)
+
+
+@dataclass
+class Report:
+    console: Console
+    errors: int = 0
+
+    def line(self, kind: str, text: str) -> None:
+        self.errors += kind == "error"
+        self.console.print(f"{MARKS[kind]} {escape(text)}", soft_wrap=True)
+
+
+def _safe_url(url: str) -> str:
+    """Hide a password in redis://user:pass@host URLs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _per_node(reply: Any) -> list[dict[str, Any]]:
+    """A cluster client answers INFO/CONFIG with one dict per node; a plain client with one."""
+    if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
+        return list(reply.values())
+    return [reply] if isinstance(reply, dict) else []
+
+
+async def _eviction_policy(store: Store) -> tuple[str, str]:
+    policies = {str(n.get("maxmemory_policy")) for n in _per_node(await store.redis.info("memory"))}
+    if policies == {"noeviction"}:
+        return "ok", "maxmemory-policy noeviction"
+    return "error", (
+        f"maxmemory-policy is {', '.join(sorted(policies))}: the store may evict jobs when "
+        "full; set maxmemory-policy noeviction"
+    )
+
+
+async def _rdb_saves(store: Store) -> list[str] | None:
+    """The `save` setting of each node; None if CONFIG is refused (managed stores)."""
+    try:
+        reply = await store.redis.config_get("save")
+    except ResponseError:
+        return None
+    return [str(n.get("save") or "") for n in _per_node(reply)]
+
+
+async def _persistence(store: Store) -> tuple[str, str]:
+    aof = {str(n.get("aof_enabled")) for n in _per_node(await store.redis.info("persistence"))}
+    if aof == {"1"}:
+        return "ok", "persistence: append-only file (AOF) on"
+    saves = await _rdb_saves(store)
+    if saves is None:
+        return "warn", (
+            "persistence: AOF is off and CONFIG GET save is refused, so RDB snapshots are "
+            "unknown; make sure the store persists (appendonly yes)"
+        )
+    if saves and all(saves):
+        return "ok", f"persistence: RDB snapshots (save {saves[0]!r}); AOF is off"
+    return "error", (
+        "persistence: neither AOF nor RDB snapshots are on: a store restart loses every "
+        "job; set appendonly yes"
+    )
+
+
+async def _check_store(store: Store, where: str, report: Report) -> None:
+    try:
+        await store.ping()
+    except (RedisError, OSError) as e:
+        report.line("error", f"store ({where}): {type(e).__name__}: {e}")
+        return
+    report.line("ok", f"store ({where}) answers PING")
+    for probe in (_eviction_policy, _persistence):
+        try:
+            kind, text = await probe(store)
+        except RedisError as e:
+            kind, text = "error", f"{probe.__name__.strip('_')}: {type(e).__name__}: {e}"
+        report.line(kind, f"store {text}")
+
+
+async def _check_configured_store(config: Config, report: Report) -> None:
+    where = _safe_url(config.store.url or f"embedded Valkey in {config.store.data_dir}")
+    try:
+        async with open_store(config) as store:
+            await _check_store(store, where, report)
+    except Exception as e:  # the embedded store could not start, a bad URL, ...
+        report.line("error", f"store ({where}): {type(e).__name__}: {e}")
+
+
+async def _get_status(client: LeanClient, url: str, token: str | None, timeout_s: float) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = await client.send_lean("GET", url, timeout_s, headers)
+    await response.aclose()
+    return response.status_code
+
+
+async def _token_line(
+    client: LeanClient, name: str, u: UpstreamConfig, token: str | None
+) -> tuple[str, str]:
+    what = f"upstream {name} token"
+    try:
+        without = await _get_status(client, u.url, None, u.submit_timeout_s)
+        with_token = (
+            await _get_status(client, u.url, token, u.submit_timeout_s) if token else without
+        )
+    except httpx.HTTPError as e:
+        return "error", f"{what}: GET {u.url}: {describe_error(e)}"
+    if not token:
+        if without in AUTH_REFUSED:
+            return (
+                "error",
+                f"{what}: none configured but GET {u.url} answers {without}; set token_env",
+            )
+        return "skip", f"{what}: none configured (GET {u.url} answers {without})"
+    if with_token in AUTH_REFUSED:
+        return (
+            "error",
+            f"{what}: refused, GET {u.url} answers {with_token} with the token of {u.token_env}",
+        )
+    if without in AUTH_REFUSED:
+        return "ok", f"{what}: accepted (GET {u.url}: {with_token} with it, {without} without)"
+    return "warn", f"{what}: not verified, GET {u.url} answers {with_token} with or without it"
+
+
+async def _check_upstreams(
+    config: Config, tokens: Mapping[str, str | None], report: Report, probe_tokens: bool = True
+) -> None:
+    if not config.upstreams:
+        report.line("error", "upstreams: none configured; no job can be submitted")
+        return
+    async with upstream_client() as client:
+        for name, u in config.upstreams.items():
+            outcome = await build_upstream(name, u, tokens.get(name), client).health()
+            healthy = isinstance(outcome, Healthy)
+            detail = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
+            report.line(
+                "ok" if healthy else "error", f"upstream {name} ({u.health_url or u.url}): {detail}"
+            )
+            if probe_tokens:
+                report.line(*await _token_line(client, name, u, tokens.get(name)))
+
+
+def _check_secrets(config: Config, environ: Mapping[str, str], report: Report) -> None:
+    if not config.tenants:
+        report.line("error", "tenants: none configured; every API request will answer 401")
+    try:
+        secrets = resolve_secrets(config, environ)
+    except ConfigError as e:
+        for problem in e.problems:
+            report.line("error", f"secrets: {problem}")
+        return
+    report.line(
+        "ok",
+        f"secrets: {len(secrets.tenants)} tenant(s), {len(secrets.tenants_by_key_sha256)} API "
+        f"key(s), {sum(t is not None for t in secrets.upstream_tokens.values())} upstream token(s)",
+    )
+
+
+def _tokens(config: Config, environ: Mapping[str, str]) -> dict[str, str | None]:
+    return {
+        n: environ.get(u.token_env) if u.token_env else None for n, u in config.upstreams.items()
+    }
+
+
+async def _check_dev(environ: dict[str, str], report: Report) -> None:
+    config = dev_config(environ)
+    report.line("ok", "config: dev mode (no --config, no PUSHBRIDGE_CONFIG)")
+    _check_secrets(config, environ, report)
+    shared: SharedStore | None = None if config.store.url else running(config.store.data_dir)
+    if shared is None:
+        await _check_configured_store(config, report)
+        report.line(
+            "skip",
+            "upstreams: the dev emulator runs inside `pushbridge serve`, and none runs on "
+            f"{config.store.data_dir}",
+        )
+        return
+    client = make_redis(shared.url, cluster=False)
+    try:
+        where = f"embedded Valkey of the dev server (pid {shared.owner_pid}) at {shared.url}"
+        await _check_store(Store(client), where, report)
+    finally:
+        await client.aclose()
+    joined = dev_config(environ, shared=shared)
+    await _check_upstreams(joined, {}, report, probe_tokens=False)
+
+
+async def run_check(path: str | None, console: Console) -> int:
+    report = Report(console)
+    environ = dict(os.environ)
+    if path is None:
+        await _check_dev(environ, report)
+        return 1 if report.errors else 0
+    try:
+        config = load_config(path, environ)
+    except ConfigError as e:
+        for problem in e.problems:
+            report.line("error", f"config: {problem}")
+        return 1
+    report.line("ok", f"config ({path})")
+    _check_secrets(config, environ, report)
+    await _check_configured_store(config, report)
+    await _check_upstreams(config, _tokens(config, environ), report)
+    return 1 if report.errors else 0

@@ -1,0 +1,208 @@
+"""`pushbridge demo`: the whole bridge on embedded defaults, end to end, with a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bridge.api.serving import start_server
+from bridge.config import parse_config, resolve_secrets
+from bridge.delivery.signing import new_webhook_secret
+from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
+from bridge.dev.receiver import Receiver
+from bridge.process import bridge_app, open_runtime
+from bridge.store.embedded import free_port
+
+SUBMIT_CONCURRENCY = 32
+
+
+@dataclass
+class DemoReport:
+    jobs: int
+    accepted: int
+    delivered: int
+    verified: int
+    lag_s: list[float]
+    submit_s: list[float]
+    polls_per_job: float
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.delivered == self.jobs and self.verified == self.jobs
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def demo_config(data_dir: str, port: int, emulator_url: str, environ: dict[str, str]) -> Any:
+    return parse_config(
+        {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "store": {"data_dir": data_dir},
+            "tenants": [
+                {
+                    "name": "demo",
+                    "api_keys_env": "DEMO_API_KEY",
+                    "webhook_secret_env": "DEMO_WEBHOOK_SECRET",
+                }
+            ],
+            "callbacks": {"allow_http": True, "allow_private_networks": True},
+            "upstreams": {
+                "echo": {
+                    "url": f"{emulator_url}/infer/echo",
+                    "health_url": f"{emulator_url}/healthz",
+                }
+            },
+        },
+        environ,
+    )
+
+
+async def _submit_all(
+    client: httpx.AsyncClient, jobs: int, callback: str, progress: Progress, task: Any
+) -> tuple[int, list[float]]:
+    gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    latencies: list[float] = []
+
+    async def one(i: int) -> bool:
+        async with gate:
+            t0 = time.perf_counter()
+            r = await client.post(
+                "/v1/jobs",
+                json={
+                    "upstream": "echo",
+                    "inputs": {"prompt": f"job {i}"},
+                    "callback_url": callback,
+                    "metadata": {"n": i},
+                },
+            )
+            latencies.append(time.perf_counter() - t0)
+            progress.advance(task)
+            return r.status_code == 202
+
+    results = await asyncio.gather(*(one(i) for i in range(jobs)))
+    return sum(results), latencies
+
+
+def _report(
+    jobs: int,
+    accepted: int,
+    submit_s: list[float],
+    receiver: Receiver,
+    emulator: Any,
+    elapsed_s: float,
+) -> DemoReport:
+    first: dict[str, Any] = {}
+    for d in receiver.succeeded():
+        first.setdefault(d.webhook_id, d)
+    verified = sum(1 for d in first.values() if d.verified and d.event["type"] == "job.completed")
+    lags = []
+    for d in first.values():
+        future = emulator.futures.get(d.event["data"]["upstream_id"])
+        if future is not None:
+            lags.append(d.arrived_at - future.ready_at)
+    polls = emulator.requests["poll"] / max(1, jobs)
+    return DemoReport(jobs, accepted, len(first), verified, lags, submit_s, polls, elapsed_s)
+
+
+async def run_demo(jobs: int, console: Console, timeout_s: float | None = None) -> DemoReport:
+    data_dir = tempfile.mkdtemp(prefix="pushbridge-demo-")
+    environ = {
+        "DEMO_API_KEY": "pb_demo_" + os.urandom(8).hex(),
+        "DEMO_WEBHOOK_SECRET": new_webhook_secret(),
+    }
+    emulator_app = create_emulator_app(EmulatorSettings(duration_s=1.0, duration_p95_s=3.0, seed=7))
+    receiver = Receiver([environ["DEMO_WEBHOOK_SECRET"]])
+    emulator_srv = await start_server(emulator_app)
+    receiver_srv = await start_server(receiver.app())
+    port = free_port()
+    config = demo_config(data_dir, port, emulator_srv.url, environ)
+    timeout_s = timeout_s or 60 + jobs * 0.05
+    try:
+        async with open_runtime(config, resolve_secrets(config, environ)) as rt:
+            bridge = await start_server(bridge_app(rt), port)
+            console.print(
+                f"store: embedded Valkey in {data_dir}; bridge {bridge.url}; "
+                f"emulator {emulator_srv.url}; receiver {receiver_srv.url}"
+            )
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {environ['DEMO_API_KEY']}"}
+            async with httpx.AsyncClient(
+                base_url=bridge.url, headers=headers, timeout=30
+            ) as client:
+                accepted, submit_s = await _track(
+                    client, jobs, receiver_srv.url, receiver, timeout_s
+                )
+            elapsed = time.perf_counter() - started
+            await bridge.stop()
+    finally:
+        await receiver_srv.stop()
+        await emulator_srv.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    state = emulator_app.state.emulator
+    return _report(jobs, accepted, submit_s, receiver, state, elapsed)
+
+
+async def _track(
+    client: httpx.AsyncClient, jobs: int, receiver_url: str, receiver: Receiver, timeout_s: float
+) -> tuple[int, list[float]]:
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        sub = progress.add_task("submitted", total=jobs)
+        dlv = progress.add_task("delivered", total=jobs)
+        submitting = asyncio.create_task(
+            _submit_all(client, jobs, f"{receiver_url}/hooks/demo", progress, sub)
+        )
+
+        def delivered() -> int:
+            return len({d.webhook_id for d in receiver.succeeded()})
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (delivered() < jobs or not submitting.done()):
+            progress.update(dlv, completed=delivered())
+            await asyncio.sleep(0.1)
+        progress.update(dlv, completed=delivered())
+        return await submitting
+
+
+def print_report(r: DemoReport, console: Console) -> None:
+    table = Table(title="pushbridge demo", show_header=False)
+    table.add_row("accepted (202)", f"{r.accepted}/{r.jobs}")
+    table.add_row("delivered", f"{r.delivered}/{r.jobs}")
+    table.add_row("signatures verified", f"{r.verified}/{r.jobs} (standardwebhooks)")
+    table.add_row(
+        "delivery lag p50 / p99",
+        f"{percentile(r.lag_s, 50) * 1000:.0f} ms / {percentile(r.lag_s, 99) * 1000:.0f} ms",
+    )
+    table.add_row(
+        "submit latency p50 / p99",
+        f"{percentile(r.submit_s, 50) * 1000:.1f} ms / {percentile(r.submit_s, 99) * 1000:.1f} ms",
+    )
+    table.add_row("upstream polls per job", f"{r.polls_per_job:.2f}")
+    table.add_row("wall time", f"{r.elapsed_s:.1f} s")
+    console.print(table)
+    console.print(
+        "[green]OK[/green]" if r.ok else "[red]FAILED: not every callback arrived verified[/red]"
+    )

@@ -1,0 +1,251 @@
+"""What every emulator shares: settings (durations, failure and error rates, token),
+the futures it keeps, request counting, injected 503/429 answers, and the operations
+routes (/healthz, /_emulator/stats, /_emulator/settings).
+
+Futures are kept for future_ttl_s after they are ready (then forgotten), at most
+max_futures of them; the settings can be changed only from loopback, with typed values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+import secrets
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+MAX_RESULT_BYTES = 16 * 1024 * 1024  # the most padding one request may ask for
+
+Z_95 = 1.6448536269514722
+
+
+@dataclass
+class EmulatorSettings:
+    duration_s: float = 1.0
+    duration_p95_s: float | None = None  # set → log-normal with median duration_s
+    fail_rate: float = 0.0  # futures that end "failed"
+    expire_rate: float = 0.0  # futures that answer 404 once done
+    submit_503_rate: float = 0.0
+    poll_503_rate: float = 0.0
+    poll_429_rate: float = 0.0
+    retry_after_s: int = 1
+    healthy: bool = True
+    token: str | None = None  # when set, requests need "Authorization: Bearer <token>"
+    future_ttl_s: float = 3600.0
+    seed: int | None = None
+    max_futures: int = 100_000
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply changes, each checked against the field's type (KeyError, TypeError)."""
+        types = {f.name: f.type for f in fields(self)}
+        for key, value in changes.items():
+            if key not in types:
+                raise KeyError(key)
+            if not _fits(value, str(types[key])):
+                raise TypeError(f"{key}: {value!r} is not {types[key]}")
+        for key, value in changes.items():
+            setattr(self, key, value)
+
+
+def _fits(value: Any, type_name: str) -> bool:
+    if value is None:
+        return "None" in type_name
+    if isinstance(value, bool):
+        return type_name.startswith("bool")
+    if type_name.startswith("float"):
+        return isinstance(value, int | float)
+    if type_name.startswith("int"):
+        return isinstance(value, int)
+    if type_name.startswith("str"):
+        return isinstance(value, str)
+    return False
+
+
+@dataclass
+class Future:
+    id: str
+    inputs: Any
+    created_at: float
+    ready_at: float
+    outcome: str
+    result_bytes: int = 0
+    polls: int = 0
+    fetches: int = 0
+
+
+@dataclass
+class EmulatorState:
+    settings: EmulatorSettings
+    futures: dict[str, Future] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    rng: random.Random = field(default_factory=random.Random)
+
+    def draw_duration_s(self) -> float:
+        s = self.settings
+        if s.duration_p95_s is None or s.duration_p95_s <= s.duration_s:
+            return s.duration_s
+        sigma = math.log(s.duration_p95_s / s.duration_s) / Z_95
+        return s.duration_s * math.exp(self.rng.gauss(0.0, sigma))
+
+    def draw_outcome(self) -> str:
+        r = self.rng.random()
+        if r < self.settings.fail_rate:
+            return "failed"
+        if r < self.settings.fail_rate + self.settings.expire_rate:
+            return "expired"
+        return "completed"
+
+    def add(self, future: Future) -> None:
+        """Keep a future; forget those past their ttl, and the oldest beyond max_futures."""
+        s, now = self.settings, time.time()
+        if len(self.futures) >= s.max_futures or len(self.futures) % 1024 == 0:
+            for key in [k for k, f in self.futures.items() if now > f.ready_at + s.future_ttl_s]:
+                del self.futures[key]
+            while len(self.futures) >= s.max_futures:
+                del self.futures[next(iter(self.futures))]
+        self.futures[future.id] = future
+
+    def chance(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def max_per_window(self, kind: str, window_s: float = 1.0) -> int:
+        """The most requests of one kind seen in any window of window_s (sliding)."""
+        times, best, lo = sorted(self.times[kind]), 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= window_s:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "max_per_s": {k: self.max_per_window(k) for k in self.times},
+            "futures": {
+                f.id: {"ready_at": f.ready_at, "polls": f.polls, "outcome": f.outcome}
+                for f in self.futures.values()
+            },
+        }
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def bearer(state: EmulatorState, request: Request) -> bool:
+    """`Authorization: Bearer <token>` when the emulator has a token."""
+    token = state.settings.token
+    return token is None or request.headers.get("authorization") == f"Bearer {token}"
+
+
+Auth = Callable[[EmulatorState, Request], bool]
+
+
+def emulate_knobs(inputs: Any) -> dict[str, Any]:
+    """The per-request `_emulate` object of the inputs, if any."""
+    knobs = inputs.get("_emulate", {}) if isinstance(inputs, dict) else {}
+    return knobs if isinstance(knobs, dict) else {}
+
+
+def new_future(state: EmulatorState, inputs: Any) -> Future:
+    knobs = emulate_knobs(inputs)
+    duration = float(knobs.get("duration_s", state.draw_duration_s()))
+    now = time.time()
+    return Future(
+        id=secrets.token_hex(8),
+        inputs=inputs,
+        created_at=now,
+        ready_at=now + duration,
+        outcome=str(knobs.get("outcome", state.draw_outcome())),
+        result_bytes=min(MAX_RESULT_BYTES, max(0, int(knobs.get("result_bytes", 0)))),
+    )
+
+
+def lookup(state: EmulatorState, future_id: str) -> Future | None:
+    """The future, unless unknown, past its ttl, or expired (an "expired" outcome)."""
+    f = state.futures.get(future_id)
+    now = time.time()
+    if f is None or now > f.ready_at + state.settings.future_ttl_s:
+        return None
+    if f.outcome == "expired" and now >= f.ready_at:
+        return None
+    return f
+
+
+def retry(state: EmulatorState, status: int) -> JSONResponse:
+    headers = {"Retry-After": str(state.settings.retry_after_s)}
+    return problem(status, "try again later", headers)
+
+
+def gate(
+    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0, auth: Auth = bearer
+) -> tuple[EmulatorState, Response | None]:
+    """Count the request, check the token and inject the configured failures."""
+    state: EmulatorState = request.app.state.emulator
+    state.requests[kind] += 1
+    state.times[kind].append(time.monotonic())
+    if not auth(state, request):
+        return state, problem(401, "missing or invalid token")
+    if state.chance(rate_503):
+        return state, retry(state, 503)
+    if state.chance(rate_429):
+        return state, retry(state, 429)
+    return state, None
+
+
+async def health(request: Request) -> Response:
+    state: EmulatorState = request.app.state.emulator
+    state.requests["health"] += 1
+    if not state.settings.healthy:
+        return problem(503, "unhealthy")
+    return JSONResponse({"status": "ok"})
+
+
+async def stats(request: Request) -> Response:
+    return Response(orjson.dumps(request.app.state.emulator.stats()), media_type="application/json")
+
+
+def _from_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def settings_endpoint(request: Request) -> Response:
+    state: EmulatorState = request.app.state.emulator
+    if request.method == "POST":
+        if not _from_loopback(request):
+            return problem(403, "settings can be changed from loopback only")
+        try:
+            changes = orjson.loads(await request.body())
+            if not isinstance(changes, dict):
+                raise TypeError("settings must be a JSON object")
+            state.settings.update(changes)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as e:
+            return problem(400, f"bad settings: {e}")
+    return JSONResponse(asdict(state.settings) | {"token": None})
+
+
+def ops_routes() -> list[Route]:
+    return [
+        Route("/healthz", health),
+        Route("/_emulator/stats", stats),
+        Route("/_emulator/settings", settings_endpoint, methods=["GET", "POST"]),
+    ]
+
+
+def new_state(settings: EmulatorSettings | None) -> EmulatorState:
+    settings = settings or EmulatorSettings()
+    return EmulatorState(settings, rng=random.Random(settings.seed))

@@ -1,0 +1,61 @@
+"""The ports between the API and the engine, and between the engine's parts.
+
+`LocalWorkers` is what the job steps ask of the worker loops of *this* process: wake up
+when new work is due, keep a job's lease between polls, deliver a finished job at once.
+An api-only process has no loops; it gets `NoWorkers`, which holds nothing and wakes no
+one (the work is claimed from the store by a worker process).
+
+`JobEvents` is what the API tells the engine about a job it changed: accepted (submit it
+now), cancelled, redelivery scheduled. Today both sides live in one process and these are
+plain calls; push, waiting clients and upstream cancel will carry them across processes
+behind the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bridge.model import Job
+from bridge.store import Schedule
+
+
+class LocalWorkers(Protocol):
+    def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
+        """Work just scheduled in `schedule` becomes due in delay_s."""
+
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
+        """Keep the job's lease and run its next step in delay_s; False if not possible."""
+
+    def forget(self, job_id: str) -> None:
+        """Stop holding the job (it was cancelled)."""
+
+    def held_jobs(self) -> list[Job]:
+        """The jobs whose lease this process holds now."""
+
+    @property
+    def active(self) -> bool:
+        """Whether worker loops run here, so that `hold` and `deliver_now` can be used."""
+
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
+        """Make the first delivery attempt of a finished job under the caller's lease."""
+
+
+class NoWorkers:
+    """The `LocalWorkers` of a process without worker loops (role api, or stopping)."""
+
+    active = False
+
+    def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
+        return None
+
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
+        return False
+
+    def forget(self, job_id: str) -> None:
+        return None
+
+    def held_jobs(self) -> list[Job]:
+        return []
+
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
+        raise RuntimeError("no delivery loop in this process")

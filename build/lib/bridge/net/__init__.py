@@ -1,0 +1,1 @@
+"""HTTP client plumbing shared by upstream requests and callbacks."""

@@ -1,0 +1,59 @@
+"""Small HTTP helpers shared by the upstream client and callback delivery."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx
+
+MAX_RETRY_AFTER_S = 3600.0
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"response body exceeds {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """Retry-After as seconds (delta-seconds or HTTP-date), capped at one hour."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    delta = when.timestamp() - (time.time() if now_s is None else now_s)
+    return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
+
+
+async def read_capped(response: httpx.Response, limit_bytes: int) -> bytes:
+    """Read a streamed response body, refusing more than `limit_bytes`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge(limit_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def excerpt(body: bytes, limit_bytes: int = 1024) -> str:
+    return body[:limit_bytes].decode("utf-8", errors="replace")
+
+
+def describe_error(exc: Exception) -> str:
+    """A short, secret-free description of a transport error."""
+    kind = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timeout ({kind})"
+    if isinstance(exc, httpx.ConnectError):
+        return f"connect error: {exc}"[:300]
+    return f"{kind}: {exc}"[:300]
