@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from bridge.api.app import create_app
-from bridge.api.serving import uvicorn_config
+from bridge.api.serving import DrainingServer, uvicorn_config
 from bridge.config import Config, Secrets
 from bridge.delivery.urlpolicy import Resolver
 from bridge.engine.runtime import Runtime, build_runtime
@@ -45,8 +45,6 @@ def bridge_app(
 async def serve(
     config: Config, secrets: Secrets, role: Role, extra_routes: Sequence[BaseRoute] = ()
 ) -> None:
-    import uvicorn
-
     async with open_runtime(config, secrets) as rt:
         app = bridge_app(rt, role, extra_routes)
         listen = config.listen
@@ -58,4 +56,4 @@ async def serve(
             listen.max_header_bytes,
             listen.header_timeout_s,
         )
-        await uvicorn.Server(uv).serve()
+        await DrainingServer(uv, rt.waiters.close).serve()

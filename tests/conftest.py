@@ -168,6 +168,7 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
                 port,
                 max_header_bytes=cfg.listen.max_header_bytes,
                 header_timeout_s=cfg.listen.header_timeout_s,
+                on_drain=rt.waiters.close,
             )
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
 from bridge.api.problems import Problem, problem_page
+from bridge.api.push import PUSH_ROUTES
 from bridge.api.requestbody import MemoryBudget
 from bridge.engine.runtime import Runtime
 from bridge.engine.service import Role
@@ -123,6 +124,7 @@ def create_app(
     ops = [*OPS_ROUTES, Route("/metrics", _metrics)]
     api = [
         *JOB_ROUTES,
+        *PUSH_ROUTES,
         Route("/openapi.json", _openapi),
         Route("/problems/{code}", _problem_page),
         *extra_routes,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvicorn
@@ -10,6 +12,21 @@ from starlette.types import ASGIApp
 
 from bridge.api.httpguard import guarded_protocol
 from bridge.store.embedded import free_port
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that calls `on_drain` as its shutdown begins (SIGTERM, or should_exit), before
+    it waits for the requests in flight: requests that wait for a job answer then, with the
+    job as it is, instead of holding the shutdown up to its grace period."""
+
+    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], None] | None = None):
+        super().__init__(config)
+        self.on_drain = on_drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_drain is not None:
+            self.on_drain()
+        await super().shutdown(sockets)
 
 
 @dataclass
@@ -59,12 +76,13 @@ async def start_server(
     signals: bool = False,
     max_header_bytes: int = 64 * 1024,
     header_timeout_s: float = 10.0,
+    on_drain: Callable[[], None] | None = None,
 ) -> RunningServer:
     port = port or free_port(host)
     config = uvicorn_config(
         app, host, port, max_header_bytes=max_header_bytes, header_timeout_s=header_timeout_s
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, on_drain)
     if not signals:
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -14,7 +14,9 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:durations       hash   counters commits add to: the learned duration
                                          histogram, "<upstream>:s<lo>-<hi>" -> completed jobs
     <prefix>:{p7}:claims:<claimer> string the claimer's last claim (its retry after a lost reply)
+    <prefix>:{p7}:events          channel notices of the partition's jobs (store/notify.py)
     <prefix>:url-key              string key that signs result_url links
+    <prefix>:push-key             string key that signs per-job push URLs
     <prefix>:layout               string {"version": 1, "partitions": N}, written at first start
 """
 
@@ -72,8 +74,16 @@ class Keys:
     def claims(self, partition: int, claimer: str) -> str:
         return f"{self.tag(partition)}:claims:{claimer}"
 
+    def events(self, partition: int) -> str:
+        """The partition's pub/sub channel (a shard channel on a cluster: its hash tag puts
+        it in the partition's slot, so a script of the partition can publish to it)."""
+        return f"{self.tag(partition)}:events"
+
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"
+
+    def push_key(self) -> str:
+        return f"{self.prefix}:push-key"
 
     def layout(self) -> str:
         return f"{self.prefix}:layout"
