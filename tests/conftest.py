@@ -184,6 +184,7 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             resolver: Any = None,
             store_url: str | None = None,
             replicas_n: int = 1,
+            roles: list[str] | None = None,  # one per replica (else `role` for each)
             **overrides: Any,
         ) -> Stack:
             emu_app = create_emulator_app(
@@ -201,9 +202,10 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
                 client_redis = make_redis(store_url, cluster=False)  # type: ignore[assignment]
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
+            roles = roles or [role] * replicas_n
             replicas = [
-                await start_bridge(config, store, role, resolver, port if i == 0 else free_port())
-                for i in range(replicas_n)
+                await start_bridge(config, store, r, resolver, port if i == 0 else free_port())
+                for i, r in enumerate(roles)
             ]
             rt, bridge, client = replicas[0]
             other = await exits.enter_async_context(
