@@ -298,7 +298,7 @@ def openapi_spec() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "maxLength": 255},
+        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
     }
     job_ops = [401, 404, 503]
     paths = {
