@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from bridge.model import JobStatus
 from bridge.store import After, Commit, Remove, Store
+from bridge.store.connection import make_redis
 from bridge.store.embedded import free_port, server_binary
 from bridge.store.keys import Keys, new_job_id
 from bridge.store.notify import Notice, Subscriber, parse_notice
@@ -149,14 +150,21 @@ async def test_poke_of_a_finished_or_missing_job_changes_nothing(store: Store, r
     assert not await redis.exists(store.keys.job("job_001" + "0" * 24))
 
 
-async def test_subscriber_subscribes_again_after_losing_its_connection(store: Store, redis: Redis):
-    async with subscribed(redis, store.keys) as listener:
+@pytest.mark.parametrize("production_client", [False, True])
+async def test_subscriber_subscribes_again_after_losing_its_connection(
+    store: Store, redis: Redis, valkey, production_client: bool
+):
+    # the production client reconnects (and subscribes again) by itself; a plain one raises
+    client = make_redis(valkey.url, cluster=False) if production_client else redis
+    async with subscribed(client, store.keys) as listener:
         killed = await redis.client_kill_filter(_type="pubsub")
         assert killed >= 1
         await listener.until(lambda: listener.subscribed >= 2)
         job_id, _ = await _create(store)
         assert await store.cancel(job_id, "t", 60_000) == "ok"
         await listener.until(lambda: Notice("done", job_id) in listener.notices)
+    if production_client:
+        await client.aclose()
 
 
 # --- Redis Cluster: SPUBLISH from the scripts, SSUBSCRIBE by partition -------------------

@@ -156,9 +156,12 @@ class Subscriber:
             if notice is not None:
                 self._call(self.on_notice, notice)
         elif kind in ("subscribe", "ssubscribe"):
+            if self.ready:  # the client reconnected and subscribed again by itself
+                self.ready = False
+                pending.update(self.channels)
             channel = message.get("channel")
             pending.discard(channel.decode() if isinstance(channel, bytes) else str(channel))
-            if not pending and not self.ready:
+            if not pending:
                 self.ready = True
                 self.sessions += 1
                 self._call(self.on_subscribed)
