@@ -52,6 +52,15 @@ class PushingOctoAI(OctoAIUpstream):
         return outcome
 
 
+class SlowAnsweringPushOctoAI(PushingOctoAI):
+    """Its polls' answers take 1.5 s to arrive (after the provider gave them)."""
+
+    async def poll(self, ref: Any) -> Any:
+        outcome = await super().poll(ref)
+        await asyncio.sleep(1.5)
+        return outcome
+
+
 class SigningPushOctoAI(PushingOctoAI):
     def verify_push(self, headers: Mapping[str, str], body: bytes, secret: str) -> bool:
         return verify_standard_webhook(secret, headers, body)
@@ -172,6 +181,23 @@ async def test_a_forged_push_neither_finishes_early_nor_changes_the_result(make_
     assert event["data"]["result"]["echo"] == {"_emulate": {"duration_s": 1.5}}
     assert "FORGED" not in str(event)
     assert _future(s, job).polls == 2
+
+
+async def test_a_push_that_comes_while_a_poll_is_under_way(make_stack):
+    # a forged early push makes the job due: its poll sees it running, but the answer
+    # takes 1.5 s; meanwhile the provider finishes and pushes. That push must not be lost
+    # in the 20 s until the next poll: the poll's step ends, then polls again at once.
+    s = await push_stack(make_stack, cls=SlowAnsweringPushOctoAI, **SLOW)
+    s.provider.early = True
+    started = time.monotonic()
+    job = (await s.submit(inputs={"_emulate": {"duration_s": 0.6}})).json()
+    future = _future(s, job)
+    await asyncio.sleep(max(0.0, future.ready_at - time.time()) + 0.1)
+    assert future.polls == 1  # the first poll's answer is still on its way
+    assert (await s.provider.push(job["upstream_id"])).status_code == 204
+    await _delivered(s, job["id"], 5)
+    assert time.monotonic() - started < 5
+    assert future.polls == 2
 
 
 @pytest.mark.parametrize("roles", [["all"], ["api", "worker"]])
