@@ -43,7 +43,7 @@ async def _signed(request: Request, rt: Runtime, name: str, secret: str) -> bool
     async with reservation(request.app.state.body_budget) as reserved:
         body = await read_body(request, listen.max_body_bytes, listen.body_timeout_s, reserved)
         return isinstance(upstream, VerifiesPush) and upstream.verify_push(
-            request.headers, body, secret
+            request.headers, bytes(body), secret
         )
 
 
