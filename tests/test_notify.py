@@ -174,6 +174,7 @@ def _cluster_node(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
     args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    args += ["--cluster-port", str(free_port())]  # not port + 10000, which may be taken
     args += ["--save", "", "--appendonly", "no", "--logfile", str(data_dir / "log")]
     return subprocess.Popen(args)
 
