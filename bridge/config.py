@@ -70,12 +70,15 @@ class ListenConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * MIB, gt=0)
-    public_url: str | None = None  # base of result_url links; default http://host:port
+    # base of result_url links (default http://host:port) and of push URLs (§5b: push is
+    # off without it)
+    public_url: str | None = None
     max_json_values: int = Field(500_000, ge=1)  # array elements + object members of a body
     max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; more → 431
     header_timeout_s: float = Field(10.0, gt=0)  # to receive a request line and headers
     body_timeout_s: float = Field(30.0, gt=0)  # to receive a request body
     body_memory_bytes: int = Field(128 * MIB, gt=0)  # what request bodies may cost at once
+    max_waiters: int = Field(10_000, ge=0)  # requests waiting for a job at once (Prefer: wait)
 
     _public_url = field_validator("public_url")(_http_url)
 
@@ -157,6 +160,8 @@ class PollConfig(_Section):
     timeout_s: float = Field(10.0, gt=0)
     adaptive: bool = True  # learn the upstream's durations and poll where completion is likely
     adaptive_hazard: float = Field(0.2, gt=0, le=1)  # lower = more polls, less lag
+    push_slowdown: float = Field(10.0, ge=1)  # polls this many times further apart while
+    # the upstream's pushes arrive (polling stays on as the safety net)
 
 
 class RateLimitConfig(_Section):
@@ -173,6 +178,8 @@ class UpstreamCommon(_Section):
     submit_timeout_s: float = Field(10.0, gt=0)
     poll: PollConfig = PollConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+    push: bool = True  # per-job pushes, where the protocol has them and listen.public_url is set
+    push_secret_env: str | None = None  # the secret the provider signs its pushes with
 
     _urls = field_validator("url", "health_url")(_http_url)
 
@@ -389,7 +396,10 @@ def _referenced_env(raw: dict[str, Any]) -> set[str]:
         if k.endswith("_env")
     }
     names |= {
-        u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
+        u.get(k)
+        for u in (raw.get("upstreams") or {}).values()
+        if isinstance(u, dict)
+        for k in ("token_env", "push_secret_env")
     }
     return {n for n in names if isinstance(n, str)}
 
@@ -470,6 +480,7 @@ class Secrets:
     tenants_by_key_sha256: dict[str, Tenant] = field(repr=False)
     upstream_tokens: dict[str, str | None] = field(repr=False)
     tenants: dict[str, Tenant] = field(default_factory=dict, repr=False)
+    push_secrets: dict[str, str] = field(default_factory=dict, repr=False)  # by upstream
 
     def tenant_secrets(self, name: str) -> tuple[str, ...]:
         tenant = self.tenants.get(name)
@@ -541,6 +552,7 @@ def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) ->
     problems: list[str] = []
     by_hash, tenants = _resolve_tenants(config, environ, problems)
     tokens: dict[str, str | None] = {}
+    push_secrets: dict[str, str] = {}
     for name, u in config.upstreams.items():
         try:
             tokens[name] = (
@@ -548,8 +560,11 @@ def resolve_secrets(config: Config, environ: Mapping[str, str] | None = None) ->
                 if u.token_env
                 else None
             )
+            if u.push_secret_env:
+                key = f"upstreams.{name}.push_secret_env"
+                push_secrets[name] = _env_value(environ, u.push_secret_env, key)
         except ConfigError as e:
             problems.append(str(e))
     if problems:
         raise ConfigError(*problems)
-    return Secrets(by_hash, tokens, tenants)
+    return Secrets(by_hash, tokens, tenants, push_secrets)

@@ -29,6 +29,7 @@ class JobStatus(StrEnum):
 
 
 ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # worked on in the due schedule
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 DELIVERABLE = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})  # have a callback event
 
 
@@ -114,6 +115,7 @@ class Job:
     last_status_code: int | None = None
     step_errors: int = 0  # unexpected errors of its submit/poll steps in a row
     delivery_deferrals: int = 0  # deliveries put off (its host at capacity) since an attempt
+    pushed_at: int | None = None  # when the provider's last verified push arrived (poke.lua)
 
     @classmethod
     def from_hash(cls, h: Mapping[str, str]) -> Job:
@@ -145,6 +147,7 @@ class Job:
             last_status_code=_int(h.get("last_status_code")),
             step_errors=_int(h.get("step_errors")) or 0,
             delivery_deferrals=_int(h.get("delivery_deferrals")) or 0,
+            pushed_at=_int(h.get("pushed_at")),
         )
 
     def to_hash(self) -> dict[str, str | int]:
@@ -277,7 +280,7 @@ def job_view(job: Job, result: Any = None, result_url: str | None = None) -> dic
         "status": job.status,
         "upstream": job.upstream,
         "upstream_id": job.upstream_ref.id if job.upstream_ref else None,
-        "callback_url": job.callback_url,
+        "callback_url": job.callback_url or None,  # none: the job is only read back
         "metadata": _json_or_none(job.metadata),
         "created_at": rfc3339(job.created_at),
         "updated_at": rfc3339(job.updated_at),

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
 from bridge.api.app import create_app
-from bridge.api.serving import uvicorn_config
+from bridge.api.serving import DrainingServer, uvicorn_config
 from bridge.config import Config, Secrets
 from bridge.delivery.urlpolicy import Resolver
 from bridge.engine.runtime import Runtime, build_runtime
@@ -52,7 +52,6 @@ async def serve(
 ) -> None:
     """Run a bridge process until SIGTERM; on `sock` when given (a socket shared by the
     workers of `serve --workers N`), else bound to listen.host:listen.port."""
-    import uvicorn
 
     async with open_runtime(config, secrets) as rt:
         app = bridge_app(rt, role, extra_routes)
@@ -65,4 +64,4 @@ async def serve(
             listen.max_header_bytes,
             listen.header_timeout_s,
         )
-        await uvicorn.Server(uv).serve(sockets=[sock] if sock else None)
+        await DrainingServer(uv, rt.waiters.close).serve(sockets=[sock] if sock else None)

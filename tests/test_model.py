@@ -55,7 +55,8 @@ def _hash_fields(name: str, text: str) -> list[tuple[str, str | None]]:
     return out
 
 
-STORE_ONLY_FIELDS = {"commit_id"}  # the store's own bookkeeping (idempotent commits)
+# the store's own bookkeeping (idempotent commits, leases for poke.lua)
+STORE_ONLY_FIELDS = {"commit_id", "lease_until"}
 
 
 def test_every_field_the_lua_scripts_name_is_a_job_field():

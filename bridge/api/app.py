@@ -23,6 +23,7 @@ from bridge.api.joblist import COLLECTION_ROUTE
 from bridge.api.jobs import JOB_ROUTES, OPS_ROUTES
 from bridge.api.openapi import openapi_spec
 from bridge.api.problems import Problem, problem_page
+from bridge.api.push import PUSH_ROUTES
 from bridge.api.requestbody import MemoryBudget
 from bridge.engine.runtime import Runtime
 from bridge.engine.service import Role
@@ -126,6 +127,7 @@ def create_app(
     api = [
         COLLECTION_ROUTE,
         *JOB_ROUTES,
+        *PUSH_ROUTES,
         Route("/openapi.json", _openapi),
         Route("/problems/{code}", _problem_page),
         *console_routes(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
@@ -19,11 +20,12 @@ from starlette.routing import Route
 from bridge.api.jsonshape import Shape, integers_beyond_64_bits, measure
 from bridge.api.problems import Problem
 from bridge.api.requestbody import body_cost_bytes, read_body, reservation
+from bridge.api.waiting import preferred_wait_s, wait_query_s
 from bridge.config import Tenant
 from bridge.delivery.urlpolicy import CallbackRejected
 from bridge.engine.events import JobEvents
 from bridge.engine.runtime import Runtime
-from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
+from bridge.model import ACTIVE, TERMINAL, Job, JobStatus, job_view, new_job, result_inline
 from bridge.obs.logs import exception_fields
 from bridge.store import InFlightLimit, valid_job_id
 from bridge.upstreams.base import Rejected
@@ -50,7 +52,7 @@ class JobBody:
     kept while the request waits for the store or the upstream)."""
 
     upstream: str
-    callback_url: str
+    callback_url: str | None  # None: the job is only read back (and waited for)
     inputs_json: str
     metadata_json: str
     sha256: str  # of the canonical body (sorted keys): what Idempotency-Key replays compare
@@ -93,23 +95,33 @@ def check_content_type(content_type: str) -> None:
         raise Problem(415, "unsupported-media-type", "Content-Type must be application/json")
 
 
-def _envelope(raw: Any) -> tuple[str, dict[str, Any], str, dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Accepted:
+    """A job as POST /v1/jobs answers it (its API object; its inputs are not kept)."""
+
+    job_id: str
+    status: JobStatus
+    view: dict[str, Any]
+    status_code: int  # 202 created, 200 an idempotent replay
+
+
+def _envelope(raw: Any) -> tuple[str, dict[str, Any], str | None, dict[str, Any] | None]:
     """upstream, inputs, callback_url, metadata: the body's fields, checked by hand (no
     validator walks or copies arbitrary inputs)."""
     if not isinstance(raw, dict):
         raise _invalid("body: must be a JSON object")
     errors = [f"{k}: unknown field" for k in raw if k not in JOB_FIELDS]
-    for name in ("upstream", "inputs", "callback_url"):
+    for name in ("upstream", "inputs"):
         if name not in raw:
             errors.append(f"{name}: required")
     upstream, inputs = raw.get("upstream", ""), raw.get("inputs", {})
-    callback_url, metadata = raw.get("callback_url", "-"), raw.get("metadata")
+    callback_url, metadata = raw.get("callback_url"), raw.get("metadata")
     if not isinstance(upstream, str) or not 1 <= len(upstream) <= MAX_UPSTREAM_CHARS:
         errors.append(f"upstream: must be a string of 1 to {MAX_UPSTREAM_CHARS} characters")
     if not isinstance(inputs, dict):
         errors.append("inputs: must be an object")
-    if not isinstance(callback_url, str) or not callback_url:
-        errors.append("callback_url: must be a non-empty string")
+    if callback_url is not None and (not isinstance(callback_url, str) or not callback_url):
+        errors.append("callback_url: must be a non-empty string, or absent")
     if metadata is not None and not isinstance(metadata, dict):
         errors.append("metadata: must be an object or null")
     if errors:
@@ -199,8 +211,10 @@ async def _check_callback(rt: Runtime, url: str) -> None:
 
 
 async def create_job(request: Request) -> Response:
+    started_s = asyncio.get_running_loop().time()
     rt = _rt(request)
     tenant = authenticate(request)
+    wait_s = preferred_wait_s(request.headers)
     idem_key = request.headers.get("idempotency-key") or None  # empty = no key
     if idem_key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(idem_key):
         raise Problem(
@@ -214,19 +228,49 @@ async def create_job(request: Request) -> Response:
         await reserved.grow_to(body_cost_bytes(len(body), shape.values))
         req = parse_job_request(body, shape)
         del body
-        return await _create(rt, tenant, idem_key, req)
+        accepted = await _create(rt, tenant, idem_key, req)
+        del req
+    return await _answer(rt, tenant, accepted, wait_s, started_s + (wait_s or 0))
 
 
-async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBody) -> Response:
+async def _answer(
+    rt: Runtime, tenant: Tenant, a: Accepted, wait_s: int | None, deadline_s: float
+) -> Response:
+    """The answer to POST /v1/jobs; with `Prefer: wait=N`, once the job is terminal (200)
+    or N seconds after the request came (as without it), `Preference-Applied` saying so.
+    Waiting holds neither the body's memory nor its inputs."""
+    headers = {"Location": f"/v1/jobs/{a.job_id}"}
+    view, status = a.view, a.status
+    if wait_s is not None and status in ACTIVE:
+        job = await _waited(rt, tenant, a.job_id, deadline_s)
+        if job is None:  # no more requests may wait here: answer as without Prefer
+            return _json(view, a.status_code, headers)
+        view, status = await _view(rt, job), job.status
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+    return _json(view, 200 if status in TERMINAL else a.status_code, headers)
+
+
+async def _waited(rt: Runtime, tenant: Tenant, job_id: str, deadline_s: float) -> Job | None:
+    """The tenant's job once terminal, or as it is at deadline_s (or when the process
+    drains); None when no more requests may wait in this process."""
+    waited = await JobEvents(rt).until_terminal(
+        job_id, deadline_s, lambda: _owned_job(rt, tenant, job_id)
+    )
+    return None if waited is None else waited[0]
+
+
+async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBody) -> Accepted:
     upstream = rt.upstreams.get(req.upstream)
     if upstream is None:
         raise Problem(404, "unknown-upstream", f"no upstream named {req.upstream!r}")
-    await _check_callback(rt, req.callback_url)
+    if req.callback_url is not None:
+        await _check_callback(rt, req.callback_url)
     job = new_job(
         tenant.name,
         req.upstream,
         req.inputs_json,
-        req.callback_url,
+        req.callback_url or "",
         req.metadata_json,
         upstream.config.poll.deadline_s,
     )
@@ -291,7 +335,7 @@ def redact(text: str, secret: str | None) -> str:
     return BEARER_RE.sub("Bearer [redacted]", text)
 
 
-async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
+async def _submit_now(rt: Runtime, job: Job, token: str) -> Accepted:
     """Submit a stored job at once. Whatever goes wrong here, the job is stored and a
     worker submits it when this lease runs out: the answer is then 202 `queued`."""
     try:
@@ -312,22 +356,18 @@ async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
             job_id=job.id,
         )
     rt.log.info("job accepted", status=job.status)
-    headers = {"Location": f"/v1/jobs/{job.id}"}
-    return _json(job_view(job), 202, headers)
+    return Accepted(job.id, job.status, job_view(job), 202)
 
 
 async def _idempotent_replay(
     rt: Runtime, tenant: Tenant, job_id: str, stored_sha: str, body_sha: str
-) -> Response:
+) -> Accepted:
     if stored_sha != body_sha:
         raise Problem(
             409, "idempotency-conflict", "this Idempotency-Key was used with a different body"
         )
-    return _json(
-        await _view(rt, await _owned_job(rt, tenant, job_id)),
-        200,
-        {"Location": f"/v1/jobs/{job_id}"},
-    )
+    job = await _owned_job(rt, tenant, job_id)
+    return Accepted(job.id, job.status, await _view(rt, job), 200)
 
 
 async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> Job:
@@ -355,8 +395,14 @@ async def _view(rt: Runtime, job: Job) -> dict[str, Any]:
 
 
 async def get_job(request: Request) -> Response:
+    """The job; with `?wait=N`, once it is terminal or after N seconds."""
+    started_s = asyncio.get_running_loop().time()
     rt = _rt(request)
-    job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
+    tenant, job_id = authenticate(request), request.path_params["job_id"]
+    wait_s = wait_query_s(request.query_params)
+    job = await _waited(rt, tenant, job_id, started_s + wait_s) if wait_s else None
+    if job is None:
+        job = await _owned_job(rt, tenant, job_id)
     return _json(await _view(rt, job))
 
 
@@ -371,6 +417,8 @@ async def redeliver(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
+    if not job.callback_url:
+        raise Problem(409, "no-callback", "the job has no callback_url; it is only read back")
     outcome = await rt.store.redeliver(job.id, tenant.name)
     if outcome == "missing":
         raise Problem(404, "not-found", f"no job {job.id}")

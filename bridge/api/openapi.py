@@ -72,7 +72,7 @@ def _schemas() -> dict[str, Any]:
             "status": {"enum": [s.value for s in JobStatus]},
             "upstream": {"type": "string"},
             "upstream_id": {"type": ["string", "null"]},
-            "callback_url": {"type": "string"},
+            "callback_url": {"type": ["string", "null"]},
             "metadata": {"type": ["object", "null"]},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
@@ -183,11 +183,17 @@ def _job_request() -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": list(JOB_FIELDS[:3]),
+        "required": list(JOB_FIELDS[:2]),
         "properties": {
             "upstream": {"type": "string", "minLength": 1, "maxLength": MAX_UPSTREAM_CHARS},
             "inputs": {**inputs, "description": "sent to the upstream as they are"},
-            "callback_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "callback_url": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 2048,
+                "description": "where the signed event is POSTed; without it the job is only "
+                "read back (GET /v1/jobs/{id}, ?wait=N, or Prefer: wait=N on this request)",
+            },
             "metadata": {
                 "anyOf": [inputs, {"type": "null"}],
                 "description": f"echoed in the callback; at most {MAX_METADATA_BYTES} bytes",
@@ -264,6 +270,46 @@ def _op(summary: str, ok: dict[int, str | None], errors: list[int], **extra: Any
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240, N seconds, at most 60): answer once the job is "
+    "terminal (200, result inline) or after N seconds (202); `Preference-Applied` says "
+    "when it was applied (not when this process already holds its most waiting requests)",
+    "schema": {"type": "string"},
+}
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "answer once the job is terminal, or after this many seconds",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 60},
+}
+
+
+def _push_path() -> dict[str, Any]:
+    names = ("upstream", "job_id", "mac")
+    params = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+    ]
+    problem = {"application/problem+json": {"schema": _ref("Problem")}}
+    return {
+        "post": {
+            "summary": "A provider's push for a job (the URL pushbridge gave it; no API key)",
+            "description": "Makes the job due now; the result is what the provider answers "
+            "to pushbridge's own request. The body is only read to check a signature.",
+            "parameters": params,
+            "responses": {
+                "204": {"description": "taken (whatever the job's state)"},
+                "401": {"description": "the provider's signature is not valid", "content": problem},
+                "404": {"description": "no such push URL", "content": problem},
+                "408": {"description": PROBLEM_CODES[408], "content": problem},
+                "413": {"description": PROBLEM_CODES[413], "content": problem},
+                "503": {"description": PROBLEM_CODES[503], "content": problem},
+            },
+        }
+    }
 
 
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +361,7 @@ def openapi_spec() -> dict[str, Any]:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "maxLength": 255},
+        "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
     }
     job_ops = [401, 404, 503]
     paths = {
@@ -332,12 +378,18 @@ def openapi_spec() -> dict[str, Any]:
                 {202: "Job", 200: "Job"},
                 [400, 401, 404, 408, 409, 413, 415, 422, 429, 503],
                 security=auth,
-                parameters=[idem],
+                parameters=[idem, PREFER],
                 requestBody={"required": True, "content": _json_content("JobRequest")},
             ),
         },
         "/v1/jobs/{job_id}": {
-            "get": _op("Get a job", {200: "Job"}, job_ops, security=auth, parameters=[JOB_ID]),
+            "get": _op(
+                "Get a job",
+                {200: "Job"},
+                [400, *job_ops],
+                security=auth,
+                parameters=[JOB_ID, WAIT],
+            ),
             "delete": _op(
                 "Cancel a job", {200: "Job"}, [*job_ops, 409], security=auth, parameters=[JOB_ID]
             ),
@@ -386,6 +438,7 @@ def openapi_spec() -> dict[str, Any]:
                 ],
             )
         },
+        "/v1/push/{upstream}/{job_id}/{mac}": _push_path(),
         "/healthz": {
             "get": {"summary": "Process alive", "responses": {"200": {"description": "alive"}}}
         },

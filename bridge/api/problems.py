@@ -23,6 +23,8 @@ TITLES = {
     "job-not-terminal": "Job is not terminal yet",
     "job-terminal": "Job is already terminal",
     "job-cancelled": "Job was cancelled",
+    "no-callback": "Job has no callback",
+    "push-unverified": "Push signature not valid",
     "no-result": "Job has no result",
     "invalid-link": "Invalid or expired link",
     "store-unavailable": "Store unavailable",
@@ -58,6 +60,10 @@ DESCRIPTIONS = {
     "job-not-terminal": "The job has not finished yet: nothing to redeliver or return.",
     "job-terminal": "The job has already finished; it cannot be cancelled.",
     "job-cancelled": "The job was cancelled; a cancelled job has no event to deliver or redeliver.",
+    "no-callback": "The job was created without a `callback_url`: it is only read back "
+    "(`GET /v1/jobs/{id}`, with `?wait=N` to wait for it); there is nothing to redeliver.",
+    "push-unverified": "A push to this upstream's push URL did not carry a valid signature "
+    "of the provider (the upstream's `push_secret_env`); it was ignored.",
     "no-result": "The job finished without a result.",
     "invalid-link": "The signed result link is malformed, altered or expired.",
     "store-unavailable": "The store cannot be reached; nothing was accepted. Retry after "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -12,6 +13,21 @@ from starlette.types import ASGIApp
 
 from bridge.api.httpguard import guarded_protocol
 from bridge.store.embedded import free_port
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that calls `on_drain` as its shutdown begins (SIGTERM, or should_exit), before
+    it waits for the requests in flight: requests that wait for a job answer then, with the
+    job as it is, instead of holding the shutdown up to its grace period."""
+
+    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], None] | None = None):
+        super().__init__(config)
+        self.on_drain = on_drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_drain is not None:
+            self.on_drain()
+        await super().shutdown(sockets)
 
 
 @dataclass
@@ -29,7 +45,7 @@ class RunningServer:
         await self.task
 
 
-class QuietServer(uvicorn.Server):
+class QuietServer(DrainingServer):
     """A uvicorn server that leaves the process's signal handlers alone: it is one part
     of a larger program (demo, tests) that handles signals itself, and stops by `stop()`."""
 
@@ -72,6 +88,7 @@ async def start_server(
     max_header_bytes: int = 64 * 1024,
     header_timeout_s: float = 10.0,
     grace_s: float = 10.0,
+    on_drain: Callable[[], None] | None = None,
 ) -> RunningServer:
     """`app` served on host:port (default: a free port); `stop()` lets requests in flight
     finish within grace_s, then cancels them."""
@@ -84,7 +101,7 @@ async def start_server(
         max_header_bytes=max_header_bytes,
         header_timeout_s=header_timeout_s,
     )
-    server = uvicorn.Server(config) if signals else QuietServer(config)
+    server = DrainingServer(config, on_drain) if signals else QuietServer(config, on_drain)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -1,14 +1,19 @@
-"""What the API tells the engine about a job it has just changed in the store.
+"""What the API tells the engine about a job it has just changed in the store, and what
+it asks of it.
 
 The API writes first (create, cancel, redeliver are store scripts) and then calls one
-of these; the engine reacts in this process today, and across processes once push,
-waiting clients and upstream cancel need it, behind the same methods.
+of these; the engine reacts in this process, and in the others through the store's
+notices (engine/notices.py): a job finished anywhere wakes the requests waiting for it
+here, a push received here reaches the process that holds its job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.runtime import Runtime
+from bridge.engine.waiting import WaitOutcome, until_terminal
 from bridge.model import Job
 from bridge.net.util import describe_error
 from bridge.upstreams.base import Cancelled, Rejected, SubmitOutcome, Transient
@@ -22,7 +27,8 @@ class JobEvents:
     async def accepted(self, job: Job, token: str) -> SubmitOutcome | None:
         """A job was stored under `token`: submit it upstream now, within this request.
         None when it stays queued (upstream unhealthy); a worker submits it later."""
-        return await self.advancer.submit(job, token, notify=False)
+        async with self.advancer.pushes_during(job):
+            return await self.advancer.submit(job, token, notify=False)
 
     async def cancelled(self, job: Job) -> None:
         """A job was cancelled: stop polling it here (a replica holding it polls at most
@@ -45,3 +51,20 @@ class JobEvents:
     def redelivery_scheduled(self, job_id: str) -> None:
         """One more delivery of a job's event is due now."""
         self.rt.workers.hint("deliver", 0, self.rt.store.keys.partition_of(job_id))
+
+    async def until_terminal(
+        self, job_id: str, deadline_s: float, read: Callable[[], Awaitable[Job]]
+    ) -> tuple[Job, WaitOutcome] | None:
+        """Wait for the job to be terminal, until deadline_s (event-loop time) or until the
+        process drains, without polling the store (engine/waiting.py); `read` reads it.
+        None when no more requests may wait here: the caller answers at once."""
+        waited = await until_terminal(self.rt.waiters, job_id, deadline_s, read)
+        self.rt.metrics.wait_outcomes.labels(waited[1] if waited else "refused").inc()
+        return waited
+
+    async def pushed(self, upstream: str, job_id: str) -> str:
+        """A verified push for the job: due now (Store.poke), and every process is told.
+        The job's status, or 'missing'."""
+        status = await self.rt.store.poke(job_id)
+        self.rt.metrics.pushes_received.labels(upstream).inc()
+        return status

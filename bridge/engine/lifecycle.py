@@ -10,11 +10,13 @@ one per poll.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, Unpack
 
 import orjson
+from redis.exceptions import RedisError
 
 from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.engine.learning import interval_field
@@ -62,7 +64,8 @@ class Advancer:
         workers = self.rt.workers
         keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
         delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
-        committed = await self.commit(job, token, Commit(fields=change, source=After(delay_ms)))
+        c = Commit(fields=change, source=After(delay_ms), held=keep)
+        committed = await self.commit(job, token, c)
         if committed and keep and not workers.hold(job, token, delay_s):
             # no room to hold it: due after the delay, not after the lease
             await self.commit(job, token, Commit(source=After(_ms(delay_s))))
@@ -94,7 +97,8 @@ class Advancer:
         notify: bool = True,
         **change: Unpack[JobChange],
     ) -> None:
-        """Terminal failure; `notify` sends the job.failed callback."""
+        """Terminal failure; `notify` sends the job.failed callback (if it has one)."""
+        notify = notify and bool(job.callback_url)
         self._finished(job, "failed")
         self.rt.log.info("job failed", job_id=job.id, code=code, upstream=job.upstream)
         await self.finish(
@@ -115,8 +119,32 @@ class Advancer:
             ),
         )
 
+    @contextlib.asynccontextmanager
+    async def pushes_during(self, job: Job) -> AsyncIterator[None]:
+        """A step of the job runs here: a push that comes meanwhile (engine/push.py) makes
+        the job due again once the step is over, since the step may have seen the job
+        still running."""
+        pushes = self.rt.pushes
+        if not self.rt.push_enabled(job.upstream):
+            yield
+            return
+        pushes.begin(job.id)
+        try:
+            yield
+        finally:
+            pushed = pushes.end(job.id)
+        if pushed and job.status in ACTIVE and not self.rt.workers.poke(job.id):
+            try:
+                await self.rt.store.poke(job.id)
+            except RedisError as e:  # the next safety poll finds it; a push only saves lag
+                self.rt.log.warning("could not act on a push", job_id=job.id, error=str(e))
+
     async def step(self, job: Job, token: str, now_ms: int) -> None:
         """One unit of work for a job this process holds in the `due` schedule."""
+        async with self.pushes_during(job):
+            await self._step(job, token, now_ms)
+
+    async def _step(self, job: Job, token: str, now_ms: int) -> None:
         if job.status not in ACTIVE:
             await self.commit(job, token, Commit(source=Remove()))
         elif job.upstream not in self.rt.upstreams:
@@ -140,14 +168,17 @@ class Advancer:
         upstream = self.rt.upstreams[name]
         if await self._rate_limited(job, token, "submit", upstream.config.rate_limit.submit_per_s):
             return None
-        outcome = await self._call(job, "submit", lambda: upstream.submit(orjson.loads(job.inputs)))
+        push_url = self.rt.push_url(job)
+        outcome = await self._call(
+            job, "submit", lambda: upstream.submit(orjson.loads(job.inputs), push_url=push_url)
+        )
         self._count(job, "submit", outcome)
         match outcome:
             case Submitted(ref=ref):
                 await self.reschedule(
                     job,
                     token,
-                    upstream.config.poll.initial_delay_s,
+                    self._slowed(job, upstream.config.poll.initial_delay_s),
                     status=JobStatus.RUNNING,
                     upstream_ref=ref,
                     submits=submits,
@@ -210,8 +241,21 @@ class Advancer:
         learned = self._learned_poll_s(job)
         poll = self.rt.upstreams[job.upstream].config.poll
         if learned is None:
-            return poll_interval_s(poll, polls_done, self._elapsed_s(job))
-        return min(poll.max_interval_s, max(poll.min_interval_s, learned))
+            return self._slowed(job, poll_interval_s(poll, polls_done, self._elapsed_s(job)))
+        return self._slowed(job, min(poll.max_interval_s, max(poll.min_interval_s, learned)))
+
+    def _slowed(self, job: Job, delay_s: float) -> float:
+        """Polls `push_slowdown` times further apart while the upstream's pushes arrive and
+        none came for this job yet (polling stays on: the safety net), the last one still
+        before the deadline."""
+        rt = self.rt
+        if job.pushed_at or not rt.push_enabled(job.upstream):
+            return delay_s
+        if not rt.pushes.arriving(job.upstream):
+            return delay_s
+        slowdown = rt.upstreams[job.upstream].config.poll.push_slowdown
+        left_s = (job.deadline_at - rt.store_now_ms()) / 1000
+        return min(delay_s * slowdown, max(delay_s, left_s / 2))
 
     def duration_field(self, job: Job) -> str:
         """The histogram field of this job's duration: between the last poll that saw
@@ -277,6 +321,7 @@ class Advancer:
                 return
         self._finished(job, "completed")
         result = outcome.result.decode()
+        notify = bool(job.callback_url)  # a job without one is only read back
         await self.finish(
             job,
             token,
@@ -285,13 +330,14 @@ class Advancer:
                     "status": JobStatus.COMPLETED,
                     "polls": polls,
                     "result_size": len(outcome.result),
-                    "delivery_state": DeliveryState.PENDING,
+                    "delivery_state": DeliveryState.PENDING if notify else DeliveryState.NONE,
                 },
                 source=Remove(),
                 completed=True,
                 result=result,
-                target_delay_ms=0,
-                due_field="next_attempt_at",
+                target_delay_ms=0 if notify else None,
+                expire_ms=None if notify else self.rt.retention_ms,
+                due_field="next_attempt_at" if notify else "",
                 counters={self.duration_field(job): 1},
             ),
             result,

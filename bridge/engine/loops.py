@@ -233,6 +233,17 @@ class HeldLeases:
         if timer is not None:
             timer[0].cancel()
 
+    def poke(self, job_id: str) -> bool:
+        """Run a held job's next step now; False if it is not held (now) here."""
+        timer = self.timers.get(job_id)
+        if timer is None:
+            return False
+        handle, token, job = timer
+        handle.cancel()
+        job.pushed_at = int(time.time() * 1000)  # polls at the usual pace from now on
+        self._fire(job, token, asyncio.get_running_loop().time())
+        return True
+
     def _fire(self, job: Job, token: str, due: float) -> None:
         self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
@@ -401,6 +412,9 @@ class Workers:
 
     def forget(self, job_id: str) -> None:
         self.held.forget(job_id)
+
+    def poke(self, job_id: str) -> bool:
+        return self.held.poke(job_id)
 
     def held_jobs(self) -> list[Job]:
         return self.held.jobs()

@@ -29,6 +29,9 @@ class LocalWorkers(Protocol):
     def forget(self, job_id: str) -> None:
         """Stop holding the job (it was cancelled)."""
 
+    def poke(self, job_id: str) -> bool:
+        """Run a held job's next step now (its provider pushed); False if not held here."""
+
     def held_jobs(self) -> list[Job]:
         """The jobs whose lease this process holds now."""
 
@@ -53,6 +56,9 @@ class NoWorkers:
 
     def forget(self, job_id: str) -> None:
         return None
+
+    def poke(self, job_id: str) -> bool:
+        return False
 
     def held_jobs(self) -> list[Job]:
         return []

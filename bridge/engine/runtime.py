@@ -11,19 +11,22 @@ from dataclasses import dataclass, field
 import structlog
 from redis.exceptions import RedisError
 
-from bridge.config import Config, Secrets
+from bridge.config import Config, ConfigError, Secrets
 from bridge.delivery.sender import Deliverer
 from bridge.delivery.signing import ResultLinks
 from bridge.delivery.urlpolicy import Resolver, UrlPolicy
 from bridge.engine.learning import Durations, running_field
 from bridge.engine.ports import LocalWorkers, NoWorkers
+from bridge.engine.push import PushLinks, PushState
+from bridge.engine.waiting import Waiters
+from bridge.model import Job
 from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
 from bridge.store import After, Commit, Schedule, Store
 from bridge.store.lists import SWEEP_BUDGET
 from bridge.store.ratelimit import RateLimiter
 from bridge.upstreams import build_upstreams
-from bridge.upstreams.base import Healthy, Upstream
+from bridge.upstreams.base import Healthy, Upstream, VerifiesPush
 
 
 @dataclass
@@ -53,6 +56,21 @@ class Runtime:
     workers: LocalWorkers = field(default_factory=NoWorkers)
     durations: Durations = field(default_factory=Durations)
     clock_offset_ms: float = 0.0  # store clock minus local clock, from the last claim
+    waiters: Waiters = field(default_factory=lambda: Waiters(10_000))  # requests waiting here
+    pushes: PushState = field(default_factory=PushState)
+    push_links: PushLinks | None = None  # with listen.public_url: push URLs can be made
+
+    def push_enabled(self, upstream: str) -> bool:
+        """Whether jobs of the upstream get a push URL (CONTRACT §2 `push`)."""
+        u = self.upstreams.get(upstream)
+        return (
+            self.push_links is not None and u is not None and u.config.push and u.capabilities.push
+        )
+
+    def push_url(self, job: Job) -> str | None:
+        if self.push_links is None or not self.push_enabled(job.upstream):
+            return None
+        return self.push_links.url(job.upstream, job.id)
 
     @property
     def retention_ms(self) -> int:
@@ -109,7 +127,11 @@ async def build_runtime(
     policy = UrlPolicy(config.callbacks, resolver)
     upstreams = build_upstreams(config, upstream_client, secrets)
     links = ResultLinks(await store.url_key(), public_url(config))
-    return Runtime(
+    _check_push_secrets(config, upstreams)
+    push_links = None
+    if config.listen.public_url:
+        push_links = PushLinks(await store.push_key(), config.listen.public_url)
+    rt = Runtime(
         config=config,
         secrets=secrets,
         store=store,
@@ -121,7 +143,22 @@ async def build_runtime(
         health=Health(),
         limiter=RateLimiter(store.redis, config.store.key_prefix, store.round_trips),
         log=structlog.get_logger("pushbridge"),
+        waiters=Waiters(config.listen.max_waiters),
+        push_links=push_links,
     )
+    rt.metrics.waiters.set_function(lambda: rt.waiters.count)
+    return rt
+
+
+def _check_push_secrets(config: Config, upstreams: dict[str, Upstream]) -> None:
+    """A push secret for a protocol that cannot check signatures would refuse every push."""
+    problems = [
+        f"upstreams.{name}.push_secret_env: protocol {u.protocol!r} does not sign its pushes"
+        for name, u in upstreams.items()
+        if u.config.push_secret_env and not isinstance(u, VerifiesPush)
+    ]
+    if problems:
+        raise ConfigError(*problems)
 
 
 async def every(

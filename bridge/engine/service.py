@@ -1,6 +1,6 @@
 """The engine of one process: its worker loops (roles all and worker) and the background
-steps every role runs (upstream health, backlog gauges) or workers run (learned durations,
-the sweep of the job lists)."""
+steps every role runs (upstream health, backlog gauges, the job notices that wake waiting
+requests and carry pushes) or workers run (learned durations, the sweep of the job lists)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Literal
 
 from bridge.engine.loops import Workers
+from bridge.engine.notices import Notices
 from bridge.engine.runtime import (
     Runtime,
     check_health,
@@ -30,6 +31,7 @@ class Engine:
         self.rt = rt
         self.role = role
         self.workers = Workers(rt) if role in ("all", "worker") else None
+        self.notices = Notices(rt)
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
@@ -47,6 +49,7 @@ class Engine:
             )
         )
         self._spawn(every("backlog", w.health_interval_s, lambda: measure_backlog(rt), stop))
+        self.notices.start()
         if self.workers:
             self.workers.start()
             self._spawn(every("durations", DURATIONS_INTERVAL_S, lambda: learn_durations(rt), stop))
@@ -60,8 +63,10 @@ class Engine:
         """Stop claiming, let in-flight work finish within the grace period, give back the
         leases of what did not, stop the background steps."""
         self._stop.set()
+        self.rt.waiters.close()  # requests still waiting answer with the job as it is
         if self.workers:
             await self.workers.stop(self.rt.config.worker.shutdown_grace_s)
+        await self.notices.stop()
         await asyncio.gather(*self._background)
         self.rt.log.info("bridge stopped", role=self.role)
 

@@ -119,6 +119,28 @@ class Metrics:
             registry=r,
         )
 
+        self.waiters = Gauge(
+            "pushbridge_waiters", "Requests waiting for a job to finish (Prefer: wait)", registry=r
+        )
+        self.wait_outcomes = Counter(
+            "pushbridge_wait_outcomes",
+            "Waiting requests by how they ended: terminal, timeout, shutdown, refused (bound)",
+            ["outcome"],
+            registry=r,
+        )
+        self.pushes_received = Counter(
+            "pushbridge_pushes_received",
+            "Verified pushes from providers (each makes its job due now)",
+            ["upstream"],
+            registry=r,
+        )
+        self.pushes_refused = Counter(
+            "pushbridge_pushes_refused",
+            "Pushes refused: url (unknown upstream, job or mac), signature, body",
+            ["upstream", "reason"],
+            registry=r,
+        )
+
     def count_upstream(self, upstream: str, kind: str, status_code: int | None) -> None:
         status = "error" if status_code is None else str(status_code)
         self.upstream_requests.labels(upstream, kind, status).inc()

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
+from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as StoreConnectionError
@@ -46,6 +47,7 @@ from bridge.store.keys import (
     valid_job_id,
 )
 from bridge.store.lists import JobLists, ListPage, ListQuery
+from bridge.store.notify import publish_command
 from bridge.store.scripts import Call, Scripts
 
 __all__ = [
@@ -156,8 +158,11 @@ class Commit:
     due_field: str = ""
     failed_delivery: bool = False
     counters: dict[str, int] = field(default_factory=dict)  # added to the partition's counters
+    held: bool = False  # with After: the committer keeps the lease until then (a local timer)
 
-    def options(self, job_id: str, token: str, commit_id: str) -> bytes:
+    def options(
+        self, job_id: str, token: str, commit_id: str, publish: list[str] | None = None
+    ) -> bytes:
         """commit.lua's options argument; an absent option does nothing."""
         o = {
             "id": job_id,
@@ -173,6 +178,8 @@ class Commit:
             "failed_delivery": self.failed_delivery,
             "counters": self.counters,
             "expire_ms": self.expire_ms,
+            "held": self.held,
+            "publish": publish,
         }
         return orjson.dumps({k: v for k, v in o.items() if _present(v)})
 
@@ -246,6 +253,8 @@ class Store:
         self.lists = JobLists(
             redis, self.scripts, self.keys, self.run_scripts, self.round_trips, _job
         )
+        self._poke = self.scripts.load("poke")
+        self.publish = publish_command(isinstance(redis, RedisCluster))
 
     @property
     def partitions(self) -> int:
@@ -332,7 +341,14 @@ class Store:
             (
                 self._claim,
                 [self.keys.schedule(which, p), self.keys.fence(p), self.keys.claims(p, claimer)],
-                [lease_ms, per_partition, f"{self.keys.tag(p)}:", with_result, claim_id],
+                [
+                    lease_ms,
+                    per_partition,
+                    f"{self.keys.tag(p)}:",
+                    with_result,
+                    claim_id,
+                    "1" if which == "due" else "",
+                ],
             )
             for p in parts
         ]
@@ -430,9 +446,15 @@ class Store:
             self.keys.schedule("failed", p),
             self.keys.counters(p),
         ]
-        args = [c.options(job_id, token, self._new_id()), *_flatten(wire_fields(c.fields))]
+        notice = self._notice(job_id, f"done {job_id}") if c.completed else None
+        options = c.options(job_id, token, self._new_id(), notice)
+        args = [options, *_flatten(wire_fields(c.fields))]
         applied = int(await self._auto.call(self._commit, keys, args))  # retried
         return applied if applied > 0 else None
+
+    def _notice(self, job_id: str, message: str) -> list[str]:
+        """A notice on the job's partition channel, for a script to publish (notify.py)."""
+        return [self.publish, self.keys.events(self.keys.partition_of(job_id)), message]
 
     def _release_keys(self, job_id: str) -> list[str]:
         p = self.keys.partition_of(job_id)
@@ -463,7 +485,18 @@ class Store:
     async def cancel(self, job_id: str, tenant: str, expire_ms: int) -> str:
         self.round_trips["cancel"] += 1
         keys = self._job_keys(job_id, "due")
-        return text(await self.scripts.call(self._cancel, keys, [job_id, tenant, expire_ms]))
+        channel = self.keys.events(self.keys.partition_of(job_id))
+        args = [job_id, tenant, expire_ms, self.publish, channel]
+        return text(await self.scripts.call(self._cancel, keys, args))
+
+    async def poke(self, job_id: str) -> str:
+        """A verified push for the job: due now unless a claim holds it, and a notice to
+        every process (poke.lua). Its status, or 'missing'. Safe to run twice."""
+        p = self.keys.partition_of(job_id)
+        keys = [self.keys.job(job_id), self.keys.schedule("due", p)]
+        args = [job_id, self.publish, self.keys.events(p)]
+        self.round_trips["poke"] += 1
+        return text(await self._retrying(lambda: self.scripts.call(self._poke, keys, args), 2.0))
 
     async def redeliver(self, job_id: str, tenant: str) -> str:
         self.round_trips["redeliver"] += 1
@@ -521,6 +554,12 @@ class Store:
         await self.redis.set(key, secrets.token_hex(32), nx=True)
         value = text(await self.redis.get(key))
         return bytes.fromhex(value)
+
+    async def push_key(self) -> bytes:
+        """The shared key that signs per-job push URLs (created once, shared by replicas)."""
+        key = self.keys.push_key()
+        await self.redis.set(key, secrets.token_hex(32), nx=True)
+        return bytes.fromhex(text(await self.redis.get(key)))
 
     async def duration_counts(self) -> dict[str, int]:
         """The duration histograms of all partitions, added up: "<upstream>:<bucket>" -> n."""

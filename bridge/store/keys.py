@@ -20,7 +20,9 @@ touches one Redis Cluster slot; job ids embed their partition):
     <prefix>:{p7}:tenants         set    tenants that have lists in the partition
     <prefix>:{p7}:inflight        hash   tenant -> its queued and running jobs
     <prefix>:{p7}:list-sweep      hash   where the sweep of expired list members stopped
+    <prefix>:{p7}:events          channel notices of the partition's jobs (store/notify.py)
     <prefix>:url-key              string key that signs result_url links
+    <prefix>:push-key             string key that signs per-job push URLs
     <prefix>:layout               string {"version": 1, "partitions": N}, written at first start
 """
 
@@ -91,8 +93,16 @@ class Keys:
     def list_sweep(self, partition: int) -> str:
         return f"{self.tag(partition)}:list-sweep"
 
+    def events(self, partition: int) -> str:
+        """The partition's pub/sub channel (a shard channel on a cluster: its hash tag puts
+        it in the partition's slot, so a script of the partition can publish to it)."""
+        return f"{self.tag(partition)}:events"
+
     def url_key(self) -> str:
         return f"{self.prefix}:url-key"
+
+    def push_key(self) -> str:
+        return f"{self.prefix}:push-key"
 
     def layout(self) -> str:
         return f"{self.prefix}:layout"

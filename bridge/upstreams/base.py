@@ -21,8 +21,9 @@ it and whatever else the protocol needs, stored as opaque JSON.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from bridge.config import UpstreamCommon
 from bridge.model import UpstreamRef
@@ -41,6 +42,7 @@ __all__ = [
     "Transient",
     "Upstream",
     "UpstreamRef",
+    "VerifiesPush",
 ]
 
 
@@ -166,3 +168,14 @@ class Upstream(Protocol):
     async def cancel(self, ref: UpstreamRef) -> CancelOutcome: ...
 
     async def health(self) -> HealthOutcome: ...
+
+
+@runtime_checkable
+class VerifiesPush(Protocol):
+    """An optional part of `Upstream`, for protocols whose provider signs its pushes
+    (Replicate: Standard Webhooks, see upstreams/webhooks.py). When the upstream has a
+    `push_secret_env`, a push is accepted only if this says its signature is valid."""
+
+    def verify_push(self, headers: Mapping[str, str], body: bytes, secret: str) -> bool:
+        """Whether the push (its raw body and headers) is signed with `secret`."""
+        ...

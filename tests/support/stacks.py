@@ -98,6 +98,7 @@ async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
                 port,
                 max_header_bytes=cfg.listen.max_header_bytes,
                 header_timeout_s=cfg.listen.header_timeout_s,
+                on_drain=rt.waiters.close,
             )
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(
@@ -113,6 +114,7 @@ async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
             resolver: Any = None,
             store_url: str | None = None,
             replicas_n: int = 1,
+            roles: list[Role] | None = None,  # one per replica (else `role` for each)
             protocol: str = "octoai",
             upstream: Callable[[str], dict[str, Any]] | None = None,
             **overrides: Any,
@@ -141,8 +143,8 @@ async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
             replicas = [
-                await start_bridge(config, store, role, resolver, port if i == 0 else free_port())
-                for i in range(replicas_n)
+                await start_bridge(config, store, r, resolver, port if i == 0 else free_port())
+                for i, r in enumerate(roles or [role] * replicas_n)
             ]
             rt, bridge, client = replicas[0]
             other = await exits.enter_async_context(

@@ -1,6 +1,6 @@
 -- Cancel a job that is not terminal yet; invalidates any in-flight claim; relists it.
 -- KEYS: 1 job hash, 2 due zset, 3 fence hash, 4 result, 5 attempts
--- ARGV: 1 id, 2 tenant, 3 expire_ms
+-- ARGV: 1 id, 2 tenant, 3 expire_ms, 4 publish command, 5 the partition's channel
 -- Returns 'ok', 'missing' or the current (terminal) status.
 local owner = redis.call('HGET', KEYS[1], 'tenant')
 if not owner or owner ~= ARGV[2] then return 'missing' end
@@ -16,4 +16,5 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
 redis.call('PEXPIRE', KEYS[5], ARGV[3])
+redis.call(ARGV[4], ARGV[5], 'done ' .. ARGV[1])
 return 'ok'

@@ -1,7 +1,8 @@
 -- Claim up to N due members: re-score each to now + lease and hand out a fencing token.
 -- KEYS: 1 schedule zset, 2 fence hash, 3 this claimer's last claim (cjson, expires with the lease)
 -- ARGV: 1 lease_ms, 2 limit, 3 partition key prefix ("<prefix>:{pN}:"), 4 '1' to add results,
---       5 claim id (unique per claim, the same when retried)
+--       5 claim id (unique per claim, the same when retried), 6 '1' to note the lease in
+--       each claimed job's lease_until (the due schedule: poke.lua reads it)
 -- Returns {now_ms, next_due_ms or -1, {id, token, due, job fields (flat), result or false, ...}}
 -- Run again with the same claim id (its reply was lost), it hands out the claims of the
 -- first run that are still current instead of leaving them hidden for a lease.
@@ -36,6 +37,10 @@ else
     for i = 1, #due, 2 do
       local id = due[i]
       redis.call('ZADD', KEYS[1], until_ms, id)
+      local job = ARGV[3] .. 'job:' .. id
+      if ARGV[6] == '1' and redis.call('EXISTS', job) == 1 then
+        redis.call('HSET', job, 'lease_until', until_ms)
+      end
       local token = tostring(redis.call('HINCRBY', KEYS[2], id, 1))
       hand_out(id, token, due[i + 1])
       record[#record + 1] = id

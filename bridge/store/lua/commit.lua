@@ -12,7 +12,9 @@
 --         receives the next due time), completed (true: set completed_at), result,
 --         attempt (a delivery attempt record), failed_delivery (true: index the job as a
 --         failed delivery), counters ({field: n} added to KEYS[8]), expire_ms (the job,
---         result and attempts expire after that; ends fencing)
+--         result and attempts expire after that; ends fencing), held (with after_ms: the
+--         committer keeps the lease until then; poke.lua leaves the job to it),
+--         publish ({command, channel, message}: a notice, store/notify.py)
 --       2.. job field/value pairs
 local o = cjson.decode(ARGV[1])
 local id = o.id
@@ -38,6 +40,7 @@ elseif o.after_ms then
   due = now + o.after_ms
   redis.call('ZADD', KEYS[3], due, id)
 end
+if o.remove or o.after_ms then redis.call('HSET', KEYS[1], 'lease_until', o.held and due or 0) end
 if o.target_ms then
   due = now + o.target_ms
   redis.call('ZADD', KEYS[4], due, id)
@@ -56,4 +59,5 @@ if o.expire_ms then
   redis.call('PEXPIRE', KEYS[6], o.expire_ms)
   redis.call('HDEL', KEYS[2], id)
 end
+if o.publish then redis.call(o.publish[1], o.publish[2], o.publish[3]) end
 return now
