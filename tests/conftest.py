@@ -22,8 +22,10 @@ from bridge.net.client import callback_client, upstream_client
 from bridge.obs.logs import configure_logging
 from bridge.process import bridge_app
 from bridge.store import Store
+from bridge.store.cluster import StoreCluster
 from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded_cluster import EmbeddedCluster
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"
@@ -63,6 +65,44 @@ async def redis(valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
 @pytest.fixture
 def store(redis: Redis) -> Store:
     return Store(redis, "pbtest", partitions=8)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real local cluster, 3 masters with a replica each (started once, ~2 s)."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def cluster_client(cluster: EmbeddedCluster) -> StoreCluster:
+    """The production cluster client, on an emptied cluster (every master flushed)."""
+    cluster.wait_healthy()  # a test before may have failed a node over
+    client = make_redis(cluster.url, cluster=True)
+    assert isinstance(client, StoreCluster)
+    await client.flushall()  # on every master
+    return client
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def any_redis(
+    request: pytest.FixtureRequest, valkey: EmbeddedValkey
+) -> AsyncIterator[Redis | StoreCluster]:
+    """The suite's single Valkey, then the cluster: for the tests that run on both."""
+    client: Redis | StoreCluster
+    if request.param == "cluster":
+        client = await cluster_client(request.getfixturevalue("valkey_cluster"))
+    else:
+        client = Redis.from_url(valkey.url, decode_responses=True)
+        await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def any_store(any_redis: Redis) -> Store:
+    return Store(any_redis, "pbtest", partitions=8)
 
 
 def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
@@ -149,7 +189,9 @@ StackFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[StackFactory]:
+async def make_stack(
+    request: pytest.FixtureRequest, valkey: EmbeddedValkey, redis: Redis
+) -> AsyncIterator[StackFactory]:
     async with contextlib.AsyncExitStack() as exits:
 
         async def start_bridge(
@@ -178,8 +220,10 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             resolver: Any = None,
             store_url: str | None = None,
             replicas_n: int = 1,
+            cluster: bool | EmbeddedCluster = False,
             **overrides: Any,
         ) -> Stack:
+            """`cluster`: the store is the given cluster or (True) the session's, emptied."""
             emu_app = create_emulator_app(
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
@@ -190,9 +234,14 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             exits.push_async_callback(recv_srv.stop)
             port = free_port()
             config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
-            client_redis = redis
-            if store_url:  # the production client, with its reconnects
-                client_redis = make_redis(store_url, cluster=False)  # type: ignore[assignment]
+            client_redis: Redis | StoreCluster = redis
+            if cluster:
+                if not isinstance(cluster, EmbeddedCluster):
+                    cluster = request.getfixturevalue("valkey_cluster")
+                client_redis = await cluster_client(cluster)
+                exits.push_async_callback(client_redis.aclose)
+            elif store_url:  # the production client, with its reconnects
+                client_redis = make_redis(store_url, cluster=False)
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
             replicas = [

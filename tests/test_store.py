@@ -24,6 +24,12 @@ from bridge.store.ratelimit import RateLimiter
 from tests.conftest import ENV, base_config
 
 
+@pytest.fixture
+def store(any_store: Store) -> Store:
+    """The tests of this file that take `store` run on a single node and on a cluster."""
+    return any_store
+
+
 async def _create(store: Store, lease_ms: int = 50, **kw) -> tuple[str, str]:
     created = await store.create_job(
         "t1", {"status": "queued", "upstream": "u", "tenant": "t1"}, lease_ms, "sha", **kw

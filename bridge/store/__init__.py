@@ -43,6 +43,7 @@ from bridge.store.keys import (
     new_job_id,
     valid_job_id,
 )
+from bridge.store.replicas import ReplicaAck
 from bridge.store.scripts import Call, Scripts
 
 __all__ = [
@@ -179,6 +180,7 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
     return out
 
 
+DEFAULT_ACK = ReplicaAck()  # wait for the replicas a node has (none: no wait)
 CREATE_WAIT_S = 2.0  # how long an API request waits for a job's creation before a 503
 
 
@@ -191,6 +193,7 @@ class Store:
         prefix: str = "pushbridge",
         partitions: int = 16,
         retry_s: float = RETRY_S,
+        replica_ack: ReplicaAck = DEFAULT_ACK,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix, partitions)
@@ -207,13 +210,14 @@ class Store:
         self._unanswered_claims: dict[str, str] = {}  # schedule -> id of a failed claim
         # job creation and commits made in one loop iteration share a round trip
         self._auto = AutoPipeline(self._auto_send)
-        self.scripts = Scripts(redis)
-        self._create = self.scripts.load("create")
+        # on a cluster, one pipeline per master; acked: replicas have the write before we answer
+        self.scripts = Scripts(redis, replica_ack, self.round_trips)
+        self._create = self.scripts.load("create", acked=True)
         self._claim = self.scripts.load("claim")
-        self._commit = self.scripts.load("commit")
+        self._commit = self.scripts.load("commit", acked=True)
         self._release = self.scripts.load("release")
-        self._cancel = self.scripts.load("cancel")
-        self._redeliver = self.scripts.load("redeliver")
+        self._cancel = self.scripts.load("cancel", acked=True)
+        self._redeliver = self.scripts.load("redeliver", acked=True)
         self._stats = self.scripts.load("stats")
 
     @property
