@@ -231,3 +231,28 @@ async def test_check_reports_the_cluster(valkey_cluster, make_stack, tmp_path, m
 def test_cluster_node_ports_leave_room_for_the_bus_port(valkey_cluster):
     assert all(n.port + 10000 <= 65535 for n in valkey_cluster.nodes)
     assert all(Path(n.data_dir, "nodes.conf").exists() for n in valkey_cluster.nodes)
+
+
+async def test_a_slot_without_a_master_answers_503_everywhere_then_recovers(
+    make_stack, valkey_cluster
+):
+    """CLUSTERDOWN (a slot no master serves): create, read, cancel and redeliver of a job
+    on it answer 503 store-unavailable, never 500; once the slot is served again, they
+    work."""
+    s = await make_stack(cluster=True)
+    job_id = (await s.submit()).json()["id"]
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1)
+    slot = key_slot(s.rt.store.keys.job(job_id).encode())
+    owner = _master_of(valkey_cluster, s.rt.store.keys.job(job_id))
+    with owner.client() as c:
+        c.execute_command("CLUSTER", "DELSLOTS", slot)
+    try:
+        _problem_503(await s.client.get(f"/v1/jobs/{job_id}"))
+        _problem_503(await s.client.get(f"/v1/jobs/{job_id}/attempts"))
+        _problem_503(await s.client.post(f"/v1/jobs/{job_id}/redeliver"))
+        _problem_503(await s.client.delete(f"/v1/jobs/{job_id}"))
+    finally:
+        with owner.client() as c:
+            c.execute_command("CLUSTER", "ADDSLOTS", slot)
+        await asyncio.to_thread(valkey_cluster.wait_healthy, 10)
+    assert (await s.client.get(f"/v1/jobs/{job_id}")).status_code == 200

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import RedisCluster
-from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineCommand
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -265,6 +265,21 @@ class StoreCluster(RedisCluster):
         try:
             return await super().execute_command(*args, **kwargs)
         except RedisClusterException as e:
+            raise ClusterUnavailableError(str(e)) from e
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return StoreClusterPipeline(self, transaction)
+
+
+class StoreClusterPipeline(ClusterPipeline):
+    """A plain-command pipeline (reads) whose failures are RedisErrors, as StoreCluster's."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as e:  # a slot without a master (SlotNotCoveredError)
             raise ClusterUnavailableError(str(e)) from e
 
 
