@@ -270,7 +270,7 @@ class StoreCluster(RedisCluster):
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
         if shard_hint:
             raise RedisClusterException("shard_hint is deprecated in cluster mode")
-        return StoreClusterPipeline(self, transaction)
+        return StoreClusterPipeline(self, transaction)  # type: ignore[abstract]
 
 
 class StoreClusterPipeline(ClusterPipeline):

@@ -43,7 +43,7 @@ def make_redis(url: str, cluster: bool) -> Redis | StoreCluster:
         decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0
     )
     if cluster:
-        return StoreCluster.from_url(
+        return StoreCluster.from_url(  # type: ignore[return-value]
             url,
             max_connections=STORE_CONNECTIONS,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), CLUSTER_RETRIES),

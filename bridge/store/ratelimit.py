@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from bridge.store.scripts import Scripts
 
@@ -15,7 +15,9 @@ MAX_WAIT_S = 1.0
 class RateLimiter:
     """`acquire` reserves a slot and sleeps until it, or says how long until one is free."""
 
-    def __init__(self, redis: Redis, prefix: str, round_trips: Counter[str] | None = None):
+    def __init__(
+        self, redis: Redis | RedisCluster, prefix: str, round_trips: Counter[str] | None = None
+    ):
         self.prefix = prefix
         self.round_trips = Counter() if round_trips is None else round_trips
         self._scripts = Scripts(redis)

@@ -77,10 +77,10 @@ class Scripts:
                 raise reply
             return reply
         try:
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self._load_all()
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
 
     async def run(self, calls: list[Call]) -> list[Any]:
         """Calls in one pipeline (no SCRIPT EXISTS round trip): a reply or an exception
