@@ -21,12 +21,13 @@ from rich.console import Console
 from standardwebhooks.webhooks import Webhook
 
 from bridge.cli.check import run_check
-from bridge.store import Store
+from bridge.store import Commit, Store
 from bridge.store.embedded import EmbeddedValkey, server_binary
 from bridge.store.embedded_cluster import EmbeddedCluster, Node
+from bridge.store.ratelimit import RateLimiter
 from bridge.store.replicas import ReplicaAck
 from bridge.store.scripts import Scripts
-from tests.conftest import ENV, SECRET, base_config
+from tests.conftest import ENV, SECRET, base_config, cluster_client
 
 REDIS_7_0 = "/usr/bin/redis-server"  # Debian's: WAIT, but no WAITAOF
 SERVERS = [
@@ -256,3 +257,63 @@ async def test_a_slot_without_a_master_answers_503_everywhere_then_recovers(
             c.execute_command("CLUSTER", "ADDSLOTS", slot)
         await asyncio.to_thread(valkey_cluster.wait_healthy, 10)
     assert (await s.client.get(f"/v1/jobs/{job_id}")).status_code == 200
+
+
+def _move_slot(cluster: EmbeddedCluster, slot: int, source: Node, target: Node) -> None:
+    """Move a slot between masters as `valkey-cli --cluster reshard` does: IMPORTING on the
+    target, MIGRATING on the source, MIGRATE of its keys, then its new owner on every master."""
+    with source.client() as src, target.client() as dst:
+        src_id, dst_id = (
+            src.execute_command("CLUSTER", "MYID"),
+            dst.execute_command("CLUSTER", "MYID"),
+        )
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if keys:
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for address in cluster.roles():
+        with cluster.node(address).client() as c:
+            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+async def test_moved_and_ask_are_followed(valkey_cluster):
+    """A slot moved to another master (MOVED: the slot map is patched) and a slot being
+    migrated (ASK: the call goes once to the importing node, after ASKING)."""
+    client = await cluster_client(valkey_cluster)
+    try:
+        store = Store(client, "pbtest", partitions=8)
+        job_id = ""
+        while store.keys.partition_of(job_id or "job_0ff") != 0:
+            job_id = (await store.create_job("t1", {"status": "queued"}, 0, "sha")).job_id
+        slot = key_slot(store.keys.fence(0).encode())
+        source = _master_of(valkey_cluster, store.keys.fence(0))
+        target = next(valkey_cluster.node(m) for m in valkey_cluster.roles() if m != source.address)
+        await asyncio.to_thread(_move_slot, valkey_cluster, slot, source, target)
+        claim = (await store.claim("due", 1000, 10, partitions=[0])).claims  # MOVED
+        assert [c.job_id for c in claim] == [job_id] and store.round_trips["cluster-moved"]
+        assert await store.commit("due", job_id, claim[0].token, Commit(fields={"x": 1}))
+        assert _master_of(valkey_cluster, store.keys.job(job_id)) is target
+        limiter = RateLimiter(client, "pbtest")
+        key = limiter.key("u", "poll")  # a key that exists nowhere yet
+        rl_slot = key_slot(key.encode())
+        owner = _master_of(valkey_cluster, key)
+        other = next(valkey_cluster.node(m) for m in valkey_cluster.roles() if m != owner.address)
+        with owner.client() as src, other.client() as dst:
+            src_id, dst_id = (
+                src.execute_command("CLUSTER", "MYID"),
+                dst.execute_command("CLUSTER", "MYID"),
+            )
+            dst.execute_command("CLUSTER", "SETSLOT", rl_slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", rl_slot, "MIGRATING", dst_id)
+        try:
+            assert await limiter.acquire("u", "poll", 1000.0) == 0.0  # ASK
+            assert limiter._scripts.tally["cluster-ask"] == 1
+            with other.client() as dst:
+                dst.execute_command("ASKING")
+                assert dst.exists(key)  # created on the importing node
+        finally:
+            await asyncio.to_thread(_move_slot, valkey_cluster, rl_slot, owner, other)
+        await asyncio.to_thread(valkey_cluster.wait_healthy, 10)
+    finally:
+        await client.aclose()

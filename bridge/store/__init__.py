@@ -208,8 +208,6 @@ class Store:
         self._id = secrets.token_hex(6)  # names this process's claims and commits
         self._seq = itertools.count()
         self._unanswered_claims: dict[str, str] = {}  # schedule -> id of a failed claim
-        # job creation and commits made in one loop iteration share a round trip
-        self._auto = AutoPipeline(self._auto_send)
         # on a cluster, one pipeline per master; acked: replicas have the write before we answer
         self.scripts = Scripts(redis, replica_ack, self.round_trips)
         self._create = self.scripts.load("create", acked=True)
@@ -219,6 +217,9 @@ class Store:
         self._cancel = self.scripts.load("cancel", acked=True)
         self._redeliver = self.scripts.load("redeliver", acked=True)
         self._stats = self.scripts.load("stats")
+        # job creation and commits made in one loop iteration share a round trip (one per
+        # master on a cluster)
+        self._auto = AutoPipeline(self._auto_send, shard=self.scripts.shard)
 
     @property
     def partitions(self) -> int:

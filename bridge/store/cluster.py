@@ -96,6 +96,13 @@ class ClusterPipelines:
         self.waits = waits
         self.tally = tally
 
+    def shard(self, call: Call) -> str | None:
+        """The name of the master that owns the call's slot (None: not known now)."""
+        try:
+            return self._node_for(call, None).name
+        except (RedisClusterException, KeyError):
+            return None
+
     async def run(self, calls: list[Call]) -> list[Any]:
         """A reply or an exception (a script's own error) per call; raises
         ClusterUnavailableError when the cluster could not take them all."""

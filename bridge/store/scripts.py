@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -61,6 +62,11 @@ class Scripts:
             if isinstance(redis, RedisCluster)
             else None
         )
+
+    @property
+    def shard(self) -> Callable[[Call], Hashable] | None:
+        """Which master a call goes to, on a cluster (None: one server takes every call)."""
+        return self._cluster.shard if self._cluster is not None else None
 
     def load(self, name: str, acked: bool = False) -> Script:
         source = f"{lua_source(PRELUDE)}\n{lua_source(name)}"
