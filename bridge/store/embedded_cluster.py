@@ -190,35 +190,41 @@ class EmbeddedCluster:
         """Until every running node says cluster_state:ok, every master has its replicas
         (online, in sync) and the running nodes agree on that."""
         deadline = time.monotonic() + timeout_s
-        while not self.healthy():
+        while (problem := self.problem()) is not None:
             if time.monotonic() > deadline:
-                raise EmbeddedStoreError(f"cluster not healthy within {timeout_s} s")
+                raise EmbeddedStoreError(f"cluster not healthy within {timeout_s:.0f} s: {problem}")
             time.sleep(0.05)
 
     def healthy(self) -> bool:
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why the cluster is not healthy yet (None: it is)."""
         try:
             for node in self.nodes:
-                if not node.running:
-                    continue
-                with node.client() as client:
-                    if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                        return False
-                    info = client.info("replication")
-                    if info["role"] == "master" and self.replicas:
-                        online = [
-                            v
-                            for k, v in info.items()
-                            if k.startswith("slave") and isinstance(v, dict)
-                        ]
-                        if len(online) < self.replicas or any(
-                            v.get("state") != "online" for v in online
-                        ):
-                            return False
-                    if info["role"] == "slave" and info.get("master_link_status") != "up":
-                        return False
-            return len(self.roles()) == self.masters
-        except redis.exceptions.RedisError:
-            return False
+                if node.running:
+                    with node.client() as client:
+                        problem = self._node_problem(client)
+                    if problem:
+                        return f"{node.address}: {problem}"
+            roles = self.roles()
+            if len(roles) != self.masters:
+                return f"masters {roles}"
+            return None
+        except redis.exceptions.RedisError as e:
+            return f"{type(e).__name__}: {e}"
+
+    def _node_problem(self, client: redis.Redis) -> str | None:
+        if "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            return "cluster_state not ok"
+        info = client.info("replication")
+        if info["role"] == "master" and self.replicas:
+            states = [v.get("state") for k, v in info.items() if k.startswith("slave")]
+            if len(states) < self.replicas or any(s != "online" for s in states):
+                return f"master's replicas {states}"
+        if info["role"] == "slave" and info.get("master_link_status") != "up":
+            return f"replica link {info.get('master_link_status')}"
+        return None
 
     def kill(self, node: Node) -> None:
         """kill -9: no goodbye to the cluster, nothing flushed."""
