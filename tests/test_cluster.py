@@ -22,6 +22,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.cli.check import run_check
 from bridge.store import Commit, Store
+from bridge.store.cluster import shard_lines
 from bridge.store.embedded import EmbeddedValkey, server_binary
 from bridge.store.embedded_cluster import EmbeddedCluster, Node
 from bridge.store.ratelimit import RateLimiter
@@ -325,3 +326,18 @@ async def test_moved_and_ask_are_followed(valkey_cluster):
         await asyncio.to_thread(valkey_cluster.wait_healthy, 10)
     finally:
         await client.aclose()
+
+
+def test_check_calls_a_slot_range_without_a_master_an_error_and_one_without_replica_a_warning():
+    master = {"ip": "127.0.0.1", "port": 7000, "role": "master", "health": "online"}
+    replica = {"ip": "127.0.0.1", "port": 7003, "role": "replica", "health": "online"}
+    ok = shard_lines({"slots": [0, 5460], "nodes": [master, replica]})
+    assert ok == [
+        ("ok", "master 127.0.0.1:7000: slots 0-5460 (5461), replicas 127.0.0.1:7003 (online)")
+    ]
+    (kind, text) = shard_lines({"slots": [0, 5460], "nodes": [master]})[0]
+    assert kind == "warn" and "without a replica" in text
+    failed = {**master, "health": "fail"}
+    assert shard_lines({"slots": [0, 10, 20, 30], "nodes": [failed, replica]}) == [
+        ("error", "slots 0-10, 20-30 (22): no master online")
+    ]

@@ -309,11 +309,11 @@ async def cluster_report(client: RedisCluster) -> list[tuple[str, str]]:
         )
     ]
     for shard in shards:
-        lines += _shard_lines(shard)
+        lines += shard_lines(shard)
     return lines
 
 
-def _shard_lines(shard: dict[str, Any]) -> list[tuple[str, str]]:
+def shard_lines(shard: dict[str, Any]) -> list[tuple[str, str]]:
     slots = list(shard.get("slots") or [])
     ranges = [(int(a), int(b)) for a, b in zip(slots[::2], slots[1::2], strict=True)]
     if not ranges:  # a shard without slots (a node being added, or a left-over)
