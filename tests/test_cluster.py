@@ -21,7 +21,7 @@ from rich.console import Console
 from standardwebhooks.webhooks import Webhook
 
 from bridge.cli.check import run_check
-from bridge.store import Commit, Store
+from bridge.store import Commit, Remove, Store
 from bridge.store.cluster import shard_lines
 from bridge.store.embedded import EmbeddedValkey, server_binary
 from bridge.store.embedded_cluster import EmbeddedCluster, Node
@@ -341,3 +341,33 @@ def test_check_calls_a_slot_range_without_a_master_an_error_and_one_without_repl
     assert shard_lines({"slots": [0, 10, 20, 30], "nodes": [failed, replica]}) == [
         ("error", "slots 0-10, 20-30 (22): no master online")
     ]
+
+
+async def test_reads_over_every_partition_work_on_the_cluster(valkey_cluster):
+    """The calls that are not job scripts: layout, url key, backlog (a script per
+    partition), learned durations (a read per partition) and a job with its result."""
+    client = await cluster_client(valkey_cluster)
+    try:
+        store = Store(client, "pbtest", partitions=8)
+        await store.ensure_layout()
+        assert len(await store.url_key()) == 32
+        created = [await store.create_job("t1", {"status": "q"}, 0, "sha") for _ in range(8)]
+        claims = (await store.claim("due", 1000, 100)).claims
+        assert {c.job_id for c in claims} == {c.job_id for c in created}
+        for i, c in enumerate(claims):
+            done = Commit(
+                fields={"status": "completed"},
+                source=Remove(),
+                completed=True,
+                result=f'{{"n": {i}}}',
+                target_delay_ms=60_000,
+                counters={"u:s0-1": 1},
+            )
+            assert await store.commit("due", c.job_id, c.token, done)
+        assert await store.duration_counts() == {"u:s0-1": 8}
+        backlog = await store.backlog(60_000)
+        assert backlog.deliveries_scheduled == 8 and backlog.due_now == 0
+        job, result = await store.get_job_and_result(claims[0].job_id)
+        assert job["status"] == "completed" and result == '{"n": 0}'
+    finally:
+        await client.aclose()
