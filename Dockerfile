@@ -20,7 +20,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PUSHBRIDGE_CONFIG=/etc/pushbridge/config.yaml \
-    PUSHBRIDGE_LOG__FORMAT=json
+    PUSHBRIDGE_LOG__FORMAT=json \
+    MALLOC_MMAP_THRESHOLD_=1048576
+# (glibc) blocks over 1 MiB, like request bodies, always come from mmap and go back to the
+# system when freed; otherwise glibc raises that threshold after the first free and a
+# burst of 10 MiB bodies stays in the heap (measured: 156 MB kept after the burst, not 81)
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -61,6 +61,8 @@ class Replica:
             "-m",
             "bridge",
             "serve",
+            "--workers",
+            "1",
             "--config",
             str(self.config_path),
             env={**os.environ, **self.env},

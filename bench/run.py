@@ -338,7 +338,9 @@ async def start_stack(run: Run, poll: dict | None) -> tuple[Any, str, Any, Any, 
     cfg = run.work / f"{run.variant}.yaml"
     cfg.write_text(yaml.safe_dump(bridge_config(store.url, port, emulator, poll)))
     env = {"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET}
-    bridge = run.procs.spawn("-m", "bridge", "serve", "--config", str(cfg), env=env)
+    bridge = run.procs.spawn(
+        "-m", "bridge", "serve", "--workers", "1", "--config", str(cfg), env=env
+    )
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/readyz")
     return store, emulator, recv, bridge, url

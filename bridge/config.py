@@ -11,14 +11,25 @@ import binascii
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from bridge.adapter_config import AdapterConfig
 
 MIB = 1024 * 1024
 ENV_PREFIX = "PUSHBRIDGE_"
@@ -60,6 +71,11 @@ class ListenConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(10 * MIB, gt=0)
     public_url: str | None = None  # base of result_url links; default http://host:port
+    max_json_values: int = Field(500_000, ge=1)  # array elements + object members of a body
+    max_header_bytes: int = Field(64 * 1024, ge=1024)  # request line + headers; more → 431
+    header_timeout_s: float = Field(10.0, gt=0)  # to receive a request line and headers
+    body_timeout_s: float = Field(30.0, gt=0)  # to receive a request body
+    body_memory_bytes: int = Field(128 * MIB, gt=0)  # what request bodies may cost at once
 
     _public_url = field_validator("public_url")(_http_url)
 
@@ -138,8 +154,9 @@ class RateLimitConfig(_Section):
     poll_per_s: float | None = Field(None, gt=0)
 
 
-class UpstreamConfig(_Section):
-    protocol: Literal["octoai"] = "octoai"
+class UpstreamCommon(_Section):
+    """The keys every upstream protocol has; each protocol's model adds its own."""
+
     url: str
     health_url: str | None = None
     token_env: str | None = None
@@ -148,6 +165,122 @@ class UpstreamConfig(_Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
 
     _urls = field_validator("url", "health_url")(_http_url)
+
+
+class OctoAIUpstreamConfig(UpstreamCommon):
+    protocol: Literal["octoai"] = "octoai"
+
+
+REPLICATE_MODEL = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[0-9a-f]{64})?$")
+# Replicate's documented limits: 600 creates a minute, 3000 other requests a minute
+REPLICATE_RATE_LIMITS = {"submit_per_s": 10.0, "poll_per_s": 50.0}
+
+
+class ReplicateUpstreamConfig(UpstreamCommon):
+    protocol: Literal["replicate"]
+    url: str = "https://api.replicate.com/v1"
+    model: str  # owner/name (an official model) or owner/name:<64-hex version id>
+    rate_limit: RateLimitConfig = RateLimitConfig(**REPLICATE_RATE_LIMITS)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        if not REPLICATE_MODEL.match(v):
+            raise ValueError("must be owner/name or owner/name:<64 hex digit version id>")
+        return v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _provider_limits(cls, v: RateLimitConfig) -> RateLimitConfig:
+        """A limit not given stays at Replicate's documented one."""
+        unset = {k: d for k, d in REPLICATE_RATE_LIMITS.items() if k not in v.model_fields_set}
+        return v.model_copy(update=unset)
+
+
+class RunpodRateLimitConfig(RateLimitConfig):
+    # RunPod's base limits per endpoint: /run 1000 and /status 2000 requests per 10 s
+    submit_per_s: float | None = Field(100.0, gt=0)
+    poll_per_s: float | None = Field(200.0, gt=0)
+
+
+class RunpodUpstreamConfig(UpstreamCommon):
+    """url: https://api.runpod.ai/v2/<endpoint_id>. policy: RunPod's per-job `policy`
+    (executionTimeout, lowPriority, ttl in ms), sent with every job."""
+
+    protocol: Literal["runpod"] = "runpod"
+    rate_limit: RunpodRateLimitConfig = RunpodRateLimitConfig()
+    policy: dict[str, Any] | None = None
+
+
+class FalUpstreamConfig(UpstreamCommon):
+    """url: https://queue.fal.run/<owner>/<app>[/<subpath>] (fal documents no rate limit)."""
+
+    protocol: Literal["fal"] = "fal"
+
+
+class OpenAIRateLimit(RateLimitConfig):
+    """OpenAI's limits are per usage tier and model; 500 requests a minute is tier 1's for
+    most models. Set your own tier's."""
+
+    submit_per_s: float | None = Field(500 / 60, gt=0)
+
+
+class OpenAIUpstreamConfig(UpstreamCommon):
+    """The Responses API in background mode (CONTRACT §5b); `url` is the API base."""
+
+    protocol: Literal["openai"] = "openai"
+    url: str = "https://api.openai.com/v1"
+    rate_limit: OpenAIRateLimit = OpenAIRateLimit()
+
+
+class GeminiRateLimit(RateLimitConfig):
+    """Veo's request limit on the Gemini API: 10 a minute for the preview models (per
+    project; higher tiers and GA models have more)."""
+
+    submit_per_s: float | None = Field(10 / 60, gt=0)
+
+
+class GeminiUpstreamConfig(UpstreamCommon):
+    """Long-running operations of the Gemini API (CONTRACT §5b); `url` is the model,
+    `https://generativelanguage.googleapis.com/v1beta/models/<model>`."""
+
+    protocol: Literal["gemini"] = "gemini"
+    rate_limit: GeminiRateLimit = GeminiRateLimit()
+
+
+class CustomUpstreamConfig(UpstreamCommon):
+    """A provider described by its `adapter` (README "Custom adapters")."""
+
+    protocol: Literal["custom"]
+    adapter: AdapterConfig
+
+
+PROTOCOLS = ("octoai", "replicate", "runpod", "fal", "openai", "gemini", "custom")
+DEFAULT_PROTOCOL = "octoai"
+UNKNOWN_PROTOCOL = "unknown_protocol"
+
+
+def _protocol_of(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.get("protocol", DEFAULT_PROTOCOL)
+    return getattr(value, "protocol", DEFAULT_PROTOCOL)
+
+
+# One member per protocol (CONTRACT §5, §5b), chosen by `protocol` (default octoai).
+UpstreamConfig = Annotated[
+    Annotated[OctoAIUpstreamConfig, Tag("octoai")]
+    | Annotated[ReplicateUpstreamConfig, Tag("replicate")]
+    | Annotated[RunpodUpstreamConfig, Tag("runpod")]
+    | Annotated[FalUpstreamConfig, Tag("fal")]
+    | Annotated[OpenAIUpstreamConfig, Tag("openai")]
+    | Annotated[GeminiUpstreamConfig, Tag("gemini")]
+    | Annotated[CustomUpstreamConfig, Tag("custom")],
+    Discriminator(
+        _protocol_of,
+        custom_error_type=UNKNOWN_PROTOCOL,
+        custom_error_message=f"unknown protocol; the protocols are: {', '.join(PROTOCOLS)}",
+    ),
+]
 
 
 class WorkerConfig(_Section):
@@ -181,7 +314,12 @@ class Config(_Section):
 def _format_error(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = list(e["loc"])
+        if loc[:1] == ["upstreams"] and len(loc) > 2 and loc[2] in PROTOCOLS:
+            del loc[2]  # the union member's tag: upstreams.<name>.<key> reads better
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == UNKNOWN_PROTOCOL:
+            key += ".protocol"
         lines.append(f"{key}: {e['msg']}")
     return lines
 
@@ -198,29 +336,30 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # PUSHBRIDGE_* variables that are not config overrides
-NOT_OVERRIDES = frozenset({"CONFIG", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
+NOT_OVERRIDES = frozenset({"CONFIG", "WORKERS", "DEV_API_KEY", "DEV_WEBHOOK_SECRET"})
 
 
-def _model_of(annotation: Any) -> Any:
-    """The pydantic model inside `Model`, `Model | None`; else the annotation itself."""
-    for arg in (annotation, *get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models in `Model`, `Model | None` or a (discriminated) union of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_of(arg)]
 
 
 def _unknown_part(path: list[str]) -> str | None:
-    """Why `path` (section, key, ...) names no config key, or None if it does."""
+    """Why `path` (section, key, ...) names no config key, or None if it does. Under a
+    union (upstreams.<name>), a key of any member counts."""
     node: Any = Config
     i = 0
     while i < len(path):
-        model = _model_of(node)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        models = _models_of(node)  # several for upstreams: a key of any protocol is known
+        if not models:
             return f"{'.'.join(path[:i])} has no key {path[i]!r}"
-        if path[i] not in model.model_fields:
+        fields = {k: f.annotation for m in reversed(models) for k, f in m.model_fields.items()}
+        if path[i] not in fields:
             where = "section" if i == 0 else f"key of {'.'.join(path[:i])}"
-            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(model.model_fields))})"
-        node = model.model_fields[path[i]].annotation
+            return f"unknown {where} {path[i]!r} (known: {', '.join(sorted(fields))})"
+        node = fields[path[i]]
         i += 1
         origin = get_origin(node)
         if origin is dict and i < len(path):  # upstreams.<name>.…: any name, then the model
@@ -232,7 +371,13 @@ def _unknown_part(path: list[str]) -> str | None:
 
 def _referenced_env(raw: dict[str, Any]) -> set[str]:
     """Variables the config names in *_env keys (a tenant's secret may be PUSHBRIDGE_…)."""
-    names = {t.get(k) for t in raw.get("tenants") or [] if isinstance(t, dict) for k in t}
+    names = {
+        t.get(k)
+        for t in raw.get("tenants") or []
+        if isinstance(t, dict)
+        for k in t
+        if k.endswith("_env")
+    }
     names |= {
         u.get("token_env") for u in (raw.get("upstreams") or {}).values() if isinstance(u, dict)
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Sequence
 
 from starlette.applications import Starlette
@@ -43,13 +44,25 @@ def bridge_app(
 
 
 async def serve(
-    config: Config, secrets: Secrets, role: Role, extra_routes: Sequence[BaseRoute] = ()
+    config: Config,
+    secrets: Secrets,
+    role: Role,
+    extra_routes: Sequence[BaseRoute] = (),
+    sock: socket.socket | None = None,
 ) -> None:
+    """Run a bridge process until SIGTERM; on `sock` when given (a socket shared by the
+    workers of `serve --workers N`), else bound to listen.host:listen.port."""
     import uvicorn
 
     async with open_runtime(config, secrets) as rt:
         app = bridge_app(rt, role, extra_routes)
+        listen = config.listen
         uv = uvicorn_config(
-            app, config.listen.host, config.listen.port, config.worker.shutdown_grace_s
+            app,
+            listen.host,
+            listen.port,
+            config.worker.shutdown_grace_s,
+            listen.max_header_bytes,
+            listen.header_timeout_s,
         )
-        await uvicorn.Server(uv).serve()
+        await uvicorn.Server(uv).serve(sockets=[sock] if sock else None)

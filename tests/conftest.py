@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from bridge.api.serving import RunningServer, start_server
 from bridge.config import Config, parse_config, resolve_secrets
-from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState, create_emulator_app
+from bridge.dev.emulators import PROTOCOLS as EMULATORS
+from bridge.dev.emulators.octoai import EmulatorSettings, EmulatorState
 from bridge.dev.receiver import Receiver
 from bridge.engine.runtime import Runtime, build_runtime
 from bridge.net.client import callback_client, upstream_client
@@ -27,6 +28,10 @@ from bridge.store.cluster import StoreCluster
 from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey, free_port
 from bridge.store.embedded_cluster import EmbeddedCluster
+
+# `pushbridge serve` started by a test is one process (not one per CPU), so that signals
+# sent to it (SIGSTOP, SIGTERM, kill -9) reach the process doing the work
+os.environ["PUSHBRIDGE_WORKERS"] = "1"
 
 API_KEY = "pb_test_key_alpha"
 OTHER_KEY = "pb_test_key_beta"
@@ -213,7 +218,12 @@ async def make_stack(
             rt = await build_runtime(
                 cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver or loopback_only_dns
             )
-            bridge = await start_server(bridge_app(rt, role), port)  # type: ignore[arg-type]
+            bridge = await start_server(
+                bridge_app(rt, role),  # type: ignore[arg-type]
+                port,
+                max_header_bytes=cfg.listen.max_header_bytes,
+                header_timeout_s=cfg.listen.header_timeout_s,
+            )
             exits.push_async_callback(bridge.stop)
             client = await exits.enter_async_context(
                 httpx.AsyncClient(
@@ -228,11 +238,15 @@ async def make_stack(
             resolver: Any = None,
             store_url: str | None = None,
             replicas_n: int = 1,
+            protocol: str = "octoai",
+            upstream: Callable[[str], dict[str, Any]] | None = None,
             cluster: bool | EmbeddedCluster = False,
             **overrides: Any,
         ) -> Stack:
-            """`cluster`: the store is the given cluster or (True) the session's, emptied."""
-            emu_app = create_emulator_app(
+            """`protocol` picks the emulator; `upstream(emulator_url)` gives the keys of
+            the "echo" upstream for it (protocol, url, ...), over the octoai defaults.
+            `cluster`: the store is the given cluster or (True) the session's, emptied."""
+            emu_app = EMULATORS[protocol](
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
             emu_srv = await start_server(emu_app)
@@ -241,7 +255,10 @@ async def make_stack(
             recv_srv = await start_server(receiver.app())
             exits.push_async_callback(recv_srv.stop)
             port = free_port()
-            config = parse_config(base_config(emu_srv.url, listen__port=port, **overrides), ENV)
+            raw = base_config(emu_srv.url, listen__port=port, **overrides)
+            if upstream is not None:
+                raw["upstreams"]["echo"] |= upstream(emu_srv.url)
+            config = parse_config(raw, ENV)
             client_redis: Redis | StoreCluster = redis
             if cluster:
                 if not isinstance(cluster, EmbeddedCluster):

@@ -351,7 +351,10 @@ async def test_reads_over_every_partition_work_on_the_cluster(valkey_cluster):
         store = Store(client, "pbtest", partitions=8)
         await store.ensure_layout()
         assert len(await store.url_key()) == 32
-        created = [await store.create_job("t1", {"status": "q"}, 0, "sha") for _ in range(8)]
+        created = [
+            await store.create_job("t1", {"status": "queued", "tenant": "t1"}, 0, "sha")
+            for _ in range(8)
+        ]
         claims = (await store.claim("due", 1000, 100)).claims
         assert {c.job_id for c in claims} == {c.job_id for c in created}
         for i, c in enumerate(claims):
@@ -368,6 +371,6 @@ async def test_reads_over_every_partition_work_on_the_cluster(valkey_cluster):
         backlog = await store.backlog(60_000)
         assert backlog.deliveries_scheduled == 8 and backlog.due_now == 0
         job, result = await store.get_job_and_result(claims[0].job_id)
-        assert job["status"] == "completed" and result == '{"n": 0}'
+        assert job is not None and job.status == "completed" and result == '{"n": 0}'
     finally:
         await client.aclose()

@@ -34,7 +34,7 @@ def test_defaults_match_the_contract():
         ({"listen": {"port": 70000}}, "listen.port"),
         ({"store": {"url": "http://redis"}}, "store.url"),
         (
-            {"upstreams": {"w": {"protocol": "replicate", "url": "http://x"}}},
+            {"upstreams": {"w": {"protocol": "sagemaker", "url": "http://x"}}},
             "upstreams.w.protocol",
         ),
         ({"upstreams": {"w": {}}}, "upstreams.w.url"),
@@ -210,10 +210,49 @@ def test_example_config_loads_and_documents_every_key():
     }
     tenants = raw["tenants"][0]
     documented |= {f"tenants.*.{k}" for k in tenants}
-    from bridge.config import TenantConfig, UpstreamConfig
+    from bridge.config import OctoAIUpstreamConfig, TenantConfig
 
     expected = _keys(Config) - {"dev_mode"}
-    expected |= {f"upstreams.*.{k}" for k in _keys(UpstreamConfig)}
+    expected |= {f"upstreams.*.{k}" for k in _keys(OctoAIUpstreamConfig)}
     expected |= {f"tenants.*.{k}" for k in _keys(TenantConfig)}
     missing = sorted(k for k in expected if k not in documented)
     assert missing == []
+
+
+def test_an_unknown_override_is_refused_even_with_list_valued_tenant_keys():
+    """A tenant with api_key_hashes (a list) made the check for *_env names crash."""
+    raw = {
+        "tenants": [{"name": "a", "api_key_hashes": ["0" * 64], "webhook_secret_env": "S"}],
+        "upstreams": {},
+    }
+    with pytest.raises(ConfigError, match="PUSHBRIDGE_NOPE"):
+        parse_config(raw, {"PUSHBRIDGE_NOPE": "1", "S": "whsec_" + "A" * 40})
+    parse_config(raw, {"PUSHBRIDGE_WORKERS": "2", "S": "whsec_" + "A" * 40})  # not an override
+
+
+def test_runpod_and_fal_upstreams_with_their_defaults_and_overrides():
+    raw = {
+        "upstreams": {
+            "rp": {"protocol": "runpod", "url": "https://api.runpod.ai/v2/ep1"},
+            "fal": {"protocol": "fal", "url": "https://queue.fal.run/fal-ai/flux/dev"},
+        }
+    }
+    env = {
+        "PUSHBRIDGE_UPSTREAMS__RP__POLICY": "{ttl: 60000}",  # a key only runpod has
+        "PUSHBRIDGE_UPSTREAMS__RP__RATE_LIMIT__SUBMIT_PER_S": "5",
+    }
+    config = parse_config(raw, env)
+    rp, fal = config.upstreams["rp"], config.upstreams["fal"]
+    assert (rp.protocol, fal.protocol) == ("runpod", "fal")
+    assert rp.policy == {"ttl": 60000}
+    assert (rp.rate_limit.submit_per_s, rp.rate_limit.poll_per_s) == (5, 200)  # RunPod's
+    assert (fal.rate_limit.submit_per_s, fal.rate_limit.poll_per_s) == (None, None)
+    with pytest.raises(ConfigError, match=r"upstreams\.fal\.policy: Extra inputs"):
+        parse_config({"upstreams": {"fal": {**raw["upstreams"]["fal"], "policy": {}}}}, {})
+    with pytest.raises(
+        ConfigError,
+        match="the protocols are: octoai, replicate, runpod, fal, openai, gemini, custom",
+    ):
+        parse_config({"upstreams": {"x": {"protocol": "replicat", "url": "https://x"}}}, {})
+    with pytest.raises(ConfigError, match=r"unknown key of upstreams\.rp 'polcy'"):
+        parse_config(raw, {"PUSHBRIDGE_UPSTREAMS__RP__POLCY": "{}"})

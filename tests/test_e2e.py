@@ -110,6 +110,18 @@ async def test_large_result_goes_by_signed_link(make_stack):
     assert authed.status_code == 200 and len(authed.json()["padding"]) == 5000
 
 
+async def test_inline_or_link_is_decided_by_bytes_in_callback_and_api_alike(make_stack):
+    # 2000 two-byte characters: under the limit in characters, over it in bytes
+    s = await make_stack(callbacks__max_inline_result_bytes=3000)
+    r = await s.submit(inputs={"text": "é" * 2000, "_emulate": {"duration_s": 0.1}})
+    assert r.status_code == 202
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1)
+    data = s.receiver.succeeded()[0].event["data"]
+    assert data["result"] is None and data["result_url"]
+    job = await s.job(data["id"])
+    assert job["result"] is None and job["result_url"]
+
+
 async def test_queued_while_upstream_unhealthy_then_submitted(make_stack):
     settings = EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN, healthy=False)
     s = await make_stack(emulator=settings)

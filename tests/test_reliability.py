@@ -10,8 +10,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from bridge.api.serving import start_server
 from bridge.dev.emulators.octoai import EmulatorSettings
-from bridge.dev.receiver import Reply
+from bridge.dev.receiver import Receiver, Reply
 from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import UPSTREAM_TOKEN
 
@@ -48,7 +49,7 @@ def _fast_lags(s, path: str) -> list[float]:
 
 async def test_hanging_host_does_not_delay_other_hosts(make_stack):
     async def resolver(host: str, port: int) -> list[str]:
-        return ["127.0.0.1"]  # slow.test and fast.test are two hosts on loopback
+        return ["127.0.0.1"]  # slow.test and fast.test: two services on loopback
 
     s = await make_stack(
         resolver=resolver,
@@ -57,7 +58,9 @@ async def test_hanging_host_does_not_delay_other_hosts(make_stack):
         callbacks__timeout_s=3,
     )
     port = s.receiver_srv.port
-    s.receiver.path_defaults["/slow"] = Reply(200, delay_s=5)
+    slow = Receiver()  # on another port: caps are per address and port
+    slow.path_defaults["/slow"] = Reply(200, delay_s=5)
+    slow_srv = await start_server(slow.app())
 
     async def run_fast(tag: str, n: int) -> list[float]:
         path = f"/fast-{tag}"
@@ -69,10 +72,11 @@ async def test_hanging_host_does_not_delay_other_hosts(make_stack):
 
     baseline = await run_fast("baseline", 10)
     await asyncio.gather(
-        *(s.submit(callback_url=f"http://slow.test:{port}/slow") for _ in range(30))
+        *(s.submit(callback_url=f"http://slow.test:{slow_srv.port}/slow") for _ in range(30))
     )
     await asyncio.sleep(0.5)  # the slow host's deliveries are hanging now
     with_hang = await run_fast("hang", 10)
+    await slow_srv.stop()
     assert statistics.median(with_hang) <= statistics.median(baseline) + 0.5, (baseline, with_hang)
     assert max(with_hang) <= max(baseline) + 1.0, (baseline, with_hang)
 

@@ -20,11 +20,11 @@ from bridge.dev.receiver import Reply
 from bridge.engine.loops import Workers
 from bridge.store.embedded import free_port
 from bridge.store.embedded_cluster import EmbeddedCluster
-from tests.conftest import ENV
+from tests.conftest import API_KEY, ENV
 
 
 @contextlib.asynccontextmanager
-async def replica(stack, valkey, tmp_path: Path, **worker) -> AsyncIterator[dict]:
+async def replica(stack, valkey, tmp_path: Path, workers: int = 1, **worker) -> AsyncIterator[dict]:
     """A `pushbridge serve` process sharing the stack's store (`valkey`: a single node or a
     cluster), emulator and receiver."""
     raw = stack.config.model_dump(mode="json")
@@ -40,11 +40,13 @@ async def replica(stack, valkey, tmp_path: Path, **worker) -> AsyncIterator[dict
         "-m",
         "bridge",
         "serve",
+        "--workers",
+        str(workers),
         "--config",
         str(path),
         env={**os.environ, **ENV},
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp_path / f"replica-{port}.log", "wb"),  # noqa: SIM115
     )
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url) as c:
@@ -149,3 +151,49 @@ async def test_sigterm_releases_leases_so_nothing_waits_for_expiry(make_stack, v
         assert (await s.job(job_id))["delivery"]["state"] == "delivered"
     finally:
         await workers.stop(1)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found |= {int(c) for c in children}
+    return found
+
+
+async def test_workers_share_the_port_and_the_store_and_are_restarted(make_stack, valkey, tmp_path):
+    """`serve --workers 2`: two processes answer on one port and work one store; a worker
+    killed -9 is replaced; SIGTERM stops them all gracefully (exit 0)."""
+    s = await make_stack(role="api")  # this process only accepts; the replica's workers work
+    async with replica(s, valkey, tmp_path, workers=2, lease_s=2) as a:
+        parent = a["proc"].pid
+        for _ in range(100):
+            if len(_children(parent)) == 2:
+                break
+            await asyncio.sleep(0.05)
+        first = _children(parent)
+        assert len(first) == 2
+        async with httpx.AsyncClient(
+            base_url=a["url"], headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as c:
+            body = {"upstream": "echo", "inputs": {}, "callback_url": s.hook("/w")}
+            replies = [await c.post("/v1/jobs", json=body) for _ in range(10)]
+            assert all(r.status_code == 202 for r in replies)
+            assert await s.receiver.wait_for(lambda: len(s.receiver.to("/w")) >= 10, 15)
+            os.kill(min(first), signal.SIGKILL)
+            for _ in range(100):
+                now = _children(parent)
+                if len(now) == 2 and now != first:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(now) == 2 and min(first) not in now  # replaced
+            more = [await c.post("/v1/jobs", json=body) for _ in range(10)]
+            assert all(r.status_code == 202 for r in more)
+            assert await s.receiver.wait_for(lambda: len(s.receiver.to("/w")) >= 20, 15)
+        a["proc"].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(a["proc"].wait(), 15) == 0
+        for pid in now:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )

@@ -3,38 +3,53 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.api.jsonshape import Shape, integers_beyond_64_bits, measure
 from bridge.api.problems import Problem
+from bridge.api.requestbody import body_cost_bytes, read_body, reservation
 from bridge.config import Tenant
 from bridge.delivery.urlpolicy import CallbackRejected
 from bridge.engine.events import JobEvents
 from bridge.engine.runtime import Runtime
-from bridge.model import job_view, new_job_fields
+from bridge.model import ACTIVE, Job, JobStatus, job_view, new_job, result_inline
+from bridge.obs.logs import exception_fields
 from bridge.store import valid_job_id
+from bridge.upstreams.base import Rejected
 
 MAX_METADATA_BYTES = 16 * 1024
-MAX_INPUT_DEPTH = 64
+MAX_INPUT_DEPTH = 64  # for inputs and metadata alike
+MAX_BODY_DEPTH = MAX_INPUT_DEPTH + 1  # the body object around them
+MAX_UPSTREAM_CHARS = 200
 IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,255}")
 JSON_TYPES = ("application/json",)
+BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
 
 
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    upstream: str = Field(min_length=1, max_length=200)
-    inputs: dict[str, Any]
-    callback_url: str = Field(min_length=1)
-    metadata: dict[str, Any] | None = None
+JOB_FIELDS = ("upstream", "inputs", "callback_url", "metadata")  # the body's (openapi.py)
+
+
+@dataclass(frozen=True)
+class JobBody:
+    """A checked job body, its inputs and metadata already serialized (no object tree is
+    kept while the request waits for the store or the upstream)."""
+
+    upstream: str
+    callback_url: str
+    inputs_json: str
+    metadata_json: str
+    sha256: str  # of the canonical body (sorted keys): what Idempotency-Key replays compare
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -46,8 +61,10 @@ def _rt(request: Request) -> Runtime:
 
 
 def authenticate(request: Request) -> Tenant:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
+    """The tenant of the one `Authorization: Bearer <key>` header (scheme case-insensitive,
+    RFC 7235). Two Authorization headers are refused: a proxy in front may read the other."""
+    headers = request.headers.getlist("authorization")
+    scheme, _, key = (headers[0] if len(headers) == 1 else "").partition(" ")
     tenant = (
         _rt(request).secrets.tenant_for_key(key.strip()) if scheme.lower() == "bearer" else None
     )
@@ -62,38 +79,98 @@ def authenticate(request: Request) -> Tenant:
     return tenant
 
 
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
-        raise Problem(413, "payload-too-large", f"body exceeds {limit_bytes} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise Problem(413, "payload-too-large", f"body exceeds {limit_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _invalid(detail: str) -> Problem:
+    return Problem(400, "invalid-request", detail)
 
 
-def parse_job_request(body: bytes, content_type: str) -> JobRequest:
+def check_content_type(content_type: str) -> None:
     if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
         raise Problem(415, "unsupported-media-type", "Content-Type must be application/json")
+
+
+def _envelope(raw: Any) -> tuple[str, dict[str, Any], str, dict[str, Any] | None]:
+    """upstream, inputs, callback_url, metadata: the body's fields, checked by hand (no
+    validator walks or copies arbitrary inputs)."""
+    if not isinstance(raw, dict):
+        raise _invalid("body: must be a JSON object")
+    errors = [f"{k}: unknown field" for k in raw if k not in JOB_FIELDS]
+    for name in ("upstream", "inputs", "callback_url"):
+        if name not in raw:
+            errors.append(f"{name}: required")
+    upstream, inputs = raw.get("upstream", ""), raw.get("inputs", {})
+    callback_url, metadata = raw.get("callback_url", "-"), raw.get("metadata")
+    if not isinstance(upstream, str) or not 1 <= len(upstream) <= MAX_UPSTREAM_CHARS:
+        errors.append(f"upstream: must be a string of 1 to {MAX_UPSTREAM_CHARS} characters")
+    if not isinstance(inputs, dict):
+        errors.append("inputs: must be an object")
+    if not isinstance(callback_url, str) or not callback_url:
+        errors.append("callback_url: must be a non-empty string")
+    if metadata is not None and not isinstance(metadata, dict):
+        errors.append("metadata: must be an object or null")
+    if errors:
+        raise _invalid("; ".join(errors))
+    return upstream, inputs, callback_url, metadata
+
+
+def _refuse_wide_integers(body: bytes, fields: dict[str, bytes]) -> None:
+    """orjson reads an integer beyond 64 bits as a float: refuse it rather than forward an
+    altered value (a literal that only appears inside a string is not in the parsed fields)."""
+    for token in integers_beyond_64_bits(body):
+        value = float(token)
+        if not math.isfinite(value):
+            continue
+        for name, dumped in fields.items():
+            if orjson.dumps(value) in dumped:
+                shown = token.decode()[:40] + ("…" if len(token) > 40 else "")
+                raise _invalid(
+                    f"{name}: the integer {shown} does not fit in 64 bits; send it as a string"
+                )
+
+
+def measure_body(body: bytes, max_values: int) -> Shape:
+    """The body's shape, measured on its bytes; 413 beyond max_values."""
+    shape = measure(body, max_values, MAX_BODY_DEPTH)
+    if shape.values > max_values:
+        raise Problem(
+            413,
+            "payload-too-large",
+            f"body holds more than {max_values} JSON values (array elements and object members)",
+        )
+    return shape
+
+
+def parse_job_request(body: bytes, shape: Shape) -> JobBody:
+    """Parse a measured body once and check it by hand: its values are bounded in number
+    (measure_body) and depth (64 levels for inputs and metadata)."""
     try:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise Problem(400, "invalid-request", f"body is not valid JSON: {e}") from None
-    try:
-        req = JobRequest.model_validate(raw)
-    except ValidationError as e:
-        detail = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()
-        )
-        raise Problem(400, "invalid-request", detail) from None
-    if _depth(req.inputs) > MAX_INPUT_DEPTH:
-        raise Problem(400, "invalid-request", f"inputs nest deeper than {MAX_INPUT_DEPTH} levels")
-    if req.metadata is not None and len(orjson.dumps(req.metadata)) > MAX_METADATA_BYTES:
-        raise Problem(400, "invalid-request", f"metadata exceeds {MAX_METADATA_BYTES} bytes")
-    return req
+        raise _invalid(f"body is not valid JSON: {e}") from None
+    upstream, inputs, callback_url, metadata = _envelope(raw)
+    if shape.depth > MAX_BODY_DEPTH:
+        field = "inputs"
+        if metadata is not None and _depth(metadata) > MAX_INPUT_DEPTH:
+            field = "metadata"
+        raise _invalid(f"{field} nest deeper than {MAX_INPUT_DEPTH} levels")
+    inputs_json, metadata_json = orjson.dumps(inputs), orjson.dumps(metadata)
+    if metadata is not None and len(metadata_json) > MAX_METADATA_BYTES:
+        raise _invalid(f"metadata exceeds {MAX_METADATA_BYTES} bytes")
+    if shape.long_digits:
+        _refuse_wide_integers(body, {"inputs": inputs_json, "metadata": metadata_json})
+    canonical = {
+        "upstream": upstream,
+        "inputs": inputs,
+        "callback_url": callback_url,
+        "metadata": metadata,
+    }
+    body_sha = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
+    return JobBody(
+        upstream,
+        callback_url,
+        inputs_json.decode(),
+        metadata_json.decode(),
+        body_sha.hexdigest(),
+    )
 
 
 def _depth(value: Any) -> int:
@@ -124,59 +201,76 @@ async def create_job(request: Request) -> Response:
         raise Problem(
             400, "invalid-request", "Idempotency-Key must be 1-255 visible ASCII characters"
         )
-    req = parse_job_request(
-        await read_body(request, rt.config.listen.max_body_bytes),
-        request.headers.get("content-type", ""),
-    )
+    check_content_type(request.headers.get("content-type", ""))
+    listen = rt.config.listen
+    async with reservation(request.app.state.body_budget) as reserved:
+        body = await read_body(request, listen.max_body_bytes, listen.body_timeout_s, reserved)
+        shape = measure_body(body, listen.max_json_values)
+        await reserved.grow_to(body_cost_bytes(len(body), shape.values))
+        req = parse_job_request(body, shape)
+        del body
+        return await _create(rt, tenant, idem_key, req)
+
+
+async def _create(rt: Runtime, tenant: Tenant, idem_key: str | None, req: JobBody) -> Response:
     upstream = rt.upstreams.get(req.upstream)
     if upstream is None:
         raise Problem(404, "unknown-upstream", f"no upstream named {req.upstream!r}")
     await _check_callback(rt, req.callback_url)
-    fields = new_job_fields(
+    job = new_job(
         tenant.name,
         req.upstream,
-        req.inputs,
+        req.inputs_json,
         req.callback_url,
-        req.metadata,
+        req.metadata_json,
         upstream.config.poll.deadline_s,
     )
-    body_sha = hashlib.sha256(orjson.dumps(req.model_dump(), option=orjson.OPT_SORT_KEYS))
     lease_ms = int((upstream.config.submit_timeout_s + 5) * 1000)
     created = await rt.store.create_job(
-        tenant.name, fields, lease_ms, body_sha.hexdigest(), idem_key, rt.retention_ms
+        tenant.name, job.creation_fields(), lease_ms, req.sha256, idem_key, rt.retention_ms
     )
     if not created.created:
-        return await _idempotent_replay(
-            rt, tenant, created.job_id, created.body_sha256, body_sha.hexdigest()
-        )
+        return await _idempotent_replay(rt, tenant, created.job_id, created.body_sha256, req.sha256)
     structlog.contextvars.bind_contextvars(job_id=created.job_id, upstream=req.upstream)
     rt.metrics.jobs_submitted.labels(req.upstream).inc()
-    job = {
-        **{k: str(v) for k, v in fields.items()},
-        "id": created.job_id,
-        "created_at": str(created.now_ms),
-        "updated_at": str(created.now_ms),
-    }
+    job.stored(created.job_id, created.now_ms)
     return await _submit_now(rt, job, created.token)
 
 
-async def _submit_now(rt: Runtime, job: dict[str, str], token: str) -> Response:
+def redact(text: str, secret: str | None) -> str:
+    """An upstream's words shown to a client, without its token: the token itself (also cut
+    at the end of the excerpt) and anything after `Bearer`."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+        for n in range(min(len(secret), len(text)), 3, -1):
+            if text.endswith(secret[:n]):
+                text = text[:-n] + "[redacted]"
+                break
+    return BEARER_RE.sub("Bearer [redacted]", text)
+
+
+async def _submit_now(rt: Runtime, job: Job, token: str) -> Response:
+    """Submit a stored job at once. Whatever goes wrong here, the job is stored and a
+    worker submits it when this lease runs out: the answer is then 202 `queued`."""
     try:
         outcome = await JobEvents(rt).accepted(job, token)
     except RedisError as e:  # the job is stored; a worker submits it when the lease runs out
         rt.log.warning("store error after accepting job", error=str(e))
         outcome = None
-    if outcome is not None and outcome.kind == "rejected":
+    except Exception as e:  # likewise: the job is stored, answer 202 queued, never a 500
+        rt.log.error("submit step failed after accepting job", **exception_fields(e))
+        outcome = None
+    if isinstance(outcome, Rejected):
         raise Problem(
             422,
             "upstream-rejected",
             f"upstream answered {outcome.status_code}",
             upstream_status=outcome.status_code,
-            upstream_body=outcome.detail,
-            job_id=job["id"],
+            upstream_body=redact(outcome.message, rt.secrets.upstream_tokens.get(job.upstream)),
+            job_id=job.id,
         )
-    rt.log.info("job accepted", status=job["status"])
-    headers = {"Location": f"/v1/jobs/{job['id']}"}
+    rt.log.info("job accepted", status=job.status)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     return _json(job_view(job), 202, headers)
 
 
@@ -194,21 +288,27 @@ async def _idempotent_replay(
     )
 
 
-async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> dict[str, str]:
-    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else {}
-    if not job or job.get("tenant") != tenant.name:
+async def _owned_job(rt: Runtime, tenant: Tenant, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id) if valid_job_id(job_id) else None
+    if job is None or job.tenant != tenant.name:
         raise Problem(404, "not-found", f"no job {job_id}")
-    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.get("upstream"))
+    structlog.contextvars.bind_contextvars(job_id=job_id, upstream=job.upstream)
     return job
 
 
-async def _view(rt: Runtime, job: dict[str, str]) -> dict[str, Any]:
-    size = int(job.get("result_size") or 0)
-    if job["status"] != "completed":
+async def _reread(rt: Runtime, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id)
+    if job is None:
+        raise Problem(404, "not-found", f"no job {job_id}")
+    return job
+
+
+async def _view(rt: Runtime, job: Job) -> dict[str, Any]:
+    if job.status != JobStatus.COMPLETED:
         return job_view(job)
-    if size > rt.config.callbacks.max_inline_result_bytes:
-        return job_view(job, None, rt.result_url(job["id"]))
-    result = await rt.store.get_result(job["id"])
+    if not result_inline(job, rt.config.callbacks.max_inline_result_bytes):
+        return job_view(job, None, rt.result_url(job.id))
+    result = await rt.store.get_result(job.id)
     return job_view(job, orjson.loads(result) if result else None)
 
 
@@ -221,63 +321,66 @@ async def get_job(request: Request) -> Response:
 async def get_attempts(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    records = await rt.store.get_attempts(job["id"])
-    return _json({"job_id": job["id"], "attempts": [orjson.loads(r) for r in records]})
+    records = await rt.store.get_attempts(job.id)
+    return _json({"job_id": job.id, "attempts": [orjson.loads(r) for r in records]})
 
 
 async def redeliver(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.redeliver(job["id"], tenant.name)
+    outcome = await rt.store.redeliver(job.id, tenant.name)
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome == "cancelled":
         raise Problem(409, "job-cancelled", "job was cancelled; a cancelled job has no callback")
     if outcome != "ok":
         raise Problem(409, "job-not-terminal", f"job is {outcome}; nothing to deliver")
-    JobEvents(rt).redelivery_scheduled(job["id"])
-    return _json(await _view(rt, await rt.store.get_job(job["id"])), 202)
+    JobEvents(rt).redelivery_scheduled(job.id)
+    return _json(await _view(rt, await _reread(rt, job.id)), 202)
 
 
 async def cancel(request: Request) -> Response:
     rt = _rt(request)
     tenant = authenticate(request)
     job = await _owned_job(rt, tenant, request.path_params["job_id"])
-    outcome = await rt.store.cancel(job["id"], tenant.name, rt.retention_ms)
-    JobEvents(rt).cancelled(job["id"])
+    outcome = await rt.store.cancel(job.id, tenant.name, rt.retention_ms)
     if outcome == "missing":
-        raise Problem(404, "not-found", f"no job {job['id']}")
+        raise Problem(404, "not-found", f"no job {job.id}")
     if outcome != "ok":
         raise Problem(409, "job-terminal", f"job is already {outcome}")
-    rt.metrics.jobs_finished.labels(job["upstream"], "cancelled").inc()
-    return _json(job_view(await rt.store.get_job(job["id"])))
+    rt.metrics.jobs_finished.labels(job.upstream, "cancelled").inc()
+    await JobEvents(rt).cancelled(job)
+    return _json(job_view(await _reread(rt, job.id)))
 
 
-def _result_response(job: dict[str, str], result: str | None) -> Response:
-    if job["status"] in ("queued", "running"):
-        raise Problem(409, "job-not-terminal", f"job is {job['status']}")
-    if job["status"] != "completed" or result is None:
-        raise Problem(404, "no-result", f"job is {job['status']} and has no result")
+def _result_response(job: Job, result: str | None) -> Response:
+    if job.status in ACTIVE:
+        raise Problem(409, "job-not-terminal", f"job is {job.status}")
+    if job.status != JobStatus.COMPLETED or result is None:
+        raise Problem(404, "no-result", f"job is {job.status} and has no result")
     return Response(result.encode(), media_type="application/json")
 
 
 async def get_result(request: Request) -> Response:
     rt = _rt(request)
     job = await _owned_job(rt, authenticate(request), request.path_params["job_id"])
-    return _result_response(job, await rt.store.get_result(job["id"]))
+    return _result_response(job, await rt.store.get_result(job.id))
 
 
 async def get_result_by_link(request: Request) -> Response:
     rt = _rt(request)
     job_id = request.path_params["job_id"]
-    q = request.query_params
-    if not valid_job_id(job_id) or not rt.links.verify(
-        job_id, q.get("expires", ""), q.get("sig", ""), time.time()
+    expires, sig = request.query_params.getlist("expires"), request.query_params.getlist("sig")
+    if (
+        len(expires) != 1  # a repeated parameter: one link would have several spellings
+        or len(sig) != 1
+        or not valid_job_id(job_id)
+        or not rt.links.verify(job_id, expires[0], sig[0], time.time())
     ):
         raise Problem(403, "invalid-link", "the link is invalid or has expired")
     job, result = await rt.store.get_job_and_result(job_id)
-    if not job:
+    if job is None:
         raise Problem(404, "not-found", f"no job {job_id}")
     return _result_response(job, result)
 

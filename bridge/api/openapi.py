@@ -5,18 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import __version__
-from bridge.api.jobs import JobRequest
+from bridge.api.jobs import (
+    JOB_FIELDS,
+    MAX_INPUT_DEPTH,
+    MAX_METADATA_BYTES,
+    MAX_UPSTREAM_CHARS,
+)
+from bridge.api.jsonshape import INT64_MIN, UINT64_MAX
+from bridge.model import DeliveryState, JobStatus
 
 TS = {"type": ["string", "null"], "format": "date-time"}
 PROBLEM_CODES = {
     400: "invalid request",
     401: "missing or unknown API key",
     404: "not found",
+    408: "the body did not arrive in time",
     409: "conflict",
     413: "payload too large",
     415: "unsupported media type",
     422: "rejected (callback URL or upstream)",
-    503: "store unavailable",
+    503: "store unavailable, or too many large requests in flight (overloaded)",
 }
 
 
@@ -25,9 +33,7 @@ def _schemas() -> dict[str, Any]:
         "type": "object",
         "required": ["state", "attempts", "last_status_code", "last_attempt_at", "next_attempt_at"],
         "properties": {
-            "state": {
-                "enum": ["pending", "scheduled", "delivering", "delivered", "failed", "none"]
-            },
+            "state": {"enum": [s.value for s in DeliveryState]},
             "attempts": {"type": "integer", "minimum": 0},
             "last_status_code": {"type": ["integer", "null"]},
             "last_attempt_at": TS,
@@ -61,7 +67,7 @@ def _schemas() -> dict[str, Any]:
         ],
         "properties": {
             "id": {"type": "string", "pattern": "^job_[0-9a-f]{27}$"},
-            "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+            "status": {"enum": [s.value for s in JobStatus]},
             "upstream": {"type": "string"},
             "upstream_id": {"type": ["string", "null"]},
             "callback_url": {"type": "string"},
@@ -105,12 +111,114 @@ def _schemas() -> dict[str, Any]:
             "attempts": {"type": "array", "items": _ref("Attempt")},
         },
     }
+    event = {
+        "type": "object",
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"enum": ["job.completed", "job.failed"]},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "data": _ref("Job"),
+        },
+    }
+    problem_type = {
+        "type": "object",
+        "required": ["type", "code", "title", "description"],
+        "properties": {
+            "type": {"type": "string"},
+            "code": {"type": "string"},
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+        },
+    }
     return {
-        "JobRequest": JobRequest.model_json_schema(),
+        "JobRequest": _job_request(),
+        "JsonValue": _json_value(),
         "Job": job,
         "Attempt": attempt,
         "Attempts": attempts,
         "Problem": problem,
+        "ProblemType": problem_type,
+        "WebhookEvent": event,
+    }
+
+
+def _json_value() -> dict[str, Any]:
+    """Any JSON value whose integers fit in 64 bits (orjson cannot keep larger ones)."""
+    value = _ref("JsonValue")
+    return {
+        "description": f"any JSON value; integers in [{INT64_MIN}, {UINT64_MAX}], "
+        f"arrays and objects nested at most {MAX_INPUT_DEPTH} levels",
+        "anyOf": [
+            {"type": ["null", "boolean", "string"]},
+            {"type": "integer", "minimum": INT64_MIN, "maximum": UINT64_MAX},
+            {"type": "number", "not": {"type": "integer"}},
+            {"type": "array", "items": value},
+            {"type": "object", "additionalProperties": value},
+        ],
+    }
+
+
+def _job_request() -> dict[str, Any]:
+    inputs = {"type": "object", "additionalProperties": _ref("JsonValue")}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(JOB_FIELDS[:3]),
+        "properties": {
+            "upstream": {"type": "string", "minLength": 1, "maxLength": MAX_UPSTREAM_CHARS},
+            "inputs": {**inputs, "description": "sent to the upstream as they are"},
+            "callback_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "metadata": {
+                "anyOf": [inputs, {"type": "null"}],
+                "description": f"echoed in the callback; at most {MAX_METADATA_BYTES} bytes",
+            },
+        },
+    }
+
+
+def _header(name: str, description: str, pattern: str) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern}
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _webhook(event_type: str, summary: str) -> dict[str, Any]:
+    """The callback POSTed to a job's callback_url (CONTRACT §4), as an OpenAPI webhook."""
+    return {
+        "post": {
+            "summary": summary,
+            "description": (
+                f"`type` is `{event_type}`. Signed with Standard Webhooks: verify "
+                "`webhook-signature` over `{webhook-id}.{webhook-timestamp}.{body}` with "
+                "the tenant's `whsec_` secret (any Standard Webhooks library does). The "
+                "same `webhook-id` on every attempt and redelivery of this event."
+            ),
+            "parameters": [
+                _header("webhook-id", "the event's id, the same for every attempt", "^msg_"),
+                _header("webhook-timestamp", "Unix seconds of this attempt", "^[0-9]+$"),
+                _header(
+                    "webhook-signature",
+                    "`v1,<base64 HMAC-SHA256>`, space-separated, one per secret",
+                    "^v1,",
+                ),
+            ],
+            "requestBody": {"required": True, "content": _json_content("WebhookEvent")},
+            "responses": {
+                "2XX": {"description": "delivered; no further attempt"},
+                "410": {"description": "gone: delivery stops at once (state failed)"},
+                "429": {"description": "retried, no sooner than Retry-After (at most 1 h)"},
+                "503": {"description": "retried, no sooner than Retry-After (at most 1 h)"},
+                "default": {
+                    "description": "any other status, a redirect, a timeout: retried on the "
+                    "schedule (callbacks.retry_schedule_s)"
+                },
+            },
+        }
     }
 
 
@@ -152,7 +260,7 @@ def openapi_spec() -> dict[str, Any]:
             "post": _op(
                 "Create a job",
                 {202: "Job", 200: "Job"},
-                [400, 401, 404, 409, 413, 415, 422, 503],
+                [400, 401, 404, 408, 409, 413, 415, 422, 503],
                 security=auth,
                 parameters=[idem],
                 requestBody={"required": True, "content": _json_content("JobRequest")},
@@ -212,6 +320,27 @@ def openapi_spec() -> dict[str, Any]:
             "get": {"summary": "Process alive", "responses": {"200": {"description": "alive"}}}
         },
         "/readyz": {"get": _op("Store reachable", {200: None}, [503])},
+        "/problems/{code}": {
+            "get": {
+                "summary": "What a problem code means (the page a problem's `type` names)",
+                "parameters": [
+                    {"name": "code", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the code's description (HTML if Accept asks for it)",
+                        "content": {
+                            "application/json": {"schema": _ref("ProblemType")},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": {
+                        "description": "no such problem code",
+                        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                    },
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -227,6 +356,10 @@ def openapi_spec() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "pushbridge", "version": __version__},
         "paths": paths,
+        "webhooks": {
+            "job.completed": _webhook("job.completed", "A job finished with a result"),
+            "job.failed": _webhook("job.failed", "A job failed (error says why)"),
+        },
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

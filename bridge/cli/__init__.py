@@ -56,6 +56,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--host", help="listen address (default: listen.host; dev: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: listen.port; dev: 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=_default_workers(),
+        help="processes sharing the port and the store (env PUSHBRIDGE_WORKERS; "
+        "default: the CPUs available to this process)",
+    )
 
 
 def _add_emulator(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +157,13 @@ def _emulator_protocols() -> list[str]:
     return sorted(PROTOCOLS)
 
 
+def _default_workers() -> int:
+    from bridge.supervisor import available_cpus
+
+    value = os.environ.get("PUSHBRIDGE_WORKERS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else available_cpus()
+
+
 def _config_path(arg: str | None) -> str | None:
     return arg or os.environ.get("PUSHBRIDGE_CONFIG") or None
 
@@ -184,15 +198,25 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _serve(config: Config, role: str) -> None:
+def _serve(config: Config, role: str, workers: int = 1) -> int:
     from bridge.process import serve
+    from bridge.supervisor import Supervisor, listening_socket
 
     secrets = resolve_secrets(config)
     configure_logging("console" if config.dev_mode else config.log.format, config.log.level)
-    # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
-    # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    _run(serve(config, secrets, role, _dev_routes(config)))  # type: ignore[arg-type]
+    routes = _dev_routes(config)
+
+    def run(sock: socket.socket | None) -> None:
+        # uvicorn re-raises the signal it caught once it has shut down; a graceful SIGTERM
+        # shutdown is a success (exit 0), so the re-raised SIGTERM is ignored here.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        _run(serve(config, secrets, role, routes, sock))  # type: ignore[arg-type]
+
+    if workers <= 1:
+        run(None)
+        return 0
+    sock = listening_socket(config.listen.host, config.listen.port)
+    return Supervisor(workers, run).run(sock)
 
 
 def _dev_banner(config: Config, share: EmbeddedShare | None, role: str) -> None:
@@ -228,20 +252,17 @@ def _serve_dev(args: argparse.Namespace) -> int:
         )
     if config.store.url:  # PUSHBRIDGE_STORE__URL: no embedded store
         _dev_banner(config, None, args.role)
-        _serve(config, args.role)
-        return 0
+        return _serve(config, args.role, args.workers)
     with dev_store(config, os.environ) as (joined, share):
         _dev_banner(joined, share, args.role)
-        _serve(joined, args.role)
-    return 0
+        return _serve(joined, args.role, args.workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     if path is None:
         return _serve_dev(args)
-    _serve(_load(path, args), args.role)
-    return 0
+    return _serve(_load(path, args), args.role, args.workers)
 
 
 def _dev_routes(config: Config) -> list[BaseRoute]:
@@ -275,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_emulator(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bridge.dev.emulators import PROTOCOLS, EmulatorSettings
+    from bridge.dev.emulators import ENTRY_POINTS, PROTOCOLS, EmulatorSettings
 
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
@@ -294,7 +315,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(
-        f"emulator: POST http://{args.host}:{args.port}/infer/<model> (health: /healthz)",
+        f"emulator ({args.protocol}): "
+        + ENTRY_POINTS.get(args.protocol, "{base}").format(base=f"http://{args.host}:{args.port}")
+        + " (health: /healthz)",
         file=sys.stderr,
     )
     uvicorn.run(

@@ -29,7 +29,8 @@ from bridge.store import Store
 from bridge.store.cluster import cluster_report
 from bridge.store.connection import make_redis, open_store
 from bridge.store.embedded_share import SharedStore, running
-from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams import build_upstream
+from bridge.upstreams.base import Healthy
 
 MARKS = {
     "ok": "[green]ok[/green]   ",
@@ -141,9 +142,30 @@ async def _check_configured_store(config: Config, report: Report) -> None:
         report.line("error", f"store ({where}): {type(e).__name__}: {e}")
 
 
-async def _get_status(client: LeanClient, url: str, token: str | None, timeout_s: float) -> int:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = await client.send_lean("GET", url, timeout_s, headers)
+@dataclass(frozen=True)
+class TokenProbe:
+    """How a protocol's token is tried: the URL to GET, the header that carries the token,
+    the statuses that mean it was refused."""
+
+    url: str
+    header: str = "Authorization"
+    prefix: str = "Bearer "
+    refused: tuple[int, ...] = AUTH_REFUSED
+
+
+def _token_probe(u: UpstreamConfig) -> TokenProbe:
+    if u.protocol == "openai":  # GET /v1 answers 404 either way; the model list needs the key
+        return TokenProbe(f"{u.url.rstrip('/')}/models")
+    if u.protocol == "gemini":  # Google answers a wrong key 400 API_KEY_INVALID
+        return TokenProbe(u.url, "x-goog-api-key", "", (400, *AUTH_REFUSED))
+    return TokenProbe(u.url)
+
+
+async def _get_status(
+    client: LeanClient, probe: TokenProbe, token: str | None, timeout_s: float
+) -> int:
+    headers = {probe.header: f"{probe.prefix}{token}"} if token else {}
+    response = await client.send_lean("GET", probe.url, timeout_s, headers)
     await response.aclose()
     return response.status_code
 
@@ -151,29 +173,37 @@ async def _get_status(client: LeanClient, url: str, token: str | None, timeout_s
 async def _token_line(
     client: LeanClient, name: str, u: UpstreamConfig, token: str | None
 ) -> tuple[str, str]:
-    what = f"upstream {name} token"
+    what, probe = f"upstream {name} token", _token_probe(u)
     try:
-        without = await _get_status(client, u.url, None, u.submit_timeout_s)
+        without = await _get_status(client, probe, None, u.submit_timeout_s)
         with_token = (
-            await _get_status(client, u.url, token, u.submit_timeout_s) if token else without
+            await _get_status(client, probe, token, u.submit_timeout_s) if token else without
         )
     except httpx.HTTPError as e:
-        return "error", f"{what}: GET {u.url}: {describe_error(e)}"
-    if not token:
-        if without in AUTH_REFUSED:
+        return "error", f"{what}: GET {probe.url}: {describe_error(e)}"
+    return _token_verdict(what, probe, token_env=u.token_env if token else None,
+                          with_token=with_token, without=without)  # fmt: skip
+
+
+def _token_verdict(
+    what: str, probe: TokenProbe, token_env: str | None, with_token: int, without: int
+) -> tuple[str, str]:
+    url, refused = probe.url, probe.refused
+    if token_env is None:
+        if without in refused:
             return (
                 "error",
-                f"{what}: none configured but GET {u.url} answers {without}; set token_env",
+                f"{what}: none configured but GET {url} answers {without}; set token_env",
             )
-        return "skip", f"{what}: none configured (GET {u.url} answers {without})"
-    if with_token in AUTH_REFUSED:
+        return "skip", f"{what}: none configured (GET {url} answers {without})"
+    if with_token in refused:
         return (
             "error",
-            f"{what}: refused, GET {u.url} answers {with_token} with the token of {u.token_env}",
+            f"{what}: refused, GET {url} answers {with_token} with the token of {token_env}",
         )
-    if without in AUTH_REFUSED:
-        return "ok", f"{what}: accepted (GET {u.url}: {with_token} with it, {without} without)"
-    return "warn", f"{what}: not verified, GET {u.url} answers {with_token} with or without it"
+    if without in refused:
+        return "ok", f"{what}: accepted (GET {url}: {with_token} with it, {without} without)"
+    return "warn", f"{what}: not verified, GET {url} answers {with_token} with or without it"
 
 
 async def _check_upstreams(
@@ -184,11 +214,22 @@ async def _check_upstreams(
         return
     async with upstream_client() as client:
         for name, u in config.upstreams.items():
-            outcome = await OctoAIUpstream(name, u, tokens.get(name), client).health()
-            kind = "ok" if outcome.kind == "completed" else "error"
-            report.line(kind, f"upstream {name} ({u.health_url or u.url}): {outcome.detail}")
-            if probe_tokens:
-                report.line(*await _token_line(client, name, u, tokens.get(name)))
+            outcome = await build_upstream(name, u, tokens.get(name), client).health()
+            # an upstream that is up but refuses the token is healthy to the engine (its jobs
+            # fail upstream-rejected), not to a check
+            refused = isinstance(outcome, Healthy) and outcome.status_code in AUTH_REFUSED
+            healthy = isinstance(outcome, Healthy) and not refused
+            detail = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
+            token_line = (
+                await _token_line(client, name, u, tokens.get(name)) if probe_tokens else None
+            )
+            if refused and token_line and token_line[0] == "error":  # said once, on its line
+                healthy, detail = True, "answers (the token is refused: below)"
+            report.line(
+                "ok" if healthy else "error", f"upstream {name} ({u.health_url or u.url}): {detail}"
+            )
+            if token_line:
+                report.line(*token_line)
 
 
 def _check_secrets(config: Config, environ: Mapping[str, str], report: Report) -> None:

@@ -13,7 +13,7 @@ from bridge import __version__
 from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
 from bridge.delivery.signing import sign_webhook
-from bridge.delivery.urlpolicy import CallbackRejected, UrlPolicy
+from bridge.delivery.urlpolicy import CallbackRejected, Target, UrlPolicy
 from bridge.net.client import LeanClient
 from bridge.net.util import describe_error, parse_retry_after
 
@@ -53,47 +53,58 @@ def _classify(code: int, retry_after: str | None) -> tuple[Outcome, float | None
 class Deliverer:
     """Posts events; `client` must not follow redirects (a 3xx is a failed attempt).
 
-    At most `per_host_concurrency` attempts run against one host; beyond that an
-    attempt waits briefly for a slot if the host has been answering quickly, else it
-    is "deferred" at once, so one hanging host cannot tie up the workers that deliver
-    to every other host (bridge/hostgate.py).
+    At most `per_host_concurrency` attempts run against one address and port, whatever
+    names lead there; beyond that an attempt waits briefly for a slot if the host has
+    been answering quickly, else it is "deferred" at once (with a hint of when a slot
+    may free), so one hanging host cannot tie up the workers that deliver to every
+    other host (bridge/hostgate.py).
     """
 
     def __init__(self, client: LeanClient, config: CallbacksConfig, policy: UrlPolicy):
         self.client = client
         self.config = config
         self.policy = policy
-        self.gates = HostGates(config.per_host_concurrency)
+        self.gates = HostGates(config.per_host_concurrency, max_hold_s=config.timeout_s)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+        """One attempt. Never raises (but for cancellation): whatever goes wrong is a
+        failed attempt with a short, secret-free error."""
         started = time.perf_counter()
         try:
-            host, addresses = await self.policy.resolve(url)
+            target = await self.policy.resolve(url)
         except CallbackRejected as e:
             return Attempt("retry", None, _ms_since(started), f"callback-rejected: {e}")
-        async with self.gates.slot(host) as got:
-            if not got:  # at its cap and not worth waiting for: come back later
-                return Attempt("deferred", None, 0, f"{host} is at per_host_concurrency")
+        except Exception as e:  # a resolver that fails oddly: a failed attempt
+            return Attempt("retry", None, _ms_since(started), describe_error(e))
+        dest = (str(target.addresses[0]), target.port)
+        async with self.gates.slot(dest) as got:
+            if not got:  # at its cap and not worth waiting for: come back when a slot frees
+                where = f"{_netloc(*dest)} ({target.host})"
+                error = f"{where} is at per_host_concurrency"
+                return Attempt(
+                    "deferred", None, 0, error, retry_after_s=self.gates.book_turn_s(dest)
+                )
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.timeout_s):
-                    return await self._send(url, host, str(addresses[0]), body, headers, started)
-            except (httpx.HTTPError, TimeoutError) as e:
-                error = describe_error(e) if isinstance(e, httpx.HTTPError) else "timeout"
-                return Attempt("retry", None, _ms_since(started), error)
+                    return await self._send(url, target, body, headers, started)
+            except TimeoutError:
+                return Attempt("retry", None, _ms_since(started), "timeout")
+            except Exception as e:  # whatever fails, the attempt is recorded
+                return Attempt("retry", None, _ms_since(started), describe_error(e))
 
     async def _send(
-        self, url: str, host: str, ip: str, body: bytes, headers: dict[str, str], started: float
+        self, url: str, target: Target, body: bytes, headers: dict[str, str], started: float
     ) -> Attempt:
-        target = httpx.URL(url)
-        netloc = host if target.port is None else f"{host}:{target.port}"
+        sent = httpx.URL(url)
+        netloc = _netloc(target.host, sent.port)
         response = await self.client.send_lean(
             "POST",
-            target.copy_with(host=ip),
+            sent.copy_with(host=str(target.addresses[0])),
             self.config.timeout_s,
             headers={**headers, "host": netloc},
             content=body,
-            extensions={"sni_hostname": host} if target.scheme == "https" else {},
+            extensions={"sni_hostname": target.host} if sent.scheme == "https" else {},
         )
         try:
             excerpt = await _read_excerpt(response, self.config.max_response_excerpt_bytes)
@@ -106,6 +117,12 @@ class Deliverer:
         return Attempt(
             outcome, response.status_code, _ms_since(started), error, excerpt, retry_after_s
         )
+
+
+def _netloc(host: str, port: int | None) -> str:
+    """host[:port] for a Host header; an IPv6 literal in brackets."""
+    bracketed = f"[{host}]" if ":" in host else host
+    return bracketed if port is None else f"{bracketed}:{port}"
 
 
 async def _read_excerpt(response: httpx.Response, limit_bytes: int) -> str:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
+
+EXPIRES_RE = re.compile(r"[1-9][0-9]{0,15}")  # Unix seconds, as ASCII digits
+SIG_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # unpadded urlsafe base64 of a SHA-256 HMAC
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -43,6 +47,11 @@ class ResultLinks:
         return f"{self.base_url}/v1/results/{job_id}?expires={expires_s}&sig={sig}"
 
     def verify(self, job_id: str, expires: str, sig: str, now_s: float) -> bool:
-        if not expires.isdigit() or int(expires) < now_s:
+        """Only the link's one spelling verifies: ASCII digits without a leading zero, and
+        the signature exactly as `url` writes it."""
+        if not EXPIRES_RE.fullmatch(expires) or not SIG_RE.fullmatch(sig):
             return False
-        return hmac.compare_digest(self._sig(job_id, int(expires)), sig)
+        expires_s = int(expires)
+        if expires_s < now_s:
+            return False
+        return hmac.compare_digest(self._sig(job_id, expires_s).encode(), sig.encode())

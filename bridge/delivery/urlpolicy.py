@@ -11,8 +11,13 @@ import asyncio
 import ipaddress
 import re
 import socket
+import unicodedata
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 from urllib.parse import urlsplit
+
+import httpx
+import idna
 
 from bridge.config import CallbacksConfig
 
@@ -22,6 +27,16 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 # Hosts that some resolvers read as IPv4 numbers: 2130706433, 0x7f000001, 0177.0.0.1, 127.1
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}\.?$", re.I)
+# control, format, space and separator characters: never part of a URL as sent
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+class Target(NamedTuple):
+    """Where a callback goes: its host (A-label), the checked addresses, the port."""
+
+    host: str
+    addresses: list[Address]
+    port: int
 
 
 class CallbackRejected(Exception):
@@ -50,6 +65,7 @@ def address_class(ip: Address) -> str | None:
         ("unspecified", ip.is_unspecified),
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("cgnat", ip in CGNAT),
         ("private", ip.is_private),
         ("reserved", ip.is_reserved),
@@ -65,9 +81,12 @@ class UrlPolicy:
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.allowed_networks]
 
     def check_syntax(self, url: str) -> tuple[str, str, int]:
-        """(scheme, host, port) of an acceptable URL, or CallbackRejected."""
+        """(scheme, host as A-label, port) of an acceptable URL, or CallbackRejected.
+
+        The URL must read the same to the parser that sends it (httpx) as to this one."""
         if len(url) > MAX_URL_LENGTH:
             raise CallbackRejected("too-long", f"callback_url exceeds {MAX_URL_LENGTH} characters")
+        _refuse_invisible(url)
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -80,12 +99,14 @@ class UrlPolicy:
             raise CallbackRejected("http-not-allowed", "plain http callbacks are not allowed")
         if parts.username is not None or parts.password is not None:
             raise CallbackRejected("credentials", "credentials in the URL are not allowed")
-        host = (parts.hostname or "").rstrip(".")
+        host = a_label((parts.hostname or "").rstrip("."))
         if not host:
             raise CallbackRejected("no-host", "callback_url has no host")
         if _NUMERIC_HOST.match(host) and not _is_dotted_quad(host):
             raise CallbackRejected("ambiguous-address", f"{host!r} is an unusual IPv4 spelling")
-        return scheme, host, port or (443 if scheme == "https" else 80)
+        port = port or (443 if scheme == "https" else 80)
+        _same_for_sender(url, host, port)
+        return scheme, host, port
 
     def check_address(self, ip: Address) -> None:
         if any(ip in net for net in self.allowed):
@@ -103,13 +124,55 @@ class UrlPolicy:
             raise CallbackRejected("unresolvable", f"{host!r} has no addresses")
         return [ipaddress.ip_address(a.split("%")[0]) for a in found]
 
-    async def resolve(self, url: str) -> tuple[str, list[Address]]:
-        """Check the URL and every address its host resolves to; return (host, addresses)."""
+    async def resolve(self, url: str) -> Target:
+        """Check the URL and every address its host resolves to."""
         _, host, port = self.check_syntax(url)
         addresses = _literal_address(host) or await self._lookup(host, port)
         for ip in addresses:
             self.check_address(ip)
-        return host, addresses
+        return Target(host, addresses, port)
+
+
+def _refuse_invisible(url: str) -> None:
+    """Control characters and whitespace (a pasted trailing newline, a tab, a zero-width
+    space) are refused wherever they are: parsers differ in stripping or keeping them."""
+    for i, ch in enumerate(url):
+        if ch <= " " or unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+            raise CallbackRejected(
+                "control-character",
+                f"callback_url contains U+{ord(ch):04X} at position {i}; "
+                "control characters and whitespace are not allowed",
+            )
+
+
+def a_label(host: str) -> str:
+    """The host as sent in the Host header, TLS SNI and DNS: lower case, IDNA 2008 A-labels
+    for a non-ASCII name (CallbackRejected "idna" if it is not a valid IDNA 2008 name)."""
+    host = host.lower()
+    try:
+        if not host.isascii():
+            return idna.encode(host).decode("ascii")
+        if any(label.startswith("xn--") for label in host.split(".")):
+            idna.decode(host)  # an A-label must decode to a valid name
+    except idna.IDNAError as e:
+        raise CallbackRejected(
+            "idna", f"host {host!r} is not a valid internationalised domain name: {e}"
+        ) from None
+    return host
+
+
+def _same_for_sender(url: str, host: str, port: int) -> None:
+    """The sending client (httpx) must parse the URL to the same host and port."""
+    try:
+        sent = httpx.URL(url)
+        sent_host = sent.raw_host.decode("ascii").rstrip(".")
+        sent_port = sent.port or (443 if sent.scheme == "https" else 80)
+    except (httpx.InvalidURL, UnicodeError, ValueError) as e:
+        raise CallbackRejected("malformed", f"callback_url cannot be sent: {e}") from None
+    if (sent_host, sent_port) != (host, port):
+        raise CallbackRejected(
+            "malformed", "callback_url is ambiguous: its host or port is unclear"
+        )
 
 
 def _literal_address(host: str) -> list[Address]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.runtime import Runtime
-from bridge.upstreams.octoai import Outcome
+from bridge.model import Job
+from bridge.net.util import describe_error
+from bridge.upstreams.base import Cancelled, Rejected, SubmitOutcome, Transient
 
 
 class JobEvents:
@@ -17,15 +19,28 @@ class JobEvents:
         self.rt = rt
         self.advancer = Advancer(rt)
 
-    async def accepted(self, job: dict[str, str], token: str) -> Outcome | None:
+    async def accepted(self, job: Job, token: str) -> SubmitOutcome | None:
         """A job was stored under `token`: submit it upstream now, within this request.
         None when it stays queued (upstream unhealthy); a worker submits it later."""
         return await self.advancer.submit(job, token, notify=False)
 
-    def cancelled(self, job_id: str) -> None:
-        """A job was cancelled: stop polling it here. A replica holding it polls at most
-        once more, then its commit is fenced out."""
-        self.rt.workers.forget(job_id)
+    async def cancelled(self, job: Job) -> None:
+        """A job was cancelled: stop polling it here (a replica holding it polls at most
+        once more, then its commit is fenced out), and stop it at the provider too where
+        the protocol can: best effort, a failure is logged and the job stays cancelled."""
+        self.rt.workers.forget(job.id)
+        upstream = self.rt.upstreams.get(job.upstream)
+        if upstream is None or not upstream.capabilities.cancel or job.upstream_ref is None:
+            return
+        ref = job.upstream_ref
+        try:
+            outcome = await upstream.cancel(ref)
+        except Exception as e:  # best effort: never fails the client's cancel
+            outcome = Transient(describe_error(e))
+        self.rt.metrics.count_upstream(job.upstream, "cancel", outcome.status_code)
+        if not isinstance(outcome, Cancelled):
+            detail = outcome.message if isinstance(outcome, Rejected) else outcome.reason
+            self.rt.log.warning("upstream cancel failed", upstream_id=ref.id, error=detail)
 
     def redelivery_scheduled(self, job_id: str) -> None:
         """One more delivery of a job's event is due now."""

@@ -11,16 +11,32 @@ one per poll.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, Unpack
 
 import orjson
 
 from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
 from bridge.engine.learning import interval_field
 from bridge.engine.runtime import Runtime
-from bridge.model import error_json
+from bridge.model import ACTIVE, DeliveryState, Job, JobChange, JobStatus, error_json
+from bridge.net.util import describe_error
 from bridge.store import After, Commit, Remove
-from bridge.upstreams.octoai import Outcome
+from bridge.upstreams.base import (
+    Done,
+    Expired,
+    Failed,
+    Fetched,
+    FetchOutcome,
+    Outcome,
+    Rejected,
+    Running,
+    SubmitOutcome,
+    Submitted,
+    Transient,
+)
+
+T = TypeVar("T")
 
 
 def _ms(seconds: float) -> int:
@@ -31,32 +47,27 @@ class Advancer:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    async def commit(self, job: dict[str, str], token: str, c: Commit) -> bool:
+    async def commit(self, job: Job, token: str, c: Commit) -> bool:
         """Commit and mirror the change in `job`, which this process may keep using."""
-        applied = await self.rt.commit("due", job["id"], token, c)
+        applied = await self.rt.commit("due", job.id, token, c)
         if applied is None:
             return False
-        job.update({k: "" if v is None else str(v) for k, v in c.fields.items()})
-        job["updated_at"] = str(applied)
-        if c.completed:
-            job["completed_at"] = str(applied)
+        job.apply(c.fields, applied, completed=c.completed)
         return True
 
     async def reschedule(
-        self, job: dict[str, str], token: str, delay_s: float, **fields: Any
+        self, job: Job, token: str, delay_s: float, **change: Unpack[JobChange]
     ) -> None:
         """The job's next step is due in delay_s: keep holding it when that is soon."""
         workers = self.rt.workers
         keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
         delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
-        committed = await self.commit(job, token, Commit(fields=fields, source=After(delay_ms)))
+        committed = await self.commit(job, token, Commit(fields=change, source=After(delay_ms)))
         if committed and keep and not workers.hold(job, token, delay_s):
             # no room to hold it: due after the delay, not after the lease
-            await self.commit(job, token, Commit(fields={}, source=After(_ms(delay_s))))
+            await self.commit(job, token, Commit(source=After(_ms(delay_s))))
 
-    async def finish(
-        self, job: dict[str, str], token: str, c: Commit, result: str | None = None
-    ) -> None:
+    async def finish(self, job: Job, token: str, c: Commit, result: str | None = None) -> None:
         """Commit a terminal status with its event due now; deliver it at once if we can."""
         workers = self.rt.workers
         direct = workers.active and c.target_delay_ms == 0
@@ -65,36 +76,36 @@ class Advancer:
         if await self.commit(job, token, c) and direct:
             await workers.deliver_now(job, result, token)
 
-    def _finished(self, job: dict[str, str], outcome: str) -> None:
-        self.rt.metrics.jobs_finished.labels(job["upstream"], outcome).inc()
-        duration_s = time.time() - int(job["created_at"]) / 1000
-        self.rt.metrics.job_duration.labels(job["upstream"]).observe(max(0.0, duration_s))
+    def _finished(self, job: Job, outcome: str) -> None:
+        self.rt.metrics.jobs_finished.labels(job.upstream, outcome).inc()
+        duration_s = time.time() - job.created_at / 1000
+        self.rt.metrics.job_duration.labels(job.upstream).observe(max(0.0, duration_s))
 
-    def _count(self, job: dict[str, str], kind: str, outcome: Outcome) -> None:
-        self.rt.metrics.count_upstream(job["upstream"], kind, outcome.status_code)
+    def _count(self, job: Job, kind: str, outcome: Outcome) -> None:
+        self.rt.metrics.count_upstream(job.upstream, kind, outcome.status_code)
 
     async def fail(
         self,
-        job: dict[str, str],
+        job: Job,
         token: str,
         code: str,
         message: str,
         upstream_status: int | None = None,
         notify: bool = True,
-        **fields: Any,
+        **change: Unpack[JobChange],
     ) -> None:
         """Terminal failure; `notify` sends the job.failed callback."""
         self._finished(job, "failed")
-        self.rt.log.info("job failed", job_id=job["id"], code=code, upstream=job["upstream"])
+        self.rt.log.info("job failed", job_id=job.id, code=code, upstream=job.upstream)
         await self.finish(
             job,
             token,
             Commit(
                 fields={
-                    "status": "failed",
+                    "status": JobStatus.FAILED,
                     "error": error_json(code, message, upstream_status),
-                    "delivery_state": "pending" if notify else "none",
-                    **fields,
+                    "delivery_state": DeliveryState.PENDING if notify else DeliveryState.NONE,
+                    **change,
                 },
                 source=Remove(),
                 completed=True,
@@ -104,28 +115,23 @@ class Advancer:
             ),
         )
 
-    def past_deadline(self, job: dict[str, str], now_ms: int) -> bool:
-        return now_ms >= int(job["created_at"]) + int(job["deadline_ms"])
-
-    async def step(self, job: dict[str, str], token: str, now_ms: int) -> None:
+    async def step(self, job: Job, token: str, now_ms: int) -> None:
         """One unit of work for a job this process holds in the `due` schedule."""
-        if not job:
-            return
-        if job["status"] not in ("queued", "running"):
-            await self.commit(job, token, Commit(fields={}, source=Remove()))
-        elif job["upstream"] not in self.rt.upstreams:
-            await self.fail(job, token, "unknown-upstream", f"upstream {job['upstream']} is gone")
-        elif self.past_deadline(job, now_ms):
+        if job.status not in ACTIVE:
+            await self.commit(job, token, Commit(source=Remove()))
+        elif job.upstream not in self.rt.upstreams:
+            await self.fail(job, token, "unknown-upstream", f"upstream {job.upstream} is gone")
+        elif now_ms >= job.deadline_at:
             await self.fail(job, token, "deadline-exceeded", "poll.deadline_s passed")
-        elif job["status"] == "queued":
+        elif job.status == JobStatus.QUEUED:
             await self.submit(job, token, notify=True)
         else:
             await self.poll(job, token)
 
-    async def submit(self, job: dict[str, str], token: str, notify: bool) -> Outcome | None:
+    async def submit(self, job: Job, token: str, notify: bool) -> SubmitOutcome | None:
         """Submit upstream. Returns the outcome, or None if the upstream is unhealthy."""
-        name = job["upstream"]
-        submits = int(job.get("submits") or 0) + 1
+        name = job.upstream
+        submits = job.submits + 1
         if not self.rt.health.healthy(name):
             await self.reschedule(
                 job, token, submit_retry_s(submits), last_error="upstream unhealthy"
@@ -134,121 +140,152 @@ class Advancer:
         upstream = self.rt.upstreams[name]
         if await self._rate_limited(job, token, "submit", upstream.config.rate_limit.submit_per_s):
             return None
-        outcome = await upstream.submit(orjson.loads(job["inputs"]))
+        outcome = await self._call(job, "submit", lambda: upstream.submit(orjson.loads(job.inputs)))
         self._count(job, "submit", outcome)
-        if outcome.kind == "accepted":
-            await self.reschedule(
-                job,
-                token,
-                upstream.config.poll.initial_delay_s,
-                status="running",
-                upstream_id=outcome.upstream_id,
-                poll_url=outcome.url,
-                submits=submits,
-            )
-        elif outcome.kind == "rejected":
-            await self.fail(
-                job,
-                token,
-                "upstream-rejected",
-                outcome.detail,
-                outcome.status_code,
-                notify=notify,
-                submits=submits,
-            )
-        else:
-            delay_s = at_least(submit_retry_s(submits), outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, submits=submits, last_error=outcome.detail)
+        match outcome:
+            case Submitted(ref=ref):
+                await self.reschedule(
+                    job,
+                    token,
+                    upstream.config.poll.initial_delay_s,
+                    status=JobStatus.RUNNING,
+                    upstream_ref=ref,
+                    submits=submits,
+                )
+            case Rejected(status_code=code, message=message):
+                await self.fail(
+                    job,
+                    token,
+                    "upstream-rejected",
+                    message,
+                    code,
+                    notify=notify,
+                    submits=submits,
+                )
+            case Transient(reason=reason, retry_after_s=retry_after_s):
+                delay_s = at_least(submit_retry_s(submits), retry_after_s)
+                await self.reschedule(job, token, delay_s, submits=submits, last_error=reason)
         return outcome
 
-    async def _rate_limited(
-        self, job: dict[str, str], token: str, kind: str, per_s: float | None
-    ) -> bool:
+    async def _call(self, job: Job, step: str, call: Callable[[], Awaitable[T]]) -> T | Transient:
+        """One call to the upstream. Whatever it raises (a bug, an error of a client library
+        that no adapter maps) is a transient failure: retried with backoff until the
+        deadline, logged by type and message only (never an exception's repr, which may
+        hold the request's headers), never an exception that ends the step."""
+        try:
+            return await call()
+        except Exception as e:
+            reason = describe_error(e)
+            self.rt.log.warning(
+                "upstream call failed",
+                job_id=job.id,
+                upstream=job.upstream,
+                step=step,
+                error=reason,
+            )
+            return Transient(reason)
+
+    async def _rate_limited(self, job: Job, token: str, kind: str, per_s: float | None) -> bool:
         """Wait for a slot of the upstream's shared rate limit, or re-schedule the job."""
-        wait_s = await self.rt.limiter.acquire(job["upstream"], kind, per_s)
+        wait_s = await self.rt.limiter.acquire(job.upstream, kind, per_s)
         if wait_s <= 0:
             return False
         await self.reschedule(job, token, jittered(wait_s))
         return True
 
-    def _elapsed_s(self, job: dict[str, str]) -> float:
-        return max(0.0, (self.rt.store_now_ms() - int(job["created_at"])) / 1000)
+    def _elapsed_s(self, job: Job) -> float:
+        return max(0.0, (self.rt.store_now_ms() - job.created_at) / 1000)
 
-    def _learned_poll_s(self, job: dict[str, str]) -> float | None:
+    def _learned_poll_s(self, job: Job) -> float | None:
         """From now to the next poll, as learned from the upstream's durations (or None)."""
-        poll = self.rt.upstreams[job["upstream"]].config.poll
+        poll = self.rt.upstreams[job.upstream].config.poll
         if not poll.adaptive:
             return None
         return self.rt.durations.next_poll_s(
-            job["upstream"], self._elapsed_s(job), poll.adaptive_hazard
+            job.upstream, self._elapsed_s(job), poll.adaptive_hazard
         )
 
-    def next_poll_s(self, job: dict[str, str], polls_done: int) -> float:
+    def next_poll_s(self, job: Job, polls_done: int) -> float:
         """Learned from the upstream's durations when possible, else geometric backoff."""
         learned = self._learned_poll_s(job)
-        poll = self.rt.upstreams[job["upstream"]].config.poll
+        poll = self.rt.upstreams[job.upstream].config.poll
         if learned is None:
             return poll_interval_s(poll, polls_done, self._elapsed_s(job))
         return min(poll.max_interval_s, max(poll.min_interval_s, learned))
 
-    def duration_field(self, job: dict[str, str]) -> str:
+    def duration_field(self, job: Job) -> str:
         """The histogram field of this job's duration: between the last poll that saw
         it running (when that poll was sent; else its creation) and now, when it was
         seen completed."""
-        created_ms = int(job["created_at"])
-        last_seen_ms = int(job.get("seen_running_at") or created_ms)
+        last_seen_ms = job.seen_running_at or job.created_at
         return interval_field(
-            job["upstream"],
-            max(0.0, (last_seen_ms - created_ms) / 1000),
+            job.upstream,
+            max(0.0, (last_seen_ms - job.created_at) / 1000),
             self._elapsed_s(job),
         )
 
-    async def poll(self, job: dict[str, str], token: str) -> None:
-        upstream = self.rt.upstreams[job["upstream"]]
-        polls = int(job.get("polls") or 0) + 1
+    async def poll(self, job: Job, token: str) -> None:
+        upstream = self.rt.upstreams[job.upstream]
+        polls = job.polls + 1
+        ref = job.upstream_ref
+        if ref is None:
+            await self.fail(job, token, "upstream-failed", "running without an upstream reference")
+            return
         if await self._rate_limited(job, token, "poll", upstream.config.rate_limit.poll_per_s):
             return
         sent_ms = self.rt.store_now_ms()
-        outcome = await upstream.poll(job["poll_url"])
+        outcome = await self._call(job, "poll", lambda: upstream.poll(ref))
         self._count(job, "poll", outcome)
-        if outcome.kind == "completed":
-            await self.complete(job, token, polls, outcome.url or "")
-        elif outcome.kind in ("pending", "transient"):
-            seen = {"seen_running_at": sent_ms} if outcome.kind == "pending" else {}
-            delay_s = at_least(self.next_poll_s(job, polls), outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, polls=polls, **seen)
-        elif outcome.kind == "expired":
-            await self.fail(
-                job, token, "upstream-expired", outcome.detail, outcome.status_code, polls=polls
-            )
-        else:
-            await self.fail(
-                job, token, "upstream-failed", outcome.detail, outcome.status_code, polls=polls
-            )
+        match outcome:
+            case Done():
+                await self.complete(job, token, polls, outcome)
+            case Running(retry_after_s=retry_after_s):
+                delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, seen_running_at=sent_ms)
+            case Transient(reason=reason, retry_after_s=retry_after_s):
+                delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)
+            case Expired(message=message, status_code=code):
+                await self.fail(job, token, "upstream-expired", message, code, polls=polls)
+            case Failed(message=message, status_code=code):
+                await self.fail(job, token, "upstream-failed", message, code, polls=polls)
 
-    async def complete(self, job: dict[str, str], token: str, polls: int, url: str) -> None:
-        upstream = self.rt.upstreams[job["upstream"]]
-        outcome = await upstream.fetch_result(url)
+    async def _result(self, job: Job, done: Done) -> FetchOutcome:
+        """The result of a finished job: in the poll's answer, or fetched."""
+        if done.result is not None:
+            return Fetched(done.result, done.status_code)
+        upstream = self.rt.upstreams[job.upstream]
+        ref = done.fetch_ref or job.upstream_ref
+        assert ref is not None  # polled with it
+        outcome = await self._call(job, "result", lambda: upstream.fetch_result(ref))
         self._count(job, "result", outcome)
-        if outcome.kind == "transient":
-            delay_s = at_least(upstream.config.poll.min_interval_s, outcome.retry_after_s)
-            await self.reschedule(job, token, delay_s, polls=polls)
-            return
-        if outcome.kind != "completed" or outcome.body is None:
-            code = "upstream-expired" if outcome.kind == "expired" else "upstream-failed"
-            await self.fail(job, token, code, outcome.detail, outcome.status_code, polls=polls)
-            return
+        return outcome
+
+    async def complete(self, job: Job, token: str, polls: int, done: Done) -> None:
+        outcome = await self._result(job, done)
+        match outcome:
+            case Transient(retry_after_s=retry_after_s, reason=reason):
+                poll = self.rt.upstreams[job.upstream].config.poll
+                delay_s = at_least(poll.min_interval_s, retry_after_s)
+                await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)
+                return
+            case Expired(message=message, status_code=code):
+                await self.fail(job, token, "upstream-expired", message, code, polls=polls)
+                return
+            case Failed(message=message, status_code=code):
+                await self.fail(job, token, "upstream-failed", message, code, polls=polls)
+                return
         self._finished(job, "completed")
-        result = outcome.body.decode()
+        result = outcome.result.decode()
         await self.finish(
             job,
             token,
             Commit(
                 fields={
-                    "status": "completed",
+                    "status": JobStatus.COMPLETED,
                     "polls": polls,
-                    "result_size": len(outcome.body),
-                    "delivery_state": "pending",
+                    "result_size": len(outcome.result),
+                    "delivery_state": DeliveryState.PENDING,
                 },
                 source=Remove(),
                 completed=True,

@@ -20,14 +20,21 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
+from bridge.delivery.sender import Attempt
+from bridge.engine.backoff import jittered
 from bridge.engine.dispatch import Dispatcher
 from bridge.engine.lifecycle import Advancer
 from bridge.engine.ports import NoWorkers
 from bridge.engine.runtime import Runtime
-from bridge.store import Claim, ClaimBatch, Commit, Remove, Schedule, Store
+from bridge.model import Job, JobChange
+from bridge.net.util import describe_error
+from bridge.obs.logs import exception_fields
+from bridge.store import After, Claim, ClaimBatch, Commit, Remove, Schedule, Store
 
 Handler = Callable[[list[Claim], int], Awaitable[list[Awaitable[None]]]]
 STORE_RETRY_MAX_S = 5.0
+STEP_RETRY_S = 0.5  # after an unexpected error in a job step; doubles with each one
+MAX_STEP_ERRORS = 4  # then the job fails ("internal-error")
 T = TypeVar("T")
 
 
@@ -50,6 +57,15 @@ async def release_claims(store: Store, claims: list[tuple[str, str]], retry_s: f
         await store.release_many(claims, retry_s)
     except RedisError as e:  # the store is gone: the leases simply run out
         structlog.get_logger("pushbridge.worker").warning("could not release leases", error=str(e))
+
+
+def _log_task_error(
+    task: asyncio.Task[None], log: structlog.typing.FilteringBoundLogger, job_id: str | None
+) -> None:
+    """Retrieve a finished task's exception (a job step guards its own; this is the last
+    resort), so none is left to asyncio's "never retrieved" message and its repr."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("job step failed", job_id=job_id, **exception_fields(exc))
 
 
 class ClaimLoop:
@@ -94,6 +110,10 @@ class ClaimLoop:
                 failures += 1
                 sleep_s = min(STORE_RETRY_MAX_S, 0.1 * 2**failures)
                 self.log.warning("store unavailable; backing off", error=str(e), sleep_s=sleep_s)
+            except Exception as e:  # the loop must go on whatever one batch did
+                failures += 1
+                sleep_s = min(STORE_RETRY_MAX_S, 0.1 * 2**failures)
+                self.log.error("claim failed; backing off", sleep_s=sleep_s, **exception_fields(e))
             await self._sleep(sleep_s)
 
     async def tick(self) -> float:
@@ -132,9 +152,7 @@ class ClaimLoop:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         claim = self.inflight.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
-            job_id = claim.job_id if claim else None
-            self.log.error("job step failed", job_id=job_id, exc_info=task.exception())
+        _log_task_error(task, self.log, claim.job_id if claim else None)
 
     def hint(self, delay_s: float, partition: int | None = None) -> None:
         """Work this process just scheduled becomes due in delay_s: wake up by then."""
@@ -178,7 +196,7 @@ class Held:
     def __init__(
         self,
         store: Store,
-        step: Callable[[dict[str, str], str], Awaitable[None]],
+        step: Callable[[Job, str], Awaitable[None]],
         max_jobs: int,
         concurrency: int,
         observe_lateness: Callable[[float], None] = lambda s: None,
@@ -188,19 +206,19 @@ class Held:
         self.step = step
         self.max_jobs = max_jobs
         self.gate = asyncio.Semaphore(concurrency)
-        self.timers: dict[str, tuple[asyncio.TimerHandle, str, dict[str, str]]] = {}
+        self.timers: dict[str, tuple[asyncio.TimerHandle, str, Job]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
         self.stopping = False
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         if self.stopping or len(self.timers) >= self.max_jobs:
             return False
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
-        self.timers[job["id"]] = (handle, token, job)
+        self.timers[job.id] = (handle, token, job)
         return True
 
-    def jobs(self) -> list[dict[str, str]]:
+    def jobs(self) -> list[Job]:
         """The jobs held now."""
         return [job for _, _, job in self.timers.values()]
 
@@ -210,13 +228,18 @@ class Held:
         if timer is not None:
             timer[0].cancel()
 
-    def _fire(self, job: dict[str, str], token: str, due: float) -> None:
-        self.timers.pop(job["id"], None)
+    def _fire(self, job: Job, token: str, due: float) -> None:
+        self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
-        self.running[task] = (job["id"], token)
-        task.add_done_callback(lambda t: self.running.pop(t, None))
+        self.running[task] = (job.id, token)
+        task.add_done_callback(self._done)
 
-    async def _run(self, job: dict[str, str], token: str, due: float) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        held = self.running.pop(task, None)
+        log = structlog.get_logger("pushbridge.worker")
+        _log_task_error(task, log, held[0] if held else None)
+
+    async def _run(self, job: Job, token: str, due: float) -> None:
         async with self.gate:
             self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
             await self.step(job, token)
@@ -272,43 +295,85 @@ class Workers:
     async def _advance(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
         self.rt.clock_offset_ms = now_ms - time.time() * 1000
         return [
-            self._guard(
-                self.advancer.step(c.job, c.token, now_ms) if c.job else self._drop("due", c),
-                c.job_id,
-                c.token,
-            )
+            self._guard("due", c.job, c.token, self.advancer.step(c.job, c.token, now_ms))
+            if c.job
+            else self._drop("due", c)
             for c in claims
         ]
 
     async def _deliver(self, claims: list[Claim], now_ms: int) -> list[Awaitable[None]]:
         return [
-            self._guard(
-                self.dispatcher.step(c.job, c.result, c.token)
-                if c.job
-                else self._drop("deliver", c),
-                c.job_id,
-                c.token,
-            )
+            self._guard("deliver", c.job, c.token, self.dispatcher.step(c.job, c.result, c.token))
+            if c.job
+            else self._drop("deliver", c)
             for c in claims
         ]
 
-    async def _held_step(self, job: dict[str, str], token: str) -> None:
-        await self._guard(self.advancer.step(job, token, self.rt.store_now_ms()), job["id"], token)
+    async def _held_step(self, job: Job, token: str) -> None:
+        await self._guard("due", job, token, self.advancer.step(job, token, self.rt.store_now_ms()))
 
     async def _drop(self, which: Schedule, c: Claim) -> None:
-        await self.rt.store.commit(which, c.job_id, c.token, Commit(fields={}, source=Remove()))
+        await self._guard(
+            which,
+            None,
+            c.token,
+            self.rt.store.commit(which, c.job_id, c.token, Commit(source=Remove())),
+            c.job_id,
+        )
 
-    async def _guard(self, coro: Awaitable[None], job_id: str, token: str) -> None:
+    async def _guard(
+        self,
+        which: Schedule,
+        job: Job | None,
+        token: str,
+        step: Awaitable[None],
+        job_id: str | None = None,
+    ) -> None:
+        """Run a job step; whatever it raises is logged (type and message only) and
+        recorded: a failed poll/submit step is re-scheduled with backoff, a failed delivery
+        step counts as a failed attempt. When the store stays unreachable past its retries,
+        the lease is given back as soon as the store answers again (due at once, not after
+        the lease); other store errors let the lease run out."""
         try:
-            await coro
+            await step
         except (StoreConnectionError, StoreTimeoutError) as e:  # the store's retries ran out
             self.rt.log.warning(
                 "store unreachable during job step; releasing the lease", error=str(e)
             )
-            # due again as soon as the store is back, not when the lease runs out
-            await release_claims(self.rt.store, [(job_id, token)], self.rt.config.worker.lease_s)
+            claim = (job_id or (job.id if job else ""), token)
+            await release_claims(self.rt.store, [claim], self.rt.config.worker.lease_s)
         except RedisError as e:
             self.rt.log.warning("store error during job step; lease will expire", error=str(e))
+        except Exception as e:
+            fields = exception_fields(e)
+            job_id = job.id if job else job_id
+            self.rt.log.error("job step failed", job_id=job_id, schedule=which, **fields)
+            if job:
+                await self._record_step_error(which, job, token, e)
+
+    async def _record_step_error(self, which: Schedule, job: Job, token: str, e: Exception) -> None:
+        message = f"internal error: {describe_error(e)}"
+        try:
+            if which == "deliver":
+                n = job.delivery_attempts + 1
+                at_ms = int(time.time() * 1000)
+                await self.dispatcher.record(
+                    job, token, n, at_ms, Attempt("retry", None, 0, message)
+                )
+                return
+            errors = job.step_errors + 1
+            if errors >= MAX_STEP_ERRORS:
+                await self.advancer.fail(job, token, "internal-error", message, step_errors=errors)
+                return
+            delay_ms = int(jittered(STEP_RETRY_S * 2 ** (errors - 1)) * 1000)
+            change: JobChange = {"step_errors": errors, "last_error": message}
+            await self.advancer.commit(job, token, Commit(change, After(delay_ms)))
+        except Exception as again:
+            self.rt.log.error(
+                "could not record a failed job step; its lease will expire",
+                job_id=job.id,
+                **exception_fields(again),
+            )
 
     def start(self) -> None:
         for loop in self.loops.values():
@@ -320,17 +385,17 @@ class Workers:
     def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
         self.loops[schedule].hint(delay_s, partition)
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         return self.held.hold(job, token, delay_s)
 
     def forget(self, job_id: str) -> None:
         self.held.forget(job_id)
 
-    def held_jobs(self) -> list[dict[str, str]]:
+    def held_jobs(self) -> list[Job]:
         return self.held.jobs()
 
-    async def deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
-        await self.dispatcher.step(job, result, token)
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
+        await self._guard("deliver", job, token, self.dispatcher.step(job, result, token))
 
     async def stop(self, grace_s: float) -> None:
         self.active = False

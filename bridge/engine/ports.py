@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from bridge.model import Job
 from bridge.store import Schedule
 
 
@@ -22,20 +23,20 @@ class LocalWorkers(Protocol):
     def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
         """Work just scheduled in `schedule` becomes due in delay_s."""
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         """Keep the job's lease and run its next step in delay_s; False if not possible."""
 
     def forget(self, job_id: str) -> None:
         """Stop holding the job (it was cancelled)."""
 
-    def held_jobs(self) -> list[dict[str, str]]:
+    def held_jobs(self) -> list[Job]:
         """The jobs whose lease this process holds now."""
 
     @property
     def active(self) -> bool:
         """Whether worker loops run here, so that `hold` and `deliver_now` can be used."""
 
-    async def deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
         """Make the first delivery attempt of a finished job under the caller's lease."""
 
 
@@ -47,14 +48,14 @@ class NoWorkers:
     def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
         return None
 
-    def hold(self, job: dict[str, str], token: str, delay_s: float) -> bool:
+    def hold(self, job: Job, token: str, delay_s: float) -> bool:
         return False
 
     def forget(self, job_id: str) -> None:
         return None
 
-    def held_jobs(self) -> list[dict[str, str]]:
+    def held_jobs(self) -> list[Job]:
         return []
 
-    async def deliver_now(self, job: dict[str, str], result: str | None, token: str) -> None:
+    async def deliver_now(self, job: Job, result: str | None, token: str) -> None:
         raise RuntimeError("no delivery loop in this process")

@@ -21,7 +21,8 @@ from bridge.net.client import LeanClient
 from bridge.obs.metrics import Metrics
 from bridge.store import After, Commit, Schedule, Store
 from bridge.store.ratelimit import RateLimiter
-from bridge.upstreams.octoai import OctoAIUpstream
+from bridge.upstreams import build_upstreams
+from bridge.upstreams.base import Healthy, Upstream
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Runtime:
     config: Config
     secrets: Secrets
     store: Store
-    upstreams: dict[str, OctoAIUpstream]
+    upstreams: dict[str, Upstream]
     deliverer: Deliverer
     policy: UrlPolicy
     links: ResultLinks
@@ -105,10 +106,7 @@ async def build_runtime(
     metrics: Metrics | None = None,
 ) -> Runtime:
     policy = UrlPolicy(config.callbacks, resolver)
-    upstreams = {
-        name: OctoAIUpstream(name, u, secrets.upstream_tokens.get(name), upstream_client)
-        for name, u in config.upstreams.items()
-    }
+    upstreams = build_upstreams(config, upstream_client, secrets)
     links = ResultLinks(await store.url_key(), public_url(config))
     return Runtime(
         config=config,
@@ -151,11 +149,10 @@ async def check_health(rt: Runtime) -> None:
     """Check every upstream's health_url once; remember the result."""
     for name, upstream in rt.upstreams.items():
         outcome = await upstream.health()
-        healthy = outcome.kind == "completed"
+        healthy = isinstance(outcome, Healthy)
+        reason = outcome.detail if isinstance(outcome, Healthy) else outcome.reason
         if rt.health.state.get(name, True) != healthy:
-            rt.log.info(
-                "upstream health changed", upstream=name, healthy=healthy, reason=outcome.detail
-            )
+            rt.log.info("upstream health changed", upstream=name, healthy=healthy, reason=reason)
         rt.health.state[name] = healthy
         if upstream.config.health_url:
             rt.metrics.count_upstream(name, "health", outcome.status_code)
@@ -180,7 +177,7 @@ async def learn_durations(rt: Runtime) -> None:
     """Refresh the learned duration histograms of every upstream from the store."""
     counts = await rt.store.duration_counts()
     for job in rt.workers.held_jobs():  # still running: known only to last longer than seen so far
-        if seen_ms := job.get("seen_running_at"):
-            field = running_field(job["upstream"], (int(seen_ms) - int(job["created_at"])) / 1000)
+        if job.seen_running_at:
+            field = running_field(job.upstream, (job.seen_running_at - job.created_at) / 1000)
             counts[field] = counts.get(field, 0) + 1
     await asyncio.to_thread(rt.durations.update, counts)  # the estimate is CPU work

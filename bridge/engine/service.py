@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from bridge.engine.loops import Workers
 from bridge.engine.runtime import Runtime, check_health, every, learn_durations, measure_backlog
+from bridge.obs.logs import log_loop_exception
 
 Role = Literal["all", "api", "worker"]
 DURATIONS_INTERVAL_S = 10.0
@@ -56,8 +57,15 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Engine]:
+        """The engine, started; stopped on exit. Meanwhile an exception that no task
+        retrieved is logged with its type and message only, never a repr that could carry
+        request headers (an upstream token)."""
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(log_loop_exception)
         self.start()
         try:
             yield self
         finally:
             await self.stop()
+            loop.set_exception_handler(previous_handler)

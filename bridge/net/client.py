@@ -3,7 +3,7 @@ to the transport."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -52,23 +52,82 @@ class LeanClient(httpx.AsyncClient):
         return response
 
 
+# aiohttp's errors as httpx's, most specific first
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
+    (aiohttp.ClientConnectionError, httpx.NetworkError),
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
+)
+
+
+def plain_error(exc: Exception, request: httpx.Request) -> httpx.TransportError:
+    """An httpx error for an aiohttp one (or for httpx-aiohttp's mapping of one), made
+    afresh: no cause nor context, so it never carries aiohttp's RequestInfo, which holds
+    the request's headers (Authorization included). A response that is not HTTP (bytes
+    that are not a status line, a header line over 8190 bytes) is a RemoteProtocolError."""
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
+    if not isinstance(cause, aiohttp.ClientError):
+        kind = type(exc) if isinstance(exc, httpx.TransportError) else httpx.TransportError
+        return kind(str(exc)[:300], request=request)
+    kind = next((to for frm, to in _ERRORS if isinstance(cause, frm)), httpx.TransportError)
+    if isinstance(cause, aiohttp.ClientResponseError):
+        # its message quotes the bytes received (which may echo the request): keep the gist
+        return kind(f"invalid HTTP response: {cause.message.split(':')[0][:200]}", request=request)
+    return kind(str(cause)[:300], request=request)
+
+
+class _PlainErrors(httpx.AsyncByteStream):
+    """A response body stream whose errors are `plain_error`s."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self.inner = inner
+        self.request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        error = None
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except (aiohttp.ClientError, httpx.TransportError) as e:
+            error = plain_error(e, self.request)
+        if error is not None:
+            raise error  # outside the except block: no __context__ to the original
+
+    async def aclose(self) -> None:
+        error = None
+        try:
+            await self.inner.aclose()
+        except (aiohttp.ClientError, httpx.TransportError) as e:
+            error = plain_error(e, self.request)
+        if error is not None:
+            raise error
+
+
 class _Transport(AiohttpTransport):
     """httpx's API over aiohttp's connection pool: ~5x less CPU per request than
     httpcore's pool under concurrency (measured in bench/, see bench/RESULTS.md).
 
-    httpx-aiohttp 0.2 maps a refused connection or a failed DNS lookup
-    (aiohttp's ClientConnectorError) to httpx.ConnectTimeout; it is a ConnectError."""
+    Every error is an httpx.TransportError from `plain_error`: httpx-aiohttp 0.2 lets
+    some aiohttp errors through (ClientResponseError for a response that is not HTTP),
+    maps a refused connection to ConnectTimeout, and chains the aiohttp error, whose
+    RequestInfo holds the request headers."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await super().handle_async_request(request)
-        except httpx.ConnectTimeout as e:
-            cause = e.__cause__
-            if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-                cause, asyncio.TimeoutError
-            ):
-                raise httpx.ConnectError(str(e), request=request) from cause
-            raise
+            response = await super().handle_async_request(request)
+        except (aiohttp.ClientError, httpx.TransportError) as e:
+            error = plain_error(e, request)
+        else:
+            assert isinstance(response.stream, httpx.AsyncByteStream)
+            response.stream = _PlainErrors(response.stream, request)
+            return response
+        raise error  # outside the except block: no __context__ to the original
 
 
 def _transport(max_connections: int) -> httpx.AsyncBaseTransport:

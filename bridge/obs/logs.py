@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import traceback
 from typing import Any, TextIO
 
 import structlog
@@ -38,3 +40,24 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+
+
+def exception_fields(exc: BaseException) -> dict[str, str]:
+    """An exception as log fields: its type, its message (short) and where it was raised.
+    Never its repr nor its chain (an HTTP client's error may hold the request's headers)."""
+    fields = {"error_type": type(exc).__name__, "error": str(exc)[:300]}
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = "/".join(last.filename.rsplit("/", 2)[-2:])
+        fields["raised_at"] = f"{where}:{last.lineno} in {last.name}"
+    return fields
+
+
+def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Event-loop exception handler: asyncio's default one prints repr(task), which may
+    show secrets; this logs the message and the exception's type and text only."""
+    exc = context.get("exception")
+    fields = exception_fields(exc) if isinstance(exc, BaseException) else {}
+    message = str(context.get("message") or "unhandled error in the event loop")
+    structlog.get_logger("pushbridge").error(message, **fields)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+import structlog
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -34,6 +35,7 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from bridge.config import ConfigError
+from bridge.model import Job, JobChange, wire_fields
 from bridge.store.autopipe import AutoPipeline
 from bridge.store.keys import (
     MAX_PARTITIONS,
@@ -79,7 +81,7 @@ class Claim:
     job_id: str
     token: str
     due_ms: int = 0
-    job: dict[str, str] = field(default_factory=dict)  # empty if the job is gone
+    job: Job | None = None  # None if the job is gone (or its record is unreadable)
     result: str | None = None  # with the deliver schedule
 
 
@@ -133,7 +135,7 @@ Source = Keep | Remove | After
 class Commit:
     """What a worker decided about a claimed job; applied atomically if still fenced."""
 
-    fields: dict[str, Any]
+    fields: JobChange = field(default_factory=JobChange)  # type: ignore[arg-type]
     source: Source = Keep()
     target_delay_ms: int | None = None
     completed: bool = False
@@ -167,6 +169,20 @@ class Commit:
 def _present(value: Any) -> bool:
     """An option that does something (0 ms does: due now)."""
     return value is not None and value is not False and value != "" and value != {}
+
+
+def _job(h: dict[str, str]) -> Job | None:
+    """A stored hash as a Job; None when absent, or unreadable (logged): a record that
+    cannot be parsed is treated as gone rather than stalling every claim with it."""
+    if not h:
+        return None
+    try:
+        return Job.from_hash(h)
+    except (KeyError, ValueError) as e:
+        structlog.get_logger("pushbridge.store").error(
+            "unreadable job record", job_id=h.get("id"), error=f"{type(e).__name__}: {e}"
+        )
+        return None
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -302,7 +318,7 @@ class Store:
                     flat[i],
                     str(flat[i + 1]),
                     int(float(flat[i + 2])),
-                    _pairs(flat[i + 3]),
+                    _job(_pairs(flat[i + 3])),
                     flat[i + 4] or None,
                 )
                 for i in range(0, len(flat), 5)
@@ -349,17 +365,17 @@ class Store:
         self.round_trips["pipelined"] += 1
         return await self._retrying(lambda: self.scripts.run(calls))
 
-    async def get_job(self, job_id: str) -> dict[str, str]:
+    async def get_job(self, job_id: str) -> Job | None:
         self.round_trips["read"] += 1
-        return await self.redis.hgetall(self.keys.job(job_id))
+        return _job(await self.redis.hgetall(self.keys.job(job_id)))
 
-    async def get_job_and_result(self, job_id: str) -> tuple[dict[str, str], str | None]:
+    async def get_job_and_result(self, job_id: str) -> tuple[Job | None, str | None]:
         self.round_trips["read"] += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             pipe.get(self.keys.result(job_id))
             job, result = await pipe.execute()
-        return job, result
+        return _job(job), result
 
     async def get_result(self, job_id: str) -> str | None:
         self.round_trips["read"] += 1
@@ -383,7 +399,7 @@ class Store:
             self.keys.schedule("failed", p),
             self.keys.counters(p),
         ]
-        args = [c.options(job_id, token, self._new_id()), *_flatten(c.fields)]
+        args = [c.options(job_id, token, self._new_id()), *_flatten(wire_fields(c.fields))]
         applied = int(await self._auto.call(self._commit, keys, args))  # retried
         return applied if applied > 0 else None
 

@@ -11,9 +11,23 @@ from collections.abc import Callable
 
 from starlette.applications import Starlette
 
-from bridge.dev.emulators import octoai
+from bridge.dev.emulators import fal, gemini, octoai, openai, replicate, runpod, runway, stability
 from bridge.dev.emulators.common import EmulatorSettings
 
 PROTOCOLS: dict[str, Callable[[EmulatorSettings | None], Starlette]] = {
+    "fal": fal.create_emulator_app,
     "octoai": octoai.create_emulator_app,
+    "openai": openai.create_emulator_app,
+    "gemini": gemini.create_emulator_app,
+    "replicate": replicate.create_emulator_app,
+    "runpod": runpod.create_emulator_app,
+    "runway": runway.create_emulator_app,
+    "stability": stability.create_emulator_app,
+}
+
+# Where a client of `pushbridge emulator --protocol NAME` sends its first request.
+ENTRY_POINTS: dict[str, str] = {
+    "octoai": "POST {base}/infer/<model>",
+    "openai": "POST {base}/v1/responses (upstream url and SDK base_url: {base}/v1)",
+    "gemini": "POST {base}/v1beta/models/<model>:predictLongRunning (SDK base_url: {base})",
 }

@@ -8,16 +8,18 @@ max_futures of them; the settings can be changed only from loopback, with typed 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import random
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import httpx
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -89,6 +91,7 @@ class EmulatorState:
     requests: Counter[str] = field(default_factory=Counter)
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     rng: random.Random = field(default_factory=random.Random)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # webhooks under way
 
     def draw_duration_s(self) -> float:
         s = self.settings
@@ -182,25 +185,68 @@ def lookup(state: EmulatorState, future_id: str) -> Future | None:
     return f
 
 
-def retry(state: EmulatorState, status: int) -> JSONResponse:
+Refuse = Callable[[int, str, dict[str, str] | None], Response]  # the provider's error shape
+
+
+def retry(state: EmulatorState, status: int, refuse: Refuse = problem) -> Response:
     headers = {"Retry-After": str(state.settings.retry_after_s)}
-    return problem(status, "try again later", headers)
+    return refuse(status, "try again later", headers)
 
 
 def gate(
-    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0, auth: Auth = bearer
+    request: Request,
+    kind: str,
+    rate_503: float = 0.0,
+    rate_429: float = 0.0,
+    auth: Auth = bearer,
+    refuse: Refuse = problem,
 ) -> tuple[EmulatorState, Response | None]:
-    """Count the request, check the token and inject the configured failures."""
+    """Count the request, check the token and inject the configured failures, each
+    answered in the provider's error shape (`error`)."""
     state: EmulatorState = request.app.state.emulator
     state.requests[kind] += 1
     state.times[kind].append(time.monotonic())
     if not auth(state, request):
-        return state, problem(401, "missing or invalid token")
+        return state, refuse(401, "missing or invalid token", None)
     if state.chance(rate_503):
-        return state, retry(state, 503)
+        return state, retry(state, 503, refuse)
     if state.chance(rate_429):
-        return state, retry(state, 429)
+        return state, retry(state, 429, refuse)
     return state, None
+
+
+def spawn(state: EmulatorState, work: Coroutine[Any, Any, None]) -> None:
+    """Run work in the background, keeping a reference until it ends."""
+    task = asyncio.get_running_loop().create_task(work)
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
+
+
+async def post_webhook(
+    state: EmulatorState,
+    url: str,
+    payload: Any,
+    attempts: int,
+    retry_delay_s: float,
+    ok_statuses: tuple[int, ...] = (200,),
+) -> bool:
+    """POST payload to url like a provider's per-job webhook: up to attempts tries,
+    retry_delay_s apart, until one answers one of ok_statuses. Each try is counted as
+    "webhook" in the stats."""
+    body = orjson.dumps(payload)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(retry_delay_s)
+            state.requests["webhook"] += 1
+            try:
+                response = await client.post(url, content=body, headers=headers)
+            except httpx.HTTPError:
+                continue
+            if response.status_code in ok_statuses:
+                return True
+    return False
 
 
 async def health(request: Request) -> Response:

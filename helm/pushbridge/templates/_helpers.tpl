@@ -36,6 +36,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.roles.split -}}api worker{{- else -}}all{{- end -}}
 {{- end -}}
 
+{{/* Whether the chart runs its own Valkey: enabled, and no external store given */}}
+{{- define "pushbridge.bundledStore" -}}
+{{- if and .Values.valkey.enabled (not .Values.store.url) (not .Values.store.urlSecret.name) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "pushbridge.storeUrl" -}}
+{{- if .Values.store.url -}}{{ .Values.store.url }}
+{{- else if include "pushbridge.bundledStore" . -}}redis://{{ include "pushbridge.fullname" . }}-valkey:6379/0
+{{- end -}}
+{{- end -}}
+
+{{/* Tenants as configured, or the generated `default` tenant when there are none */}}
+{{- define "pushbridge.tenants" -}}
+{{- if .Values.tenants -}}
+{{- toYaml .Values.tenants -}}
+{{- else -}}
+{{- $secret := printf "%s-default-tenant" (include "pushbridge.fullname" .) -}}
+- name: default
+  apiKeysSecret: {name: {{ $secret }}, key: api-keys}
+  webhookSecretSecret: {name: {{ $secret }}, key: webhook-secret}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment variable names that carry secrets */}}
 {{- define "pushbridge.tenantKeysEnv" -}}PB_TENANT_{{ . }}_API_KEYS{{- end -}}
 {{- define "pushbridge.tenantSecretEnv" -}}PB_TENANT_{{ . }}_WEBHOOK_SECRET{{- end -}}
@@ -45,7 +68,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "pushbridge.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $store := dict "cluster" .Values.store.cluster "key_prefix" .Values.store.keyPrefix -}}
-{{- if .Values.store.url }}{{ $_ := set $store "url" .Values.store.url }}{{ end -}}
+{{- with include "pushbridge.storeUrl" . }}{{ $_ := set $store "url" . }}{{ end -}}
 {{- if .Values.store.partitions }}{{ $_ := set $store "partitions" .Values.store.partitions }}{{ end -}}
 {{- if .Values.store.replicaAck }}{{ $_ := set $store "replica_ack" .Values.store.replicaAck }}{{ end -}}
 {{- if .Values.store.replicaAckTimeoutMs }}{{ $_ := set $store "replica_ack_timeout_ms" .Values.store.replicaAckTimeoutMs }}{{ end -}}
@@ -56,7 +79,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.publicUrl }}{{ $_ := set $listen "public_url" .Values.publicUrl }}{{ end -}}
 {{- $_ := set $cfg "listen" $listen -}}
 {{- $tenants := list -}}
-{{- range $i, $t := .Values.tenants -}}
+{{- range $i, $t := (include "pushbridge.tenants" . | fromYamlArray) -}}
 {{- $tenant := dict "name" $t.name "webhook_secret_env" (include "pushbridge.tenantSecretEnv" $i) -}}
 {{- if $t.apiKeysSecret }}{{ $_ := set $tenant "api_keys_env" (include "pushbridge.tenantKeysEnv" $i) }}{{ end -}}
 {{- if $t.apiKeyHashes }}{{ $_ := set $tenant "api_key_hashes" $t.apiKeyHashes }}{{ end -}}
@@ -75,4 +98,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- $_ := set $cfg "upstreams" $ups -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* Processes per pod (`serve --workers`): values.workers, else the CPU limit rounded up, else 1 */}}
+{{- define "pushbridge.workers" -}}
+{{- if .Values.workers -}}
+{{- .Values.workers -}}
+{{- else -}}
+{{- $cpu := toString (dig "limits" "cpu" "" .Values.resources) -}}
+{{- if not $cpu -}}
+1
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (ceil (divf (trimSuffix "m" $cpu | float64) 1000) | int) -}}
+{{- else -}}
+{{- max 1 (ceil ($cpu | float64) | int) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
