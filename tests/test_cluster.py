@@ -17,6 +17,7 @@ import pytest
 import yaml
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, ResponseError
 from rich.console import Console
 from standardwebhooks.webhooks import Webhook
 
@@ -372,5 +373,18 @@ async def test_reads_over_every_partition_work_on_the_cluster(valkey_cluster):
         assert backlog.deliveries_scheduled == 8 and backlog.due_now == 0
         job, result = await store.get_job_and_result(claims[0].job_id)
         assert job is not None and job.status == "completed" and result == '{"n": 0}'
+    finally:
+        await client.aclose()
+
+
+async def test_a_script_error_reaches_its_caller_on_the_cluster(valkey_cluster):
+    client = await cluster_client(valkey_cluster)
+    try:
+        store = Store(client, "pbtest", partitions=8)
+        with pytest.raises(RedisClusterException):  # no keys: no slot to send it to
+            await asyncio.wait_for(store._auto.call(store._commit, [], []), 5)
+        job = store.keys.job("job_000" + "0" * 24)
+        with pytest.raises(ResponseError):  # commit.lua needs all its keys
+            await asyncio.wait_for(store._auto.call(store._commit, [job], []), 5)
     finally:
         await client.aclose()

@@ -100,7 +100,7 @@ class ClusterPipelines:
         """The name of the master that owns the call's slot (None: not known now)."""
         try:
             return self._node_for(call, None).name
-        except (RedisClusterException, KeyError):
+        except (RedisClusterException, KeyError, IndexError):  # no map yet; no keys
             return None
 
     async def run(self, calls: list[Call]) -> list[Any]:
@@ -131,6 +131,9 @@ class ClusterPipelines:
         state = _Round()
         groups: dict[str, tuple[ClusterNode, list[_Pending]]] = {}
         for p in pending:
+            if not calls[p.index][1]:  # no key, no slot: every store script has keys
+                replies[p.index] = RedisClusterException("a script call without keys")
+                continue
             try:
                 node = self._node_for(calls[p.index], p.ask)
             except (RedisClusterException, KeyError) as e:  # a slot without a master
