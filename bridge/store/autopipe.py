@@ -59,7 +59,11 @@ class AutoPipeline:
             return [batch]
         parts: dict[Hashable, list[tuple[Call, asyncio.Future[Any]]]] = {}
         for item in batch:
-            parts.setdefault(self._shard(item[0]), []).append(item)
+            try:
+                key = self._shard(item[0])
+            except Exception:  # unroutable here: send_batch answers it (a call must not hang)
+                key = None
+            parts.setdefault(key, []).append(item)
         return list(parts.values())
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
