@@ -1,14 +1,18 @@
 """Chaos run: several bridge replicas over one store, under fire; nothing accepted is lost.
 
     python -m bench.chaos --jobs 1000 --replicas 2 --kills 6
+    python -m bench.chaos --jobs 1000 --replicas 2 --kills 6 --cluster
 
 Starts an embedded Valkey (append-only), the upstream emulator with failures
 (503 on ~20 % of polls, 429 + Retry-After on ~5 %, 503 on ~10 % of submits,
 ~5 % of futures expire) and a receiver with failures (500 on ~30 % of attempts,
 ~3 % hang past the timeout, 410 on one path), all on 127.0.0.1. Replicas are real
 `pushbridge serve` processes; they are kill -9'd at random moments and restarted,
-and the store is restarted once. Prints accepted, terminal events delivered, lost,
-wrong events, signature failures and duplicates; exits 1 on any loss.
+and the store is restarted once. With --cluster the store is a local cluster (3 masters,
+3 replicas, AOF) and, instead of the restart, a master is killed with SIGKILL after every
+few replica kills: its replica takes over, and the killed node is started again (it
+rejoins as a replica). Prints accepted, terminal events delivered, lost, wrong events,
+signature failures and duplicates; exits 1 on any loss.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bridge.delivery.signing import new_webhook_secret
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver, Reply
 from bridge.store.embedded import EmbeddedValkey, free_port
+from bridge.store.embedded_cluster import EmbeddedCluster
 
 GONE_PATH = "/gone"
 
@@ -85,13 +90,16 @@ class Tally:
     accepted: dict[str, str] = field(default_factory=dict)  # job id → callback path
     kills: int = 0
     store_restarts: int = 0
+    master_kills: int = 0
     submit_retries: int = 0
 
 
-def bridge_config(store_url: str, port: int, emulator_url: str) -> dict[str, Any]:
+def bridge_config(
+    store_url: str, port: int, emulator_url: str, cluster: bool = False
+) -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"url": store_url, "key_prefix": "chaos"},
+        "store": {"url": store_url, "key_prefix": "chaos", "cluster": cluster},
         "tenants": [
             {"name": "chaos", "api_keys_env": "CHAOS_KEY", "webhook_secret_env": "CHAOS_SECRET"}
         ],
@@ -186,13 +194,13 @@ async def submitter(
 
 async def monkey(
     replicas: list[Replica],
-    store: EmbeddedValkey,
+    store: EmbeddedValkey | EmbeddedCluster,
     kills: int,
     tally: Tally,
     rng: random.Random,
     stop: asyncio.Event,
 ) -> None:
-    restart_store_after = max(1, kills // 2)
+    hit_store_after = max(1, kills // 2)
     while not stop.is_set() or tally.kills < kills:
         await asyncio.sleep(rng.uniform(0.8, 2.5))
         victim = rng.choice(replicas)
@@ -200,13 +208,27 @@ async def monkey(
         tally.kills += 1
         await asyncio.sleep(rng.uniform(0.1, 1.0))
         await victim.start()
-        if tally.kills == restart_store_after and not tally.store_restarts:
+        if isinstance(store, EmbeddedCluster):
+            if tally.kills % hit_store_after == 0:
+                await kill_a_master(store, rng)
+                tally.master_kills += 1
+        elif tally.kills == hit_store_after and not tally.store_restarts:
             await asyncio.to_thread(store.stop)
             await asyncio.sleep(1.0)
             await asyncio.to_thread(store.start)
             tally.store_restarts += 1
         if tally.kills >= kills and stop.is_set():
             return
+
+
+async def kill_a_master(cluster: EmbeddedCluster, rng: random.Random) -> None:
+    """kill -9 of a master; once its replica has taken over, the node is started again and
+    rejoins as a replica (so that the next master killed has a replica too)."""
+    await asyncio.to_thread(cluster.wait_healthy, 60)
+    victim = cluster.node(rng.choice(sorted(cluster.roles())))
+    cluster.kill(victim)
+    await asyncio.sleep(rng.uniform(2.0, 4.0))  # the failover: node timeout + election
+    await asyncio.to_thread(cluster.restart, victim)
 
 
 def analyse(tally: Tally, receiver: Receiver) -> dict[str, Any]:
@@ -239,6 +261,7 @@ def analyse(tally: Tally, receiver: Receiver) -> dict[str, Any]:
         "attempts seen by receiver": len(receiver.deliveries),
         "replica kill -9s": tally.kills,
         "store restarts": tally.store_restarts,
+        "store master kill -9s (cluster)": tally.master_kills,
         "submit retries (503 / conn refused)": tally.submit_retries,
         "lost ids": lost[:10],
     }
@@ -253,12 +276,22 @@ async def wait_settled(tally: Tally, receiver: Receiver, timeout_s: float) -> No
 
 
 async def run(
-    jobs: int, n_replicas: int, kills: int, seed: int, rate_per_s: float, settle_s: float
+    jobs: int,
+    n_replicas: int,
+    kills: int,
+    seed: int,
+    rate_per_s: float,
+    settle_s: float,
+    cluster: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="pushbridge-chaos-"))
     env = {"CHAOS_KEY": "chaos-key-" + os.urandom(6).hex(), "CHAOS_SECRET": new_webhook_secret()}
-    store = EmbeddedValkey(work / "store", port=free_port(), appendonly=True)
+    store: EmbeddedValkey | EmbeddedCluster
+    if cluster:
+        store = EmbeddedCluster(work / "cluster", appendonly=True)
+    else:
+        store = EmbeddedValkey(work / "store", port=free_port(), appendonly=True)
     store.start()
     emu = await start_server(
         create_emulator_app(
@@ -281,7 +314,7 @@ async def run(
     for _ in range(n_replicas):
         port = free_port()
         path = work / f"replica-{port}.yaml"
-        path.write_text(yaml.safe_dump(bridge_config(store.url, port, emu.url)))
+        path.write_text(yaml.safe_dump(bridge_config(store.url, port, emu.url, cluster)))
         replicas.append(Replica(path, port, env))
     tally = Tally()
     try:
@@ -314,9 +347,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=60.0, help="submissions per second")
     p.add_argument("--settle-s", type=float, default=90.0)
+    p.add_argument("--cluster", action="store_true", help="a local cluster as the store")
     args = p.parse_args(argv)
     report = asyncio.run(
-        run(args.jobs, args.replicas, args.kills, args.seed, args.rate, args.settle_s)
+        run(
+            args.jobs,
+            args.replicas,
+            args.kills,
+            args.seed,
+            args.rate,
+            args.settle_s,
+            args.cluster,
+        )
     )
     width = max(len(k) for k in report)
     for k, v in report.items():

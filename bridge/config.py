@@ -87,6 +87,9 @@ class StoreConfig(_Section):
     url: str | None = None
     data_dir: str = "./.pushbridge"
     cluster: bool = False
+    # wait for replicas to acknowledge job creation and commits (bridge/store/replicas.py)
+    replica_ack: Literal["wait", "waitaof", "off"] = "wait"
+    replica_ack_timeout_ms: int = Field(1000, ge=1, le=60_000)
     key_prefix: str = Field("pushbridge", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     partitions: int = Field(16, ge=1, le=4096)
 

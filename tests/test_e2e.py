@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.dev.emulators.octoai import EmulatorSettings
 from tests.support.config import SECRET, UPSTREAM_TOKEN
 
 
-async def test_job_completes_and_callback_verifies(make_stack):
-    s = await make_stack()
+@pytest.mark.parametrize("store", ["single", "cluster"])
+async def test_job_completes_and_callback_verifies(make_stack, store):
+    s = await make_stack(cluster=store == "cluster")
     r = await s.submit(metadata={"order": 7})
     assert r.status_code == 202, r.text
     job = r.json()

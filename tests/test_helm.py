@@ -245,3 +245,16 @@ def test_workers_follow_the_cpu_limit(tmp_path, cpu, workers):
     for dep in _deployments(render(ROOT / "tests" / "helm" / "minimal.yaml", values)):
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--workers") + 1] == workers
+
+
+def test_an_external_cluster_is_configured_with_its_durability_setting():
+    docs = render(ROOT / "tests" / "helm" / "cluster.yaml")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in d["data"])
+    store = yaml.safe_load(cm["data"]["config.yaml"])["store"]
+    assert store == {
+        "cluster": True,
+        "key_prefix": "pb",
+        "partitions": 48,
+        "replica_ack": "wait",
+        "replica_ack_timeout_ms": 500,
+    }  # the URL (with its password) comes from the Secret, never the ConfigMap

@@ -13,22 +13,26 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from bridge.dev.receiver import Reply
 from bridge.engine.loops import Workers
 from bridge.store.embedded import free_port
+from bridge.store.embedded_cluster import EmbeddedCluster
 from tests.support.config import API_KEY, ENV
 from tests.support.waiting import eventually
 
 
 @contextlib.asynccontextmanager
 async def replica(stack, valkey, tmp_path: Path, workers: int = 1, **worker) -> AsyncIterator[dict]:
-    """A `pushbridge serve` process sharing the stack's store, emulator and receiver."""
+    """A `pushbridge serve` process sharing the stack's store (`valkey`: a single node or a
+    cluster), emulator and receiver."""
     raw = stack.config.model_dump(mode="json")
     port = free_port()
     raw["listen"]["port"] = port
     raw["store"]["url"] = valkey.url
+    raw["store"]["cluster"] = isinstance(valkey, EmbeddedCluster)
     raw["worker"].update(worker)
     path = tmp_path / f"replica-{port}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -76,8 +80,15 @@ async def _wait_arrivals(receiver, path: str, n: int, timeout_s: float = 10) -> 
         await asyncio.sleep(0.02)
 
 
-async def test_frozen_replica_cannot_overwrite_newer_state(make_stack, valkey, tmp_path):
-    s = await make_stack(role="api", worker__lease_s=1.5, callbacks__timeout_s=10)
+@pytest.mark.parametrize("store", ["single", "cluster"])
+async def test_frozen_replica_cannot_overwrite_newer_state(
+    make_stack, valkey, tmp_path, store, request
+):
+    if store == "cluster":  # the replica process is a cluster client too
+        valkey = request.getfixturevalue("valkey_cluster")
+    s = await make_stack(
+        role="api", worker__lease_s=1.5, callbacks__timeout_s=10, cluster=store == "cluster"
+    )
     s.receiver.plan("/fence", Reply(200, delay_s=3))  # the frozen replica's attempt hangs
     async with replica(s, valkey, tmp_path, lease_s=1.5) as a:
         job_id = (await s.submit(callback_url=s.hook("/fence"))).json()["id"]

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -138,7 +138,12 @@ def create_app(
         # that others joined (see bridge/embedded_share.py)
         routes=[*ops, *extra_routes] if role == "worker" else [*ops, *api],
         middleware=[Middleware(ClearContext), Middleware(CatchAll)],
-        exception_handlers={Problem: _problem, HTTPException: _http_error, RedisError: _store_down},
+        exception_handlers={
+            Problem: _problem,
+            HTTPException: _http_error,
+            RedisError: _store_down,
+            RedisClusterException: _store_down,  # not a RedisError (a cluster without a slot map)
+        },
         lifespan=lifespan,
     )
     app.state.runtime = rt

@@ -483,7 +483,12 @@ async def readyz(request: Request) -> Response:
     try:
         await _rt(request).store.ping()
     except (RedisError, OSError) as e:
-        raise Problem(503, "store-unavailable", f"store unreachable: {type(e).__name__}") from None
+        raise Problem(
+            503,
+            "store-unavailable",
+            f"store unreachable: {type(e).__name__}",
+            headers={"Retry-After": "1"},
+        ) from None
     return JSONResponse({"status": "ready"})
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +26,7 @@ from bridge.dev.devmode import dev_config
 from bridge.net.client import LeanClient, upstream_client
 from bridge.net.util import describe_error
 from bridge.store import Store
+from bridge.store.cluster import cluster_report
 from bridge.store.connection import make_redis, open_store
 from bridge.store.embedded_share import SharedStore, running
 from bridge.upstreams import build_upstream
@@ -57,6 +59,11 @@ def _safe_url(url: str) -> str:
     return url
 
 
+def _every_node(store: Store) -> dict[str, Any]:
+    """Arguments that send INFO/CONFIG to every node of a cluster (not only one)."""
+    return {"target_nodes": RedisCluster.ALL_NODES} if isinstance(store.redis, RedisCluster) else {}
+
+
 def _per_node(reply: Any) -> list[dict[str, Any]]:
     """A cluster client answers INFO/CONFIG with one dict per node; a plain client with one."""
     if isinstance(reply, dict) and reply and all(isinstance(v, dict) for v in reply.values()):
@@ -65,7 +72,10 @@ def _per_node(reply: Any) -> list[dict[str, Any]]:
 
 
 async def _eviction_policy(store: Store) -> tuple[str, str]:
-    policies = {str(n.get("maxmemory_policy")) for n in _per_node(await store.redis.info("memory"))}
+    policies = {
+        str(n.get("maxmemory_policy"))
+        for n in _per_node(await store.redis.info("memory", **_every_node(store)))
+    }
     if policies == {"noeviction"}:
         return "ok", "maxmemory-policy noeviction"
     return "error", (
@@ -77,14 +87,15 @@ async def _eviction_policy(store: Store) -> tuple[str, str]:
 async def _rdb_saves(store: Store) -> list[str] | None:
     """The `save` setting of each node; None if CONFIG is refused (managed stores)."""
     try:
-        reply = await store.redis.config_get("save")
+        reply = await store.redis.config_get("save", **_every_node(store))
     except ResponseError:
         return None
     return [str(n.get("save") or "") for n in _per_node(reply)]
 
 
 async def _persistence(store: Store) -> tuple[str, str]:
-    aof = {str(n.get("aof_enabled")) for n in _per_node(await store.redis.info("persistence"))}
+    reply = await store.redis.info("persistence", **_every_node(store))
+    aof = {str(n.get("aof_enabled")) for n in _per_node(reply)}
     if aof == {"1"}:
         return "ok", "persistence: append-only file (AOF) on"
     saves = await _rdb_saves(store)
@@ -108,6 +119,12 @@ async def _check_store(store: Store, where: str, report: Report) -> None:
         report.line("error", f"store ({where}): {type(e).__name__}: {e}")
         return
     report.line("ok", f"store ({where}) answers PING")
+    if isinstance(store.redis, RedisCluster):
+        try:
+            for kind, text in await cluster_report(store.redis):
+                report.line(kind, f"store cluster: {text}")
+        except RedisError as e:
+            report.line("error", f"store cluster: {type(e).__name__}: {e}")
     for probe in (_eviction_policy, _persistence):
         try:
             kind, text = await probe(store)

@@ -48,6 +48,7 @@ from bridge.store.keys import (
 )
 from bridge.store.lists import JobLists, ListPage, ListQuery
 from bridge.store.notify import publish_command
+from bridge.store.replicas import ReplicaAck
 from bridge.store.scripts import Call, Scripts
 
 __all__ = [
@@ -214,6 +215,7 @@ def _flatten(fields: dict[str, Any]) -> list[Any]:
     return out
 
 
+DEFAULT_ACK = ReplicaAck()  # wait for the replicas a node has (none: no wait)
 CREATE_WAIT_S = 2.0  # how long an API request waits for a job's creation before a 503
 
 
@@ -226,6 +228,7 @@ class Store:
         prefix: str = "pushbridge",
         partitions: int = 16,
         retry_s: float = RETRY_S,
+        replica_ack: ReplicaAck = DEFAULT_ACK,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix, partitions)
@@ -240,21 +243,23 @@ class Store:
         self._id = secrets.token_hex(6)  # names this process's claims and commits
         self._seq = itertools.count()
         self._unanswered_claims: dict[str, str] = {}  # schedule -> id of a failed claim
-        # job creation and commits made in one loop iteration share a round trip
-        self._auto = AutoPipeline(self._auto_send)
-        self.scripts = Scripts(redis)
-        self._create = self.scripts.load("create", "_lists")
+        # on a cluster, one pipeline per master; acked: replicas have the write before we answer
+        self.scripts = Scripts(redis, replica_ack, self.round_trips)
+        self._create = self.scripts.load("create", "_lists", acked=True)
         self._claim = self.scripts.load("claim")
-        self._commit = self.scripts.load("commit", "_lists")
+        self._commit = self.scripts.load("commit", "_lists", acked=True)
         self._release = self.scripts.load("release")
-        self._cancel = self.scripts.load("cancel", "_lists")
-        self._redeliver = self.scripts.load("redeliver", "_lists")
+        self._cancel = self.scripts.load("cancel", "_lists", acked=True)
+        self._redeliver = self.scripts.load("redeliver", "_lists", acked=True)
         self._stats = self.scripts.load("stats")
         self.lists = JobLists(
             redis, self.scripts, self.keys, self.run_scripts, self.round_trips, _job
         )
         self._poke = self.scripts.load("poke")
         self.publish = publish_command(isinstance(redis, RedisCluster))
+        # job creation and commits made in one loop iteration share a round trip (one per
+        # master on a cluster)
+        self._auto = AutoPipeline(self._auto_send, shard=self.scripts.shard)
 
     @property
     def partitions(self) -> int:

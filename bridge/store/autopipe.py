@@ -4,11 +4,12 @@ round trip to the store."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 Call = tuple[Any, list[str], list[Any]]  # (script, keys, args)
 SendBatch = Callable[[list[Call]], Awaitable[list[Any]]]
+Shard = Callable[[Call], Hashable]  # which server a call goes to (a cluster's master)
 
 
 class AutoPipeline:
@@ -19,11 +20,18 @@ class AutoPipeline:
     round trip instead of N. A call alone waits one loop iteration, not a timer.
     `send_batch` returns one reply per call, an exception object for a failed call;
     an error of the whole round trip fails every call of the batch.
+
+    With `shard` (a cluster), a batch is split by the server each call goes to and each
+    part is sent on its own: calls to a master that is failing over wait for it (and are
+    retried by `send_batch`), while the others' callers hear at once.
     """
 
-    def __init__(self, send_batch: SendBatch, max_batch: int = 256) -> None:
+    def __init__(
+        self, send_batch: SendBatch, max_batch: int = 256, shard: Shard | None = None
+    ) -> None:
         self._send_batch = send_batch
         self._max_batch = max_batch
+        self._shard = shard
         self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -39,10 +47,24 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
+        for part in self._split(batch) if batch else []:
+            task = asyncio.ensure_future(self._send(part))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+
+    def _split(
+        self, batch: list[tuple[Call, asyncio.Future[Any]]]
+    ) -> list[list[tuple[Call, asyncio.Future[Any]]]]:
+        if self._shard is None:
+            return [batch]
+        parts: dict[Hashable, list[tuple[Call, asyncio.Future[Any]]]] = {}
+        for item in batch:
+            try:
+                key = self._shard(item[0])
+            except Exception:  # unroutable here: send_batch answers it (a call must not hang)
+                key = None
+            parts.setdefault(key, []).append(item)
+        return list(parts.values())
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:

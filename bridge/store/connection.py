@@ -9,22 +9,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import RedisError
 
 from bridge.config import Config
 from bridge.retry import exponential_s
 from bridge.store import Store
+from bridge.store.cluster import StoreCluster
 from bridge.store.embedded_share import EmbeddedShare
+from bridge.store.replicas import ReplicaAck
 
 STORE_CONNECTIONS = 64
 WAIT_FIRST_SLEEP_S = 0.1  # wait_for_store's first sleep; doubles up to max_sleep_s
+CLUSTER_RETRIES = 3  # of a plain command (a read) on a cluster, each after a new slot map
 
 
-def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
+def make_redis(url: str, cluster: bool) -> Redis | StoreCluster:
     """A client whose pool waits for a free connection (up to the socket timeout) instead
     of failing with "Too many connections" when many jobs touch the store at once.
 
@@ -32,12 +35,22 @@ def make_redis(url: str, cluster: bool) -> Redis | RedisCluster:
     (a PING before using a connection idle for 10 s) or by the command itself, and the
     command is sent once more, at once, on a new connection. Longer outages are the
     Store's business: it retries the calls of job steps with a backoff, and answers
-    every other call's error quickly (readiness, API reads)."""
+    every other call's error quickly (readiness, API reads).
+
+    A cluster client learns every node from the one in `url` (so that node must answer at
+    start); its script calls go through the store's own per-master pipelines
+    (cluster.py), its plain commands through redis-py, which follows MOVED/ASK and reads
+    the slot map again after a connection error (CLUSTER_RETRIES times)."""
     opts: dict[str, Any] = dict(
         decode_responses=True, socket_timeout=5.0, socket_connect_timeout=3.0
     )
     if cluster:
-        return RedisCluster.from_url(url, max_connections=STORE_CONNECTIONS, **opts)
+        return StoreCluster.from_url(  # type: ignore[return-value]
+            url,
+            max_connections=STORE_CONNECTIONS,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), CLUSTER_RETRIES),
+            **opts,
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=STORE_CONNECTIONS,
@@ -61,7 +74,8 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
         _log_embedded(share)
     client = make_redis(url, config.store.cluster)
     try:
-        yield Store(client, config.store.key_prefix, config.store.partitions)
+        ack = ReplicaAck(config.store.replica_ack, config.store.replica_ack_timeout_ms)
+        yield Store(client, config.store.key_prefix, config.store.partitions, replica_ack=ack)
     finally:
         await client.aclose()
         if share:

@@ -44,10 +44,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedValkey:
     """`valkey-server` on 127.0.0.1 with append-only persistence in `data_dir`."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None, appendonly: bool = True):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        server: str | None = None,  # another server binary (default: server_binary())
+        extra_args: tuple[str, ...] = (),  # e.g. ("--replicaof", "127.0.0.1", "6379")
+    ):
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.server = server
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,7 +65,7 @@ class EmbeddedValkey:
 
     def command(self) -> list[str]:
         return [
-            server_binary(),
+            self.server or server_binary(),
             "--bind",
             "127.0.0.1",
             "--port",
@@ -77,6 +86,7 @@ class EmbeddedValkey:
             "yes",
             "--logfile",
             str(self.data_dir / "valkey.log"),
+            *self.extra_args,
         ]
 
     def start(self, timeout_s: float = 10.0) -> None:

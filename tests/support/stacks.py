@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +74,9 @@ async def stop_all(*servers: RunningServer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
+async def stack_factory(
+    redis: Redis, cluster_store: Callable[[Any], Awaitable[Any]] | None = None
+) -> AsyncIterator[StackFactory]:
     """`make(emulator, role, resolver, store_url, replicas_n, **config overrides)`: a Stack.
 
     At the end each bridge stops first (its workers finish within the grace period, still
@@ -113,6 +115,7 @@ async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
             role: Role = "all",
             resolver: Any = None,
             store_url: str | None = None,
+            cluster: Any = False,
             replicas_n: int = 1,
             roles: list[Role] | None = None,  # one per replica (else `role` for each)
             protocol: str = "octoai",
@@ -138,7 +141,11 @@ async def stack_factory(redis: Redis) -> AsyncIterator[StackFactory]:
                 raw["upstreams"]["echo"] |= upstream(emu_srv.url)
             config = parse_config(raw, ENV)
             client_redis: Any = redis
-            if store_url:  # the production client, with its reconnects
+            if cluster:  # a real cluster: the given one, or (True) the session's, emptied
+                assert cluster_store is not None, "no cluster here"
+                client_redis = await cluster_store(cluster)
+                exits.push_async_callback(client_redis.aclose)
+            elif store_url:  # the production client, with its reconnects
                 client_redis = make_redis(store_url, cluster=False)
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)

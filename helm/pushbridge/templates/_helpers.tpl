@@ -69,6 +69,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $store := dict "cluster" .Values.store.cluster "key_prefix" .Values.store.keyPrefix -}}
 {{- with include "pushbridge.storeUrl" . }}{{ $_ := set $store "url" . }}{{ end -}}
+{{- if .Values.store.partitions }}{{ $_ := set $store "partitions" .Values.store.partitions }}{{ end -}}
+{{- if .Values.store.replicaAck }}{{ $_ := set $store "replica_ack" .Values.store.replicaAck }}{{ end -}}
+{{- if .Values.store.replicaAckTimeoutMs }}{{ $_ := set $store "replica_ack_timeout_ms" .Values.store.replicaAckTimeoutMs }}{{ end -}}
 {{- $_ := set $cfg "store" $store -}}
 {{- $listen := default dict $cfg.listen -}}
 {{- $_ := set $listen "host" "0.0.0.0" -}}
