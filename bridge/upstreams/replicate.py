@@ -9,6 +9,9 @@
   canceled/aborted -> Failed; `data_removed: true` or 404 -> Expired (Replicate removes an
   API prediction's input and output after 1 h).
 - cancel: `POST {url}/predictions/{id}/cancel`.
+- push: Replicate signs its webhooks the Standard Webhooks way with the account's secret
+  (`GET /v1/webhooks/default/secret`); with `push_secret_env` holding it, `verify_push`
+  checks each push (upstreams/webhooks.py).
 - errors are problem+json: `title` and `detail` become the message; 429/5xx are transient,
   with `Retry-After` or, failing that, the "resets in ~Ns" of the 429's detail.
 The token is sent only to the configured origins (url, health_url), never to a URL an
@@ -18,6 +21,7 @@ answer names.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -46,6 +50,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.octoai import REQUEST_ERRORS, origin
+from bridge.upstreams.webhooks import verify_standard_webhook
 
 MAX_CONTROL_BODY_BYTES = 1024 * 1024
 RUNNING_STATUSES = frozenset({"starting", "processing"})
@@ -218,6 +223,10 @@ class ReplicateUpstream:
         if data.get("data_removed") is True:
             return Expired(EXPIRED_MESSAGE, code)
         return Done(result=orjson.dumps(data.get("output")), status_code=code)
+
+    def verify_push(self, headers: Mapping[str, str], body: bytes, secret: str) -> bool:
+        """Whether a push is signed with the account's webhook secret (Standard Webhooks)."""
+        return verify_standard_webhook(secret, headers, body)
 
     async def fetch_result(self, ref: UpstreamRef) -> FetchOutcome:
         return Failed("the replicate protocol has no separate result fetch")

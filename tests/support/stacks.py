@@ -63,6 +63,7 @@ class Stack:
 
 
 StackFactory = Callable[..., Any]
+Env = dict[str, str]
 # the emulator and the receiver stop after the bridges: what they still serve then (a
 # reply planned to hang, a killed replica's request) is nobody's any more
 HELPER_GRACE_S = 0.5
@@ -85,7 +86,7 @@ async def stack_factory(
     async with contextlib.AsyncExitStack() as exits:
 
         async def start_bridge(
-            config: Config, store: Store, role: Role, resolver: Any, port: int
+            config: Config, store: Store, role: Role, resolver: Any, port: int, env: Env
         ) -> tuple[Runtime, RunningServer, httpx.AsyncClient]:
             up = await exits.enter_async_context(upstream_client())
             cb = await exits.enter_async_context(callback_client())
@@ -93,7 +94,7 @@ async def stack_factory(
                 update={"listen": config.listen.model_copy(update={"port": port})}
             )
             rt = await build_runtime(
-                cfg, resolve_secrets(cfg, ENV), store, up, cb, resolver or loopback_only_dns
+                cfg, resolve_secrets(cfg, env), store, up, cb, resolver or loopback_only_dns
             )
             bridge = await start_server(
                 bridge_app(rt, role),
@@ -120,10 +121,15 @@ async def stack_factory(
             roles: list[Role] | None = None,  # one per replica (else `role` for each)
             protocol: str = "octoai",
             upstream: Callable[[str], dict[str, Any]] | None = None,
+            public_url_self: bool = False,
+            env: Callable[[str], Awaitable[Env]] | None = None,
             **overrides: Any,
         ) -> Stack:
             """`protocol` picks the emulator; `upstream(emulator_url)` gives the keys of
-            the "echo" upstream for it (protocol, url, ...), over the octoai defaults."""
+            the "echo" upstream for it (protocol, url, ...), over the octoai defaults.
+            `public_url_self`: listen.public_url is the first bridge's own loopback URL (so
+            providers' pushes reach it). `env(emulator_url)`: more environment for the
+            secrets (e.g. a push secret read from the emulator), over the suite's."""
             emu_app = EMULATORS[protocol](
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
@@ -136,10 +142,13 @@ async def stack_factory(
                 raise
             exits.push_async_callback(stop_all, emu_srv, recv_srv)
             port = free_port()
+            if public_url_self:
+                overrides["listen__public_url"] = f"http://127.0.0.1:{port}"
             raw = base_config(emu_srv.url, listen__port=port, **overrides)
             if upstream is not None:
                 raw["upstreams"]["echo"] |= upstream(emu_srv.url)
-            config = parse_config(raw, ENV)
+            environ = {**ENV, **(await env(emu_srv.url) if env else {})}
+            config = parse_config(raw, environ)
             client_redis: Any = redis
             if cluster:  # a real cluster: the given one, or (True) the session's, emptied
                 assert cluster_store is not None, "no cluster here"
@@ -150,7 +159,9 @@ async def stack_factory(
                 exits.push_async_callback(client_redis.aclose)
             store = Store(client_redis, config.store.key_prefix, config.store.partitions)
             replicas = [
-                await start_bridge(config, store, r, resolver, port if i == 0 else free_port())
+                await start_bridge(
+                    config, store, r, resolver, port if i == 0 else free_port(), environ
+                )
                 for i, r in enumerate(roles or [role] * replicas_n)
             ]
             rt, bridge, client = replicas[0]

@@ -45,6 +45,7 @@ class EmulatorSettings:
     future_ttl_s: float = 3600.0
     seed: int | None = None
     max_futures: int = 100_000
+    webhook_loss_rate: float = 0.0  # per-job webhooks (pushes) never sent, as if lost
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply changes, each checked against the field's type (KeyError, TypeError)."""
@@ -158,6 +159,17 @@ def emulate_knobs(inputs: Any) -> dict[str, Any]:
     """The per-request `_emulate` object of the inputs, if any."""
     knobs = inputs.get("_emulate", {}) if isinstance(inputs, dict) else {}
     return knobs if isinstance(knobs, dict) else {}
+
+
+def webhook_lost(state: EmulatorState, inputs: Any) -> bool:
+    """Whether the job's webhook is lost (never sent, nor retried): `_emulate.lose_webhook`,
+    else at random with `webhook_loss_rate`. Counted as "webhook_lost" in the stats."""
+    lost = emulate_knobs(inputs).get("lose_webhook")
+    if not isinstance(lost, bool):
+        lost = state.chance(state.settings.webhook_loss_rate)
+    if lost:
+        state.requests["webhook_lost"] += 1
+    return lost
 
 
 def new_future(state: EmulatorState, inputs: Any) -> Future:

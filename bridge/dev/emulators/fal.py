@@ -54,6 +54,7 @@ from bridge.dev.emulators.common import (
     post_webhook,
     problem,
     spawn,
+    webhook_lost,
 )
 
 __all__ = ["EmulatorSettings", "EmulatorState", "create_emulator_app"]
@@ -178,7 +179,7 @@ async def submit(request: Request) -> Response:
     p = request.path_params
     req = _new_request(state, f"{p['owner']}/{p['app']}", inputs, webhook)
     state.add(req)
-    if webhook:
+    if webhook and not webhook_lost(state, inputs):
         spawn(state, _send_webhook(state, req))
     body = {"request_id": req.id, "gateway_request_id": req.id, "status": "IN_QUEUE"}
     return JSONResponse(body | {"queue_position": 0} | _urls(request, req))

@@ -58,6 +58,7 @@ from bridge.dev.emulators.common import (
     new_future,
     new_state,
     ops_routes,
+    webhook_lost,
 )
 
 __all__ = ["EmulatorSettings", "EmulatorState", "Prediction", "create_emulator_app"]
@@ -385,7 +386,7 @@ async def _create(request: Request, model: str | None) -> Response:
         )
     p = _new_prediction(request, state, body, *ref)
     state.add(p)
-    if p.webhook:
+    if p.webhook and not webhook_lost(state, p.inputs):
         _schedule_push(request, p, state)
     wait_s = _prefer_wait_s(request.headers.get("prefer"))
     while wait_s and time.time() < min(_ending(p)[0], p.created_at + wait_s):

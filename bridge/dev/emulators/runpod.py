@@ -50,6 +50,7 @@ from bridge.dev.emulators.common import (
     post_webhook,
     retry,
     spawn,
+    webhook_lost,
 )
 
 __all__ = ["EmulatorSettings", "EmulatorState", "create_emulator_app"]
@@ -192,7 +193,7 @@ async def _submit(request: Request, kind: str) -> tuple[EmulatorState, RunpodJob
         return state, bad or error(400, "bad request")
     job = _new_job(state, request.path_params["endpoint_id"], body)
     state.add(job)
-    if job.webhook:
+    if job.webhook and not webhook_lost(state, job.inputs):
         spawn(state, _send_webhook(state, job))
     return state, job
 
