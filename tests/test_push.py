@@ -159,7 +159,7 @@ async def test_a_push_finishes_the_job_at_once_with_one_poll(make_stack, roles):
     assert event["type"] == "job.completed"
     assert event["data"]["result"]["echo"] == {"_emulate": {"duration_s": 0.5}}
     assert _future(s, job).polls == 1
-    assert s.provider.answers == [204]
+    assert s.provider.answers == [200]
     metrics = (await s.client.get("/metrics")).text
     assert 'pushbridge_pushes_received_total{upstream="echo"} 1.0' in metrics
 
@@ -169,7 +169,7 @@ async def test_a_forged_push_neither_finishes_early_nor_changes_the_result(make_
     s.provider.early = True  # pushes "succeeded, FORGED" as soon as the job is submitted
     job = (await s.submit(inputs={"_emulate": {"duration_s": 1.5}})).json()
     await asyncio.sleep(0.8)
-    assert s.provider.answers == [204]
+    assert s.provider.answers == [200]
     now = await s.job(job["id"])
     assert now["status"] == "running" and now["result"] is None
     assert _future(s, job).polls == 1  # the push made it due: polled, still running
@@ -194,7 +194,7 @@ async def test_a_push_that_comes_while_a_poll_is_under_way(make_stack):
     future = _future(s, job)
     await asyncio.sleep(max(0.0, future.ready_at - time.time()) + 0.1)
     assert future.polls == 1  # the first poll's answer is still on its way
-    assert (await s.provider.push(job["upstream_id"])).status_code == 204
+    assert (await s.provider.push(job["upstream_id"])).status_code == 200
     await _delivered(s, job["id"], 5)
     assert time.monotonic() - started < 5
     assert future.polls == 2
@@ -208,7 +208,7 @@ async def test_a_push_that_comes_before_the_submit_is_committed(make_stack, role
     s.provider.before_answer = True
     started = time.monotonic()
     job = (await s.submit(inputs={"_emulate": {"duration_s": 0}})).json()
-    assert s.provider.answers == [204]
+    assert s.provider.answers == [200]
     await _delivered(s, job["id"], 5)
     assert time.monotonic() - started < 2.5
     assert s.emulator.requests["submit"] == 1 and _future(s, job).polls == 1
@@ -268,7 +268,7 @@ async def test_an_altered_push_url_is_refused_without_touching_the_store(make_st
     assert 'pushbridge_pushes_refused_total{reason="url",upstream="echo"} 4.0' in metrics
     assert 'pushbridge_pushes_refused_total{reason="url",upstream="-"} 1.0' in metrics
     # the real URL works
-    assert (await s.provider.push(job["upstream_id"])).status_code == 204
+    assert (await s.provider.push(job["upstream_id"])).status_code == 200
     assert await redis.hget(s.rt.store.keys.job(job["id"]), "pushed_at") is not None
 
 
@@ -289,7 +289,7 @@ async def test_a_push_for_a_cancelled_job_changes_nothing(make_stack):
     job = (await s.submit(inputs={"_emulate": {"duration_s": 0.3}})).json()
     assert (await s.client.delete(f"/v1/jobs/{job['id']}")).status_code == 200
     await asyncio.sleep(0.4)
-    assert (await s.provider.push(job["upstream_id"])).status_code == 204
+    assert (await s.provider.push(job["upstream_id"])).status_code == 200
     await asyncio.sleep(0.5)
     after = await s.job(job["id"])
     assert after["status"] == "cancelled" and after["result"] is None
@@ -308,7 +308,7 @@ async def test_signed_pushes_only_when_a_push_secret_is_set(make_stack):
     assert (await s.provider.push(job["upstream_id"])).status_code == 401
     assert (await s.job(job["id"]))["status"] == "running"
     s.provider.secret = PUSH_SECRET
-    assert (await s.provider.push(job["upstream_id"])).status_code == 204
+    assert (await s.provider.push(job["upstream_id"])).status_code == 200
     await _delivered(s, job["id"], 3)
     metrics = (await s.client.get("/metrics")).text
     assert 'pushbridge_pushes_refused_total{reason="signature",upstream="echo"} 2.0' in metrics

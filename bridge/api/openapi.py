@@ -301,7 +301,7 @@ def _push_path() -> dict[str, Any]:
             "to pushbridge's own request. The body is only read to check a signature.",
             "parameters": params,
             "responses": {
-                "204": {"description": "taken (whatever the job's state)"},
+                "200": {"description": "taken (whatever the job's state; an empty body)"},
                 "401": {"description": "the provider's signature is not valid", "content": problem},
                 "404": {"description": "no such push URL", "content": problem},
                 "408": {"description": PROBLEM_CODES[408], "content": problem},

@@ -9,8 +9,9 @@ provider's signature checked: 401 if it is not valid.
 
 A push then only makes the job due now (JobEvents.pushed). Its body is never used
 otherwise: the job's result is what the provider answers to pushbridge's own poll. The
-answer is 204 whatever the job's state, so that a provider does not retry a push for a
-job that is done or gone.
+answer is 200 (an empty body) whatever the job's state, so that a provider does not retry
+a push for a job that is done or gone: 200, not 204, since RunPod takes only a 200 as
+received (it sends the push twice more, 10 s apart, after any other answer).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def receive_push(request: Request) -> Response:
     structlog.contextvars.bind_contextvars(job_id=job_id, upstream=name)
     status = await JobEvents(rt).pushed(name, job_id)
     rt.log.info("push received", status=status)
-    return Response(status_code=204)
+    return Response(status_code=200)
 
 
 PUSH_ROUTES = [Route("/v1/push/{upstream}/{job_id}/{mac}", receive_push, methods=["POST"])]

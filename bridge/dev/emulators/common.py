@@ -244,7 +244,7 @@ async def post_webhook(
 ) -> bool:
     """POST payload to url like a provider's per-job webhook: up to attempts tries,
     retry_delay_s apart, until one answers one of ok_statuses. Each try is counted as
-    "webhook" in the stats."""
+    "webhook" in the stats; then "webhook_sent" (taken) or "webhook_failed" (given up)."""
     body = orjson.dumps(payload)
     headers = {"Content-Type": "application/json"}
     async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
@@ -257,7 +257,9 @@ async def post_webhook(
             except httpx.HTTPError:
                 continue
             if response.status_code in ok_statuses:
+                state.requests["webhook_sent"] += 1
                 return True
+    state.requests["webhook_failed"] += 1
     return False
 
 

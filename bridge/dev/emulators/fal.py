@@ -21,8 +21,9 @@ Speaks what fal's queue API and its SDK (fal-client 1.0.3) speak, with the app a
 
 Per request, `_emulate` in the input: `{"duration_s", "queue_s" (time IN_QUEUE, default a
 quarter of the duration), "outcome": "completed|failed|expired", "error", "error_type",
-"status_code" (of a failed result, default 500), "result_bytes"}`. An input that is not a
-JSON object fails the way a fal app's validation does (422).
+"status_code" (of a failed result, default 500), "result_bytes", "lose_webhook" (true: the
+webhook is never sent; else lost at random with the setting `webhook_loss_rate`)}`. An
+input that is not a JSON object fails the way a fal app's validation does (422).
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ code of a cancel of a finished prediction (200 with it unchanged here), webhook 
 whether http:// webhook URLs are refused (accepted here, for loopback receivers).
 
 Per request, `input._emulate` sets `duration_s`, `outcome` (completed|failed|expired),
-`result_bytes`, `error` (the failure text) and `start_s` (time spent `starting`).
+`result_bytes`, `error` (the failure text), `start_s` (time spent `starting`) and
+`lose_webhook` (true: its webhooks are never sent; else lost at random with the setting
+`webhook_loss_rate`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ base `http://HOST:PORT/v2` (the SDK's `RUNPOD_ENDPOINT_BASE_URL`):
 
 Per job, `_emulate` in the input: `{"duration_s", "queue_s" (time IN_QUEUE, default a
 quarter of the duration), "outcome": "completed|failed|timed_out|expired", "error" (the
-FAILED text), "result_bytes"}`.
+FAILED text), "result_bytes", "lose_webhook" (true: the webhook is never sent; else lost at
+random with the setting `webhook_loss_rate`)}`.
 """
 
 from __future__ import annotations
