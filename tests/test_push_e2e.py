@@ -224,3 +224,29 @@ async def test_a_push_for_a_cancelled_job_does_nothing(make_stack, proto):
     assert future(s, job).polls == 0
     assert s.receiver.deliveries == []
     assert urlsplit(push_url(s, job)).path.startswith(f"/v1/push/echo/{job['id']}/")
+
+
+@by_protocol
+async def test_a_push_of_a_failure_fails_the_job_at_once(make_stack, proto):
+    s = await push_stack(make_stack, proto)
+    knobs = {"duration_s": 0.4, "outcome": "failed", "error": "out of memory"}
+    job = (await s.submit(inputs={"_emulate": knobs})).json()
+    event, arrived_at = await delivered(s, job["id"], 5)
+    assert event["type"] == "job.failed"
+    assert event["data"]["error"]["code"] == "upstream-failed"
+    assert "out of memory" in event["data"]["error"]["message"]
+    assert arrived_at - future(s, job).ready_at < 1.0 and future(s, job).polls == 1
+
+
+@by_protocol
+async def test_a_push_before_the_submit_is_answered(make_stack, proto):
+    # a job that is done at once: the provider may push before pushbridge has its submit
+    # answer (and committed it); submitted once, finished without waiting for the 20 s poll
+    s = await push_stack(make_stack, proto)
+    started = time.monotonic()
+    jobs = [(await s.submit(inputs={"_emulate": {"duration_s": 0}})).json() for _ in range(3)]
+    for job in jobs:
+        await delivered(s, job["id"], 5)
+    assert time.monotonic() - started < 3
+    assert s.emulator.requests["submit"] == 3
+    assert all(future(s, job).polls == 1 for job in jobs)

@@ -48,6 +48,7 @@ from bridge.dev.emulators.common import (
     Future,
     emulate_knobs,
     gate,
+    lifespan,
     lookup,
     new_future,
     new_state,
@@ -277,6 +278,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
     requests = "/{owner}/{app}/requests/{request_id}"
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             *ops_routes(),
             Route(f"{requests}/status", status),

@@ -57,9 +57,11 @@ from bridge.dev.emulators.common import (
     Future,
     emulate_knobs,
     gate,
+    lifespan,
     new_future,
     new_state,
     ops_routes,
+    spawn,
     webhook_lost,
 )
 
@@ -94,10 +96,9 @@ class Prediction(Future):
 
 @dataclass
 class Hooks:
-    """Webhook signing secret and the tasks delivering webhooks (kept so they aren't lost)."""
+    """The secret webhooks are signed with."""
 
     secret: str
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -332,8 +333,7 @@ async def _send_webhook(p: Prediction, secret: str, ttl_s: float, state: Emulato
             "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
         }
         try:
-            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
-                r = await client.post(str(p.webhook), content=payload, headers=headers)
+            r = await state.webhook_client().post(str(p.webhook), content=payload, headers=headers)
             if 200 <= r.status_code < 300:
                 state.requests["webhook_sent"] += 1
                 return
@@ -361,10 +361,7 @@ async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
 
 
 def _schedule_push(request: Request, p: Prediction, state: EmulatorState) -> None:
-    hooks: Hooks = request.app.state.replicate
-    task = asyncio.get_running_loop().create_task(_push(p, hooks, state))
-    hooks.tasks.add(task)
-    task.add_done_callback(hooks.tasks.discard)
+    spawn(state, _push(p, request.app.state.replicate, state))
 
 
 async def _create(request: Request, model: str | None) -> Response:
@@ -475,6 +472,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
     app = Starlette(
+        lifespan=lifespan,
         exception_handlers={404: _no_route, 405: _no_route},
         routes=[
             Route("/v1/predictions", create_by_version, methods=["POST"]),

@@ -44,6 +44,7 @@ from bridge.dev.emulators.common import (
     Future,
     emulate_knobs,
     gate,
+    lifespan,
     lookup,
     new_future,
     new_state,
@@ -291,6 +292,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
     base = "/v2/{endpoint_id}"
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route(f"{base}/run", run, methods=["POST"]),
             Route(f"{base}/runsync", runsync, methods=["POST"]),
