@@ -17,7 +17,7 @@ from bridge.config import ConfigError, GeminiUpstreamConfig, PollConfig, parse_c
 from bridge.dev.emulators.gemini import EmulatorSettings, create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.gemini import GeminiUpstream, retry_delay_s
-from bridge.upstreams.jsonapi import Answer
+from bridge.upstreams.httpjson import Answer
 from tests.conftest import UPSTREAM_TOKEN, base_config
 from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract

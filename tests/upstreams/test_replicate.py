@@ -127,8 +127,7 @@ class TestReplicateContract(UpstreamContract):
 
     async def test_wrong_token_is_rejected_with_replicates_words(self, provider):
         async with upstream_client() as client:
-            up = provider.upstream(client)
-            up._auth = {"Authorization": "Bearer not-the-token"}
+            up = ReplicateUpstream("r", provider.upstream(client).config, "not-the-token", client)
             out = await up.submit(provider.inputs())
         assert isinstance(out, Rejected) and out.status_code == 401
         assert "Unauthenticated: You did not pass a valid authentication token" in out.message
