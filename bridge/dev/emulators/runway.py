@@ -88,6 +88,12 @@ def _version_problem(request: Request) -> Response | None:
     return None
 
 
+def _guard(request: Request, kind: str) -> tuple[EmulatorState, Response | None]:
+    """gate(), then the X-Runway-Version check."""
+    state, refused = gate(request, kind, refuse=error)
+    return state, refused or _version_problem(request)
+
+
 def _body_problem(task_type: str, body: dict[str, Any]) -> str | None:
     """Why Runway would refuse this body, or None."""
     for key in REQUIRED[task_type]:
@@ -110,8 +116,7 @@ def _body_problem(task_type: str, body: dict[str, Any]) -> str | None:
 
 
 async def create_task(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "submit", s.submit_503_rate, refuse=error)
+    state, refused = gate(request, "submit", refuse=error)
     if refused:
         return refused
     task_type = request.path_params["task_type"]
@@ -168,12 +173,9 @@ def _task(request: Request, f: Future) -> dict[str, Any]:
 
 
 async def get_task(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, refuse=error)
+    state, refused = _guard(request, "poll")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
     f = lookup(state, request.path_params["task_id"])
     if f is None:
         return error(404, "Task not found.")
@@ -182,11 +184,9 @@ async def get_task(request: Request) -> Response:
 
 
 async def delete_task(request: Request) -> Response:
-    state, refused = gate(request, "cancel", refuse=error)
+    state, refused = _guard(request, "cancel")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
     f = lookup(state, request.path_params["task_id"])
     if f is None:
         return error(404, "Task not found.")
@@ -211,13 +211,9 @@ async def output(request: Request) -> Response:
 
 
 async def organization(request: Request) -> Response:
-    state, refused = gate(request, "health", refuse=error)
+    _, refused = _guard(request, "health")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
-    if not state.settings.healthy:
-        return error(503, "Service unavailable.", {"Retry-After": "1"})
     return JSONResponse(
         {
             "creditBalance": 100_000,
