@@ -26,6 +26,7 @@ from bridge.process import bridge_app
 from bridge.store import Store
 from bridge.store.connection import make_redis
 from bridge.store.embedded import EmbeddedValkey, free_port
+from tests.upstreams.contract import FaultInjector
 
 # `pushbridge serve` started by a test is one process (not one per CPU), so that signals
 # sent to it (SIGSTOP, SIGTERM, kill -9) reach the process doing the work
@@ -42,6 +43,14 @@ ENV = {
     "BETA_KEYS": OTHER_KEY,
     "BETA_SECRET": OTHER_SECRET,
     "UPSTREAM_TOKEN": UPSTREAM_TOKEN,
+}
+# an upstream's poll policy in the tests: soon, often, short
+FAST_POLL = {
+    "initial_delay_s": 0.05,
+    "min_interval_s": 0.05,
+    "max_interval_s": 0.3,
+    "deadline_s": 30,
+    "timeout_s": 2,
 }
 
 
@@ -92,13 +101,7 @@ def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
                 "health_url": f"{emulator_url}/healthz",
                 "token_env": "UPSTREAM_TOKEN",
                 "submit_timeout_s": 2,
-                "poll": {
-                    "initial_delay_s": 0.05,
-                    "min_interval_s": 0.05,
-                    "max_interval_s": 0.3,
-                    "deadline_s": 30,
-                    "timeout_s": 2,
-                },
+                "poll": dict(FAST_POLL),
             }
         },
         "worker": {
@@ -136,6 +139,7 @@ class Stack:
     client: httpx.AsyncClient
     other: httpx.AsyncClient
     replicas: list[tuple[Runtime, RunningServer, httpx.AsyncClient]]
+    faults: FaultInjector | None = None  # in front of the emulator, when asked for
 
     def hook(self, path: str = "/hook") -> str:
         return f"{self.receiver_srv.url}{path}"
@@ -149,6 +153,12 @@ class Stack:
         r = await self.client.get(f"/v1/jobs/{job_id}")
         assert r.status_code == 200, r.text
         return r.json()
+
+    async def event(self, n: int = 1, timeout_s: float = 10) -> dict[str, Any]:
+        """The n-th event the receiver accepted, once it has (fails after timeout_s)."""
+        ok = await self.receiver.wait_for(lambda: len(self.receiver.succeeded()) >= n, timeout_s)
+        assert ok, f"{len(self.receiver.succeeded())} of {n} events arrived"
+        return self.receiver.succeeded()[n - 1].event
 
 
 StackFactory = Callable[..., Any]
@@ -191,14 +201,17 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
             replicas_n: int = 1,
             protocol: str = "octoai",
             upstream: Callable[[str], dict[str, Any]] | None = None,
+            faults: Callable[[str, str], str | None] | None = None,
             **overrides: Any,
         ) -> Stack:
             """`protocol` picks the emulator; `upstream(emulator_url)` gives the keys of
-            the "echo" upstream for it (protocol, url, ...), over the octoai defaults."""
+            the "echo" upstream for it (protocol, url, ...), over the octoai defaults;
+            `faults` (method, path -> step) puts a FaultInjector in front of it."""
             emu_app = EMULATORS[protocol](
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
-            emu_srv = await start_server(emu_app)
+            injector = FaultInjector(emu_app, faults) if faults else None
+            emu_srv = await start_server(injector or emu_app)
             exits.push_async_callback(emu_srv.stop)
             receiver = Receiver([SECRET])
             recv_srv = await start_server(receiver.app())
@@ -234,6 +247,7 @@ async def make_stack(valkey: EmbeddedValkey, redis: Redis) -> AsyncIterator[Stac
                 client,
                 other,
                 replicas,
+                injector,
             )
 
         yield make
