@@ -318,6 +318,13 @@ def ops_routes() -> list[Route]:
     ]
 
 
+def dev_config(protocol: str, token_env: str | None, **keys: Any) -> dict[str, Any]:
+    """An upstream of the config that speaks `protocol` to an emulator, for development
+    (each emulator module's `dev_upstream`): its keys and, with `token_env`, the variable
+    holding the token the emulator was given."""
+    return {"protocol": protocol, **keys, **({"token_env": token_env} if token_env else {})}
+
+
 def new_state(settings: EmulatorSettings | None) -> EmulatorState:
     settings = settings or EmulatorSettings()
     return EmulatorState(settings, rng=random.Random(settings.seed))

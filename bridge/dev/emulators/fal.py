@@ -44,6 +44,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     echo_output,
     emulate_knobs,
     gate,
@@ -263,6 +264,18 @@ async def _send_webhook(state: EmulatorState, req: FalRequest) -> None:
 
 def _http_error(request: Request, code: int) -> Response:
     return problem(code, "Not Found" if code == 404 else "Method Not Allowed")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo)."""
+    return dev_config(
+        "fal", token_env, url=f"{base_url}/fal-ai/echo", health_url=f"{base_url}/healthz"
+    )
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

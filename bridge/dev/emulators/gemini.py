@@ -42,6 +42,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
     json_response,
@@ -299,6 +300,18 @@ async def get_model(request: Request) -> Response:
         return refused
     return json_response({"name": f"models/{model}", "version": "3.1", "displayName": model,
                   "supportedGenerationMethods": ["predictLongRunning"]})  # fmt: skip
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    Veo's rate limit."""
+    url = f"{base_url}/v1beta/models/veo-3.1-generate-preview"
+    return dev_config("gemini", token_env, url=url, rate_limit={"submit_per_s": None})
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: a predictLongRunning request."""
+    return {"instances": [{"prompt": f"job {n}: a neon hologram of a cat"}]}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

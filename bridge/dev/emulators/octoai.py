@@ -25,6 +25,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     echo_output,
     gate,
     lookup,
@@ -85,6 +86,20 @@ async def future_result(request: Request) -> Response:
         return problem(404, "result not found")
     f.fetches += 1
     return Response(orjson.dumps(_result(f)), media_type="application/json")
+
+
+def dev_upstream(
+    base_url: str, token_env: str | None = None, model: str = "echo"
+) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (dev mode, demo)."""
+    return dev_config(
+        "octoai", token_env, url=f"{base_url}/infer/{model}", health_url=f"{base_url}/healthz"
+    )
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

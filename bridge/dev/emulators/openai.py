@@ -37,6 +37,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
     json_response,
@@ -272,6 +273,17 @@ async def models(request: Request) -> Response:
         return refused
     model = {"id": "gpt-5-mini", "object": "model", "created": 1_700_000_000, "owned_by": "openai"}
     return json_response({"object": "list", "data": [model]})
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    OpenAI's rate limit."""
+    return dev_config("openai", token_env, url=f"{base_url}/v1", rate_limit={"submit_per_s": None})
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: a Responses API request."""
+    return {"model": "gpt-5-mini", "input": f"job {n}: write a haiku about otters."}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

@@ -54,6 +54,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     echo_output,
     emulate_knobs,
     gate,
@@ -454,6 +455,20 @@ async def model_version(request: Request) -> Response:
 
 def _no_route(request: Request, code: int) -> Response:
     return _problem(code, "Not found." if code == 404 else "Method not allowed.")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    Replicate's rate limits. Replicate wants a token even where the emulator has none."""
+    return dev_config(
+        "replicate", token_env, url=f"{base_url}/v1", model="acme/echo",
+        health_url=f"{base_url}/healthz", rate_limit={"submit_per_s": None, "poll_per_s": None},
+    )  # fmt: skip
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

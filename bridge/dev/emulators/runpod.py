@@ -41,6 +41,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     echo_output,
     emulate_knobs,
     gate,
@@ -275,6 +276,16 @@ async def endpoint_health(request: Request) -> Response:
 
 def _http_error(request: Request, status: int) -> Response:
     return error(status, "not found" if status == 404 else "method not allowed")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo)."""
+    return dev_config("runpod", token_env, url=f"{base_url}/v2/dev-endpoint")
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

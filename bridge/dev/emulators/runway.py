@@ -43,6 +43,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
     lookup,
@@ -221,6 +222,35 @@ async def organization(request: Request) -> Response:
             "usage": {"models": {}},
         }
     )
+
+
+def adapter() -> dict[str, Any]:
+    """Runway's tasks API as the adapter of a `custom` upstream (README "Custom adapters";
+    config.example.yaml's `runway` holds the same)."""
+    running, completed = ["PENDING", "THROTTLED", "RUNNING"], ["SUCCEEDED"]
+    return {
+        "headers": {"X-Runway-Version": API_VERSION},
+        "submit": {"url": "/v1/image_to_video", "id": "id"},
+        "poll": {"url": "/v1/tasks/{id}"},
+        "status": {"path": "status", "running": running, "completed": completed,
+                   "failed": ["FAILED"], "cancelled": ["CANCELLED"], "message": "failure"},
+        "error_message": "error",
+        "result": {"path": "output"},
+        "cancel": {"method": "DELETE", "url": "/v1/tasks/{id}"},
+        "health": {"url": "/v1/organization"},
+    }  # fmt: skip
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as a `custom` upstream with Runway's adapter (the
+    demo; Runway's advice to poll no more often than every 5 s is left to real use)."""
+    return dev_config("custom", token_env, url=base_url, adapter=adapter())
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: an image_to_video task."""
+    return {"model": "gen4_turbo", "promptImage": "https://example.com/cat.png",
+            "promptText": f"job {n}", "ratio": "1280:720"}  # fmt: skip
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
