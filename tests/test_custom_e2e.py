@@ -252,5 +252,6 @@ async def test_check_verifies_a_custom_upstreams_token_by_its_health_request(tmp
     assert good_code == 0, good
     assert f"ok    upstream runway ({emu.url}): health answered 200" in good
     assert bad_code == 1
-    assert "error upstream runway" in bad and "401: the provider refuses the token" in bad
+    assert "error upstream runway token: refused" in bad and "answers 401" in bad
+    assert "ok    upstream runway token: accepted" in good
     assert "an-old-key" not in bad and UPSTREAM_TOKEN not in good

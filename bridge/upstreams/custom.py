@@ -382,12 +382,14 @@ class CustomUpstream(HttpUpstream[CustomUpstreamConfig]):
             return answer
         return refusal(answer, self._voice, "cancel") or Cancelled(answer.status_code)
 
-    def _health_request(self) -> Built:
-        """The `health` request, else a GET of health_url (TemplateError if it cannot be)."""
+    def health_request(self) -> Built:
+        """The `health` request, else a GET of health_url, else of url; without the token
+        (TemplateError if it cannot be built)."""
         spec = self.adapter.health
         if spec is not None:
             return self._build(spec, {})
-        return Built("GET", str(self.config.health_url), dict(self._headers), None)
+        url = self.config.health_url or self.config.url
+        return Built("GET", url, dict(self._headers), None)
 
     async def health(self) -> HealthOutcome:
         """Healthy when `health` answers 2xx (else health_url 200; else always)."""
@@ -395,7 +397,7 @@ class CustomUpstream(HttpUpstream[CustomUpstreamConfig]):
         if spec is None and not self.config.health_url:
             return Healthy("no health check")
         try:
-            built = self._health_request()
+            built = self.health_request()
         except (TemplateError, InputsError) as e:
             return Transient(f"cannot check health: {e}")
         answer = await self._send(built, self.config.submit_timeout_s, MAX_HEALTH_BODY_BYTES)

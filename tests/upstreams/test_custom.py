@@ -37,6 +37,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.custom import CustomUpstream
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import (
     JOB_S,
     TOKEN,
@@ -378,3 +379,17 @@ async def test_health_falls_back_to_health_url_then_to_none(scripted, client):
     assert isinstance(await up.health(), Healthy)
     assert isinstance(await adapter_upstream(home.url, client, FORMS).health(), Healthy)
     assert "tok-9" not in repr(up)
+
+
+@pytest.mark.parametrize("make", [RunwayProvider, StabilityProvider])
+async def test_check_tries_the_token_by_the_adapters_health_request(make):
+    """check sent every custom token as a Bearer in a GET of the upstream's url (Runway's and
+    Stability's base answer 404 with or without it): never verified. It now sends the
+    adapter's health request, with the adapter's headers and its auth."""
+    async with served(make()) as provider, upstream_client() as client:
+        custom = provider.upstream(client).config.model_dump(mode="json", by_alias=True)
+        errors, out = await check_lines(custom, TOKEN)
+        assert errors == 0 and "u token: accepted" in out and "401 without" in out, out
+        errors, out = await check_lines(custom, "not-the-key")
+        assert errors == 1 and "u token: refused" in out and "answers 401" in out, out
+        assert TOKEN not in out and "not-the-key" not in out

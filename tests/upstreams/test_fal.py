@@ -30,6 +30,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.fal import FalUpstream
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import (
     TOKEN,
     EmulatedProvider,
@@ -249,3 +250,17 @@ async def test_wrong_key_is_rejected_with_a_clear_message(provider: FalProvider)
         out = await up.submit(provider.inputs())
         assert isinstance(out, Rejected) and out.status_code == 401
         assert out.message == "fal refused the key (401): missing or invalid token"
+
+
+async def test_check_tries_the_key_the_way_fal_takes_it(provider: FalProvider):
+    """check sent the key as a Bearer in a GET of the queue URL, which fal's queue answers
+    405 with or without it: a good key was never verified and a wrong one never noticed.
+    It now asks for the status of a request that does not exist, with `Key <key>`."""
+    async with upstream_client() as client:
+        config = provider.upstream(client).config
+    fal = {**config.model_dump(mode="json"), "token_env": "FAL_KEY"}
+    errors, out = await check_lines(fal, TOKEN)
+    assert errors == 0 and "u token: accepted" in out and "401 without" in out, out
+    errors, out = await check_lines(fal, "not-the-key")
+    assert errors == 1 and "u token: refused" in out and "answers 401" in out, out
+    assert TOKEN not in out and "not-the-key" not in out
