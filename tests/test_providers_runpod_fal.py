@@ -156,8 +156,13 @@ async def test_malformed_provider_answers_are_retried(provider, logs):
     assert "upstream" in logs.getvalue() and UPSTREAM_TOKEN not in logs.getvalue()
 
 
-async def test_wrong_token_fails_upstream_rejected(provider, logs):
+@pytest.mark.parametrize("health_checked", [False, True], ids=["at-once", "health-checked"])
+async def test_wrong_token_fails_upstream_rejected(provider, logs, health_checked):
+    """Also once the health watcher has asked the provider with the wrong token: RunPod's
+    /health answered 401, the upstream counted as down, and the job waited as queued."""
     p = await provider(EmulatorSettings(duration_s=0.1, token="the-right-one"))
+    if health_checked:
+        await asyncio.sleep(0.5)  # the watcher asks every 0.2 s
     response = await p.stack.submit()
     problem = response.json()  # the API submits at once, so the client hears it
     assert response.status_code == 422 and problem["code"] == "upstream-rejected"

@@ -167,6 +167,10 @@ def _token_probe(u: UpstreamConfig, client: LeanClient) -> TokenProbe:
         return TokenProbe(f"{u.url.rstrip('/')}/models")
     if u.protocol == "gemini":  # Google answers a wrong key 400 API_KEY_INVALID
         return TokenProbe(u.url, lambda t: {"x-goog-api-key": t}, (400, *AUTH_REFUSED))
+    if u.protocol == "replicate":  # GET /v1 is 404 either way; the account needs the token
+        return TokenProbe(f"{u.url.rstrip('/')}/account")
+    if u.protocol == "runpod":  # the endpoint's base has no GET; its health needs the key
+        return TokenProbe(u.health_url or f"{u.url.rstrip('/')}/health")
     if u.protocol == "fal":  # the queue URL takes only POST: 405 either way
         return TokenProbe(_fal_probe_url(u.url), lambda t: {"Authorization": f"Key {t}"})
     if u.protocol == "custom":  # the adapter's health request, its headers and its auth

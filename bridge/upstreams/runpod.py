@@ -9,7 +9,8 @@
   `output` inline (the job's result, so Done comes with it); FAILED gives its `error` text,
   TIMED_OUT and CANCELLED fail too. 404 once RunPod forgot the job (results are kept 30
   minutes after completion): expired.
-- cancel: `POST {url}/cancel/{id}`; health: `GET {url}/health` (or `health_url`), 200.
+- cancel: `POST {url}/cancel/{id}`; health: `GET {url}/health` (or `health_url`), 200 (a
+  401/403 from /health: up, refusing the key).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.httpjson import (
+    AUTH_REFUSED,
     Answer,
     HttpUpstream,
     Voice,
@@ -149,6 +151,11 @@ class RunpodUpstream(HttpUpstream[RunpodUpstreamConfig]):
         return refusal(answer, VOICE, "cancel") or Cancelled(answer.status_code)
 
     async def health(self) -> HealthOutcome:
-        """Healthy when the endpoint's /health (or health_url) answers 200."""
+        """Healthy when the endpoint's /health (or health_url) answers 200. /health refusing
+        the key (401/403) is healthy too: the endpoint is up, and jobs fail
+        upstream-rejected with RunPod's text instead of waiting as queued."""
         url = self.config.health_url or f"{self.base}/health"
-        return await probe_health(self.http, url, self.config.submit_timeout_s)
+        refused_is_up = () if self.config.health_url else AUTH_REFUSED
+        return await probe_health(
+            self.http, url, self.config.submit_timeout_s, refused_is_up=refused_is_up
+        )

@@ -26,6 +26,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.replicate import ReplicateUpstream
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import (
     TOKEN,
     EmulatedProvider,
@@ -109,6 +110,17 @@ class TestReplicateContract(UpstreamContract):
         assert provider.prediction(ref.id).canceled_at is not None
         polled = await up.poll(ref)
         assert isinstance(polled, Failed) and "canceled" in polled.message
+
+    async def test_check_tries_the_token_on_the_account(self, provider: ReplicateProvider):
+        """check tried the token with GET {url} (/v1: no route, 404 either way): never
+        verified. GET /v1/account answers the token's account, or 401."""
+        async with upstream_client() as client:
+            config = provider.upstream(client).config
+        sdxl = {**config.model_dump(mode="json"), "token_env": "REPLICATE_API_TOKEN"}
+        errors, out = await check_lines(sdxl, TOKEN)
+        assert errors == 0 and "u token: accepted" in out and "/v1/account: 200" in out, out
+        errors, out = await check_lines(sdxl, "r8_not-the-token")
+        assert errors == 1 and "u token: refused" in out and "answers 401" in out, out
 
     async def test_wrong_token_is_rejected_with_replicates_words(self, provider):
         async with upstream_client() as client:

@@ -29,6 +29,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.runpod import RunpodUpstream
+from tests.upstreams.checks import check_lines
 from tests.upstreams.contract import (
     TOKEN,
     EmulatedProvider,
@@ -197,3 +198,15 @@ async def test_wrong_key_is_rejected_with_a_clear_message(provider: RunpodProvid
         assert isinstance(out, Rejected) and out.status_code == 401
         assert out.message == "RunPod refused the API key (401): missing or invalid token"
         assert "not-the-key" not in out.message
+
+
+async def test_check_tries_the_key_on_the_endpoints_health(provider: RunpodProvider):
+    """check tried the key with GET {url}, which RunPod has no route for (404 either way):
+    never verified. The endpoint's /health needs the key."""
+    async with upstream_client() as client:
+        config = provider.upstream(client).config
+    runpod = {**config.model_dump(mode="json"), "token_env": "RUNPOD_API_KEY"}
+    errors, out = await check_lines(runpod, TOKEN)
+    assert errors == 0 and "u token: accepted" in out and "/health: 200 with it" in out, out
+    errors, out = await check_lines(runpod, "not-the-key")
+    assert errors == 1 and "u token: refused" in out and "answers 401" in out, out
