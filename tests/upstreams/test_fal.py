@@ -30,7 +30,7 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.fal import FalUpstream
-from tests.upstreams.checks import check_lines
+from tests.upstreams.checks import check_verifies
 from tests.upstreams.contract import (
     TOKEN,
     EmulatedProvider,
@@ -259,8 +259,6 @@ async def test_check_tries_the_key_the_way_fal_takes_it(provider: FalProvider):
     async with upstream_client() as client:
         config = provider.upstream(client).config
     fal = {**config.model_dump(mode="json"), "token_env": "FAL_KEY"}
-    errors, out = await check_lines(fal, TOKEN)
-    assert errors == 0 and "u token: accepted" in out and "401 without" in out, out
-    errors, out = await check_lines(fal, "not-the-key")
-    assert errors == 1 and "u token: refused" in out and "answers 401" in out, out
-    assert TOKEN not in out and "not-the-key" not in out
+    accepted, refused = await check_verifies(fal, TOKEN, "not-the-key")
+    assert "/requests/" in accepted and "404 with it, 401 without" in accepted, accepted
+    assert "answers 401" in refused, refused
