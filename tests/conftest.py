@@ -19,6 +19,7 @@ from bridge.store.embedded_cluster import EmbeddedCluster
 from tests.support.config import (  # noqa: F401  (re-exported for tests not yet moved)
     API_KEY,
     ENV,
+    FAST_POLL,
     OTHER_KEY,
     OTHER_SECRET,
     SECRET,

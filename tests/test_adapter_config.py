@@ -18,36 +18,11 @@ from bridge.adapter_config import (
     parse_template,
     render_json,
 )
+from tests.upstreams.test_custom import RUNWAY_YAML, STABILITY_YAML
 
-RUNWAY = """
-headers: {X-Runway-Version: "2024-11-06"}
-submit: {url: /v1/image_to_video, id: id}
-poll: {url: "/v1/tasks/{id}"}
-status:
-  path: status
-  running: [PENDING, THROTTLED, RUNNING]
-  completed: [SUCCEEDED]
-  failed: [FAILED]
-  cancelled: [CANCELLED]
-  message: failure
-error_message: error
-result: {path: output}
-cancel: {method: DELETE, url: "/v1/tasks/{id}"}
-health: {url: /v1/organization}
-"""
-
-STABILITY = """
-submit:
-  url: /v2beta/stable-image/upscale/creative
-  encoding: multipart
-  files: [image]
-  headers: {Accept: application/json}
-  id: id
-poll: {url: "/v2beta/results/{id}", headers: {Accept: application/json}}
-status: {http: {202: running, 200: completed, 403: failed}, message: "errors[0]"}
-error_message: "errors[0]"
-health: {url: /v1/user/balance}
-"""
+# the adapters of the upstreams that tests/upstreams/test_custom.py runs, as YAML text
+RUNWAY = yaml.safe_dump(yaml.safe_load(RUNWAY_YAML)["adapter"])
+STABILITY = yaml.safe_dump(yaml.safe_load(STABILITY_YAML)["adapter"])
 
 
 def _adapter(text: str, **changes: object) -> AdapterConfig:

@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.api.serving import start_server
-from bridge.config import parse_config, resolve_secrets
+from bridge.config import PROTOCOLS, load_config, parse_config, resolve_secrets
+from bridge.dev.emulators import runway
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver
 from bridge.store.embedded import EmbeddedValkey, free_port
@@ -359,6 +360,28 @@ async def test_demo_delivers_and_verifies_everything():
     assert report.ok, report
     assert report.delivered == report.verified == 40
     assert report.polls_per_job > 0 and report.lag_s
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_demo_runs_against_each_protocols_emulator(protocol):
+    """`pushbridge demo --upstream PROTOCOL`: the demo's jobs go to that protocol's emulator
+    (custom: Runway's, through the adapter of config.example.yaml) and all arrive verified."""
+    from bridge.dev.demo import run_demo
+
+    settings = EmulatorSettings(duration_s=0.3, duration_p95_s=0.6, seed=7)
+    report = await run_demo(5, Console(quiet=True), upstream=protocol, settings=settings)
+    assert report.ok and report.delivered == report.verified == 5, report
+    assert report.upstream == protocol and report.polls_per_job > 0 and report.lag_s
+
+
+def test_the_demos_runway_adapter_is_config_examples():
+    path = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    example = load_config(path, {"RUNWAYML_API_SECRET": "k", "STABILITY_API_KEY": "k"})
+    shown = example.upstreams["runway"]
+    raw = base_config("http://127.0.0.1:1", upstreams={"runway": runway.dev_upstream("http://x")})
+    dev = parse_config(raw, ENV).upstreams["runway"]
+    assert shown.protocol == dev.protocol == "custom"
+    assert shown.adapter == dev.adapter
 
 
 async def test_emulator_command_takes_every_knob():

@@ -20,7 +20,7 @@ from bridge.config import load_config
 from bridge.dev.emulators import runway, stability
 from bridge.dev.emulators.common import EmulatorSettings, EmulatorState
 from bridge.obs.logs import configure_logging
-from tests.conftest import ENV, SECRET, UPSTREAM_TOKEN
+from tests.conftest import ENV, FAST_POLL, SECRET, UPSTREAM_TOKEN
 from tests.upstreams.contract import FaultInjector
 from tests.upstreams.test_custom import (
     PNG_B64,
@@ -30,13 +30,6 @@ from tests.upstreams.test_custom import (
     _stability_step,
 )
 
-FAST_POLL = {
-    "initial_delay_s": 0.05,
-    "min_interval_s": 0.05,
-    "max_interval_s": 0.3,
-    "deadline_s": 30,
-    "timeout_s": 2,
-}
 RUNWAY_INPUTS = {"model": "gen4_turbo", "promptImage": "https://x.test/a.png", "ratio": "1280:720"}
 STABILITY_INPUTS = {"image": PNG_B64, "prompt": "a sharp cat", "seed": 42}
 
@@ -71,7 +64,7 @@ async def emulated() -> AsyncIterator[dict[str, Emulated]]:
 def _upstream(text: str, url: str, **changes: Any) -> dict[str, Any]:
     """An upstream of the config from its YAML text, polling fast for the tests."""
     raw = yaml.safe_load(text.replace("URL", url))
-    return {**raw, "token_env": "UPSTREAM_TOKEN", "poll": FAST_POLL, **changes}
+    return {**raw, "token_env": "UPSTREAM_TOKEN", "poll": dict(FAST_POLL), **changes}
 
 
 @pytest.fixture
@@ -86,11 +79,6 @@ async def stack(make_stack, emulated):
     return make
 
 
-async def _event(s, n: int = 1, timeout_s: float = 10) -> dict[str, Any]:
-    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) >= n, timeout_s)
-    return s.receiver.succeeded()[n - 1].event
-
-
 PROVIDERS = ["runway", "stability"]
 
 
@@ -99,7 +87,7 @@ async def test_success_delivers_the_mapped_result(stack, emulated, name):
     s, e = await stack(), emulated[name]
     r = await s.submit(upstream=name, inputs=e.with_knobs())
     assert r.status_code == 202, r.text
-    event = await _event(s)
+    event = await s.event()
     d = s.receiver.succeeded()[0]
     Webhook(SECRET).verify(d.body, d.headers)
     assert event["type"] == "job.completed"
@@ -119,7 +107,7 @@ async def test_success_delivers_the_mapped_result(stack, emulated, name):
 async def test_provider_failure_carries_its_message(stack, emulated, name):
     s, e = await stack(), emulated[name]
     await s.submit(upstream=name, inputs=e.with_knobs(outcome="failed"))
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.failed"
     error = event["data"]["error"]
     assert error["code"] == "upstream-failed"
@@ -131,7 +119,7 @@ async def test_provider_failure_carries_its_message(stack, emulated, name):
 async def test_expired_at_the_provider_is_upstream_expired(stack, emulated, name):
     s, e = await stack(), emulated[name]
     await s.submit(upstream=name, inputs=e.with_knobs(outcome="expired", duration_s=0.1))
-    error = (await _event(s))["data"]["error"]
+    error = (await s.event())["data"]["error"]
     assert error["code"] == "upstream-expired" and error["upstream_status"] == 404
 
 
@@ -167,7 +155,7 @@ async def test_429_retry_after_is_honoured(stack, emulated, name):
     # the first poll at 0.05 s answered 429 with Retry-After: 1 → the next waits ≥ 1 s
     assert e.state.requests["poll"] == 2
     e.state.settings.poll_429_rate = 0.0
-    assert (await _event(s))["type"] == "job.completed"
+    assert (await s.event())["type"] == "job.completed"
 
 
 MALFORMED = {
@@ -189,7 +177,7 @@ async def test_malformed_answers_are_retried_never_a_crash(stack, emulated, name
         e.faults.plan("poll", status, body, None)
     r = await s.submit(upstream=name, inputs=e.with_knobs(duration_s=0.4))
     assert r.status_code == 202 and r.json()["status"] == "queued"  # retried in background
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.completed" and event["data"]["result"]
     assert e.state.requests["submit"] == 1  # the malformed answer never reached the emulator
 
@@ -264,5 +252,6 @@ async def test_check_verifies_a_custom_upstreams_token_by_its_health_request(tmp
     assert good_code == 0, good
     assert f"ok    upstream runway ({emu.url}): health answered 200" in good
     assert bad_code == 1
-    assert "error upstream runway" in bad and "401: the provider refuses the token" in bad
+    assert "error upstream runway token: refused" in bad and "answers 401" in bad
+    assert "ok    upstream runway token: accepted" in good
     assert "an-old-key" not in bad and UPSTREAM_TOKEN not in good

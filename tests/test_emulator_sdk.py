@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import serve
 
 TOKEN = "sdk-token"
 
@@ -19,23 +16,8 @@ TOKEN = "sdk-token"
 @pytest.fixture
 def emulator() -> Iterator[tuple[str, EmulatorSettings]]:
     settings = EmulatorSettings(duration_s=0.3, token=TOKEN)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_emulator_app(settings),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="off",
-        )
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(5)
+    with serve(create_emulator_app(settings)) as url:
+        yield url, settings
 
 
 def test_seed_flow_with_the_real_sdk(emulator):

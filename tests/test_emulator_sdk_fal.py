@@ -14,22 +14,10 @@ import pytest
 from bridge.dev.emulators import fal as fal_emulator
 from bridge.dev.emulators.fal import RETENTION_S, EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver, Reply
-from tests.threaded_server import record_outside_connections, serve_in_thread
+from tests.sdk_support import no_outside_connections, serve
 
 TOKEN = "fal-sdk-key"
 APP = "fal-ai/flux/dev"  # owner fal-ai, app flux, subpath dev
-
-
-@pytest.fixture(scope="module")
-def outside() -> list[tuple[str, Any]]:
-    return record_outside_connections()
-
-
-@pytest.fixture(autouse=True)
-def no_network_beyond_loopback(outside: list[tuple[str, Any]]) -> Iterator[None]:
-    before = len(outside)
-    yield
-    assert outside[before:] == []
 
 
 @pytest.fixture
@@ -38,7 +26,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, EmulatorSet
 
     monkeypatch.delenv("FAL_KEY", raising=False)
     settings = EmulatorSettings(duration_s=0.3, token=TOKEN, future_ttl_s=RETENTION_S)
-    with serve_in_thread(create_emulator_app(settings)) as base:
+    with no_outside_connections(), serve(create_emulator_app(settings)) as base:
         # FAL_QUEUE_RUN_HOST is host-only behind a hard-coded https://: the SDK's own
         # module global (read at each call) points it at the emulator instead
         monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", f"{base}/")
@@ -167,7 +155,7 @@ def test_unknown_expired_and_aged_out_requests_are_404(emulator, monkeypatch):
 def test_fal_webhook(emulator):
     receiver = Receiver()
     receiver.plan("/ok", Reply(status=503))  # retried later (fal: up to 10 times)
-    with serve_in_thread(receiver.app()) as hooks:
+    with serve(receiver.app()) as hooks:
         ok = _client().submit(
             APP, {"p": 1, "_emulate": {"duration_s": 0.1}}, webhook_url=f"{hooks}/ok"
         )

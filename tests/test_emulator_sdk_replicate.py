@@ -7,15 +7,11 @@ never builds) is checked with plain httpx against the same server.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,27 +19,11 @@ from starlette.routing import Route
 
 from bridge.dev.emulators import PROTOCOLS
 from bridge.dev.emulators.replicate import EmulatorSettings, create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import serve
 
 TOKEN = "r8_sdk-token"
 VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
 TEXT = "She sells seashells by the seashore"
-
-
-@contextmanager
-def serve(app: Starlette) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
 
 
 @pytest.fixture

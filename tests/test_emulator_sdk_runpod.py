@@ -14,22 +14,10 @@ import requests
 
 from bridge.dev.emulators.runpod import RETENTION_S, EmulatorSettings, create_emulator_app
 from bridge.dev.receiver import Receiver, Reply
-from tests.threaded_server import record_outside_connections, serve_in_thread
+from tests.sdk_support import no_outside_connections, serve
 
 TOKEN = "rp-sdk-token"
 ENDPOINT = "ep0abc123"
-
-
-@pytest.fixture(scope="module")
-def outside() -> list[tuple[str, Any]]:
-    return record_outside_connections()
-
-
-@pytest.fixture(autouse=True)
-def no_network_beyond_loopback(outside: list[tuple[str, Any]]) -> Iterator[None]:
-    before = len(outside)
-    yield
-    assert outside[before:] == []
 
 
 @pytest.fixture
@@ -37,7 +25,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, EmulatorSet
     import runpod
 
     settings = EmulatorSettings(duration_s=0.3, token=TOKEN, future_ttl_s=RETENTION_S)
-    with serve_in_thread(create_emulator_app(settings)) as base:
+    with no_outside_connections(), serve(create_emulator_app(settings)) as base:
         # what RUNPOD_ENDPOINT_BASE_URL sets at import; read by every client at construction
         monkeypatch.setattr(runpod, "endpoint_url_base", f"{base}/v2")
         monkeypatch.setattr(runpod, "api_key", None)
@@ -160,7 +148,7 @@ def test_unknown_or_expired_job_is_404(emulator):
 def test_webhook_posts_the_status_object(emulator):
     receiver = Receiver()
     receiver.plan("/hook", Reply(status=500))  # first try fails; RunPod retries 10 s later
-    with serve_in_thread(receiver.app()) as hooks:
+    with serve(receiver.app()) as hooks:
         url = f"{hooks}/hook"
         inputs = {"prompt": "p", "_emulate": {"duration_s": 0.1}}
         job = _endpoint().run({"input": inputs, "webhook": url})

@@ -4,20 +4,16 @@ own exception classes. Every connection the SDK opens goes to 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from bridge.dev.emulators.common import EmulatorSettings
 from bridge.dev.emulators.runway import create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import loopback_connects, serve
 
 TOKEN = "key_" + "0" * 128
 IMAGE = "https://example.com/cat.png"
@@ -28,18 +24,8 @@ runwayml = pytest.importorskip("runwayml")
 @pytest.fixture
 def emulator() -> Iterator[tuple[str, EmulatorSettings]]:
     settings = EmulatorSettings(duration_s=0.4, token=TOKEN)
-    port = free_port()
-    config = uvicorn.Config(
-        create_emulator_app(settings), host="127.0.0.1", port=port, log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(5)
+    with serve(create_emulator_app(settings)) as url:
+        yield url, settings
 
 
 @pytest.fixture(autouse=True)
@@ -48,19 +34,8 @@ def loopback_only(monkeypatch) -> Iterator[list[str]]:
     environment variable may point it elsewhere."""
     for var in ("RUNWAYML_BASE_URL", "RUNWAYML_API_SECRET", "RUNWAYML_CUSTOM_HEADERS"):
         monkeypatch.delenv(var, raising=False)
-    seen: list[str] = []
-    connect = socket.socket.connect
-
-    def guarded(sock: socket.socket, address: object) -> None:
-        host = address[0] if isinstance(address, tuple) else str(address)
-        seen.append(host)
-        assert host == "127.0.0.1", f"the SDK connected to {host}"
-        connect(sock, address)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-    yield seen
-    assert seen, "no connection was made at all"
-    assert set(seen) == {"127.0.0.1"}
+    with loopback_connects(monkeypatch) as seen:
+        yield seen
 
 
 @pytest.fixture

@@ -6,20 +6,17 @@ GET /v2beta/results/{id} until 202 becomes 200."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from bridge.dev.emulators.common import EmulatorSettings
 from bridge.dev.emulators.stability import PNG, create_emulator_app
-from bridge.store.embedded import free_port
+from tests.sdk_support import serve
 
 TOKEN = "sk-" + "a" * 48
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -29,19 +26,8 @@ UPSCALE = "/v2beta/stable-image/upscale/creative"
 @pytest.fixture
 def emulator() -> Iterator[tuple[httpx.Client, EmulatorSettings]]:
     settings = EmulatorSettings(duration_s=0.3, token=TOKEN)
-    port = free_port()
-    config = uvicorn.Config(
-        create_emulator_app(settings), host="127.0.0.1", port=port, log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with serve(create_emulator_app(settings)) as url, httpx.Client(base_url=url) as client:
         yield client, settings
-    server.should_exit = True
-    thread.join(5)
 
 
 def _upscale(client: httpx.Client, emulate: dict | None = None, **fields: str) -> httpx.Response:

@@ -7,61 +7,42 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 
-from bridge.api.serving import RunningServer, start_server
-from bridge.dev.emulators import fal, runpod
 from bridge.dev.emulators.common import EmulatorSettings, EmulatorState
 from bridge.obs.logs import configure_logging
-from tests.conftest import UPSTREAM_TOKEN, Stack
+from tests.conftest import FAST_POLL, UPSTREAM_TOKEN, Stack
 from tests.upstreams.contract import FaultInjector
 from tests.upstreams.test_fal import fal_step
 from tests.upstreams.test_runpod import runpod_step
-
-FAST_POLL = {
-    "initial_delay_s": 0.05,
-    "min_interval_s": 0.05,
-    "max_interval_s": 0.3,
-    "deadline_s": 30,
-    "timeout_s": 2,
-    "adaptive": False,
-}
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    create_app: Callable[[EmulatorSettings], Starlette]
     step_of: Callable[[str, str], str | None]
     path: str  # the upstream's url below the emulator's
     wrong_key: str  # the job's error message when the token is wrong
 
     def config(self, base_url: str) -> dict[str, Any]:
-        return {
-            "protocol": self.name,
-            "url": f"{base_url}{self.path}",
-            "token_env": "UPSTREAM_TOKEN",
-            "submit_timeout_s": 2,
-            "poll": FAST_POLL,
-        }
+        poll = {**FAST_POLL, "adaptive": False}
+        return {"protocol": self.name, "url": f"{base_url}{self.path}", "health_url": None,
+                "poll": poll}  # fmt: skip
 
 
 PROTOCOLS = [
     Protocol(
         "runpod",
-        runpod.create_emulator_app,
         runpod_step,
         "/v2/ep0abc123",
         "RunPod refused the API key (401): missing or invalid token",
     ),
     Protocol(
         "fal",
-        fal.create_emulator_app,
         fal_step,
         "/fal-ai/flux/dev",
         "fal refused the key (401): missing or invalid token",
@@ -78,25 +59,22 @@ class Provider:
 
 
 @pytest.fixture(params=PROTOCOLS, ids=[p.name for p in PROTOCOLS])
-async def provider(request, make_stack) -> AsyncIterator[Callable[..., Any]]:
+def provider(request, make_stack) -> Callable[..., Any]:
     """(settings=None, **config overrides) -> a stack whose upstream "echo" speaks the
     protocol to its emulator (behind a fault injector)."""
     protocol: Protocol = request.param
-    servers: list[RunningServer] = []
 
     async def make(settings: EmulatorSettings | None = None, **overrides: Any) -> Provider:
         settings = settings or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
-        app = protocol.create_app(settings)
-        faults = FaultInjector(app, protocol.step_of)
-        server = await start_server(faults)
-        servers.append(server)
-        stack = await make_stack(upstreams__echo=protocol.config(server.url), **overrides)
-        return Provider(settings, app.state.emulator, faults, stack)
+        stack = await make_stack(
+            settings, protocol=protocol.name, upstream=protocol.config,
+            faults=protocol.step_of, **overrides,
+        )  # fmt: skip
+        assert stack.faults is not None
+        return Provider(settings, stack.emulator, stack.faults, stack)
 
     make.protocol = protocol  # type: ignore[attr-defined]
-    yield make
-    for server in servers:
-        await server.stop()
+    return make
 
 
 @pytest.fixture
@@ -108,16 +86,11 @@ def logs() -> Iterator[io.StringIO]:
     configure_logging("json", "info")
 
 
-async def _event(s: Stack, n: int = 1, timeout_s: float = 10) -> dict[str, Any]:
-    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) >= n, timeout_s)
-    return s.receiver.succeeded()[n - 1].event
-
-
 async def test_success_with_the_mapped_result(provider):
     p = await provider()
     inputs = {"prompt": "a cat", "steps": 4}
     job = (await p.stack.submit(inputs=inputs)).json()
-    event = await _event(p.stack)
+    event = await p.stack.event()
     assert event["type"] == "job.completed" and event["data"]["id"] == job["id"]
     result = event["data"]["result"]
     assert result["echo"] == inputs  # the provider's output (runpod) / response body (fal)
@@ -130,7 +103,7 @@ async def test_provider_failure_carries_its_message(provider):
     p = await provider()
     knobs = {"outcome": "failed", "duration_s": 0.1, "error": "CUDA out of memory"}
     await p.stack.submit(inputs={"_emulate": knobs})
-    event = await _event(p.stack)
+    event = await p.stack.event()
     assert event["type"] == "job.failed"
     assert event["data"]["error"]["code"] == "upstream-failed"
     assert event["data"]["error"]["message"] == "CUDA out of memory"
@@ -151,7 +124,7 @@ async def test_cancel_reaches_the_provider(provider):
 async def test_expired_at_the_provider(provider):
     p = await provider()
     await p.stack.submit(inputs={"_emulate": {"outcome": "expired", "duration_s": 0.1}})
-    event = await _event(p.stack)
+    event = await p.stack.event()
     assert event["type"] == "job.failed"
     assert event["data"]["error"]["code"] == "upstream-expired"
 
@@ -166,7 +139,7 @@ async def test_429_retry_after_is_honoured(provider):
     # the first poll (at 0.05 s) got 429 with Retry-After: 1, so the next waits ≥ 1 s
     assert p.state.requests["poll"] == 2
     settings.poll_429_rate = 0.0
-    assert (await _event(p.stack))["type"] == "job.completed"
+    assert (await p.stack.event())["type"] == "job.completed"
 
 
 async def test_malformed_provider_answers_are_retried(provider, logs):
@@ -177,14 +150,19 @@ async def test_malformed_provider_answers_are_retried(provider, logs):
     p.faults.plan("poll", 502, b"Bad Gateway", {"Retry-After": "0"})
     job = (await p.stack.submit(inputs={"n": 1})).json()
     assert job["status"] == "queued"  # the submit's answer was garbage: retried later
-    event = await _event(p.stack, timeout_s=15)
+    event = await p.stack.event(timeout_s=15)
     assert event["type"] == "job.completed" and event["data"]["result"]["echo"] == {"n": 1}
     assert len(p.faults.requests) >= 8  # 2 submits, 5 bad polls, 1 good one
     assert "upstream" in logs.getvalue() and UPSTREAM_TOKEN not in logs.getvalue()
 
 
-async def test_wrong_token_fails_upstream_rejected(provider, logs):
+@pytest.mark.parametrize("health_checked", [False, True], ids=["at-once", "health-checked"])
+async def test_wrong_token_fails_upstream_rejected(provider, logs, health_checked):
+    """Also once the health watcher has asked the provider with the wrong token: RunPod's
+    /health answered 401, the upstream counted as down, and the job waited as queued."""
     p = await provider(EmulatorSettings(duration_s=0.1, token="the-right-one"))
+    if health_checked:
+        await asyncio.sleep(0.5)  # the watcher asks every 0.2 s
     response = await p.stack.submit()
     problem = response.json()  # the API submits at once, so the client hears it
     assert response.status_code == 422 and problem["code"] == "upstream-rejected"

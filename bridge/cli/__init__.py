@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rich.console import Console
 from starlette.routing import BaseRoute, Mount
 
-from bridge.config import Config, ConfigError, load_config, resolve_secrets
+from bridge.config import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    Config,
+    ConfigError,
+    load_config,
+    resolve_secrets,
+)
 from bridge.obs.logs import configure_logging
 from bridge.store.embedded_share import EmbeddedShare
 
@@ -144,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     demo.add_argument("--jobs", type=int, default=100, help="jobs to submit")
+    demo.add_argument(
+        "--upstream",
+        choices=PROTOCOLS,
+        default=DEFAULT_PROTOCOL,
+        help="the upstream protocol, against its emulator (custom: Runway's, by its adapter)",
+    )
     _add_emulator(sub)
     check = sub.add_parser(
         "check",
@@ -294,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging("console", "warning")
     console = Console()
-    report = _run(run_demo(args.jobs, console))
+    report = _run(run_demo(args.jobs, console, upstream=args.upstream))
     print_report(report, console)
     return 0 if report.ok else 1
 

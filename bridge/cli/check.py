@@ -2,17 +2,17 @@
 if there is any.
 
 The store must answer, keep every key (maxmemory-policy noeviction) and persist (AOF or
-RDB snapshots). Each upstream must answer its health check, and its token is tried: a
-GET of the upstream's URL with the token and without it; 401/403 with the token means a
-bad token. Without --config (dev mode) the dev server's store and emulator are checked
+RDB snapshots). Each upstream must answer its health check, and its token is tried the
+way its protocol sends it: one request with the token and one without; 401/403 with the
+token means a bad token. Without --config (dev mode) the dev server's store and emulator are checked
 when one runs on the data dir, else an embedded store is started for the check.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,6 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from rich.console import Console
 from rich.markup import escape
 
+from bridge.adapter_config import TemplateError
 from bridge.config import Config, ConfigError, UpstreamConfig, load_config, resolve_secrets
 from bridge.dev.devmode import dev_config
 from bridge.net.client import LeanClient, upstream_client
@@ -31,6 +32,7 @@ from bridge.store.connection import make_redis, open_store
 from bridge.store.embedded_share import SharedStore, running
 from bridge.upstreams import build_upstream
 from bridge.upstreams.base import Healthy
+from bridge.upstreams.custom import CustomUpstream, auth_headers
 
 MARKS = {
     "ok": "[green]ok[/green]   ",
@@ -142,30 +144,67 @@ async def _check_configured_store(config: Config, report: Report) -> None:
         report.line("error", f"store ({where}): {type(e).__name__}: {e}")
 
 
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @dataclass(frozen=True)
 class TokenProbe:
-    """How a protocol's token is tried: the URL to GET, the header that carries the token,
-    the statuses that mean it was refused."""
+    """How a protocol's token is tried: the request (sent once with the token and once
+    without), the headers that carry the token, the statuses that mean it was refused."""
 
     url: str
-    header: str = "Authorization"
-    prefix: str = "Bearer "
+    auth: Callable[[str], dict[str, str]] = _bearer
     refused: tuple[int, ...] = AUTH_REFUSED
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)  # sent either way
+    content: bytes | None = None
+
+    @property
+    def request(self) -> str:
+        return f"{self.method} {self.url}"
 
 
-def _token_probe(u: UpstreamConfig) -> TokenProbe:
+# a request id that no fal app has: its status is 404 to a good key, 401 without one
+FAL_NO_REQUEST = "00000000-0000-0000-0000-000000000000"
+
+
+def _fal_probe_url(url: str) -> str:
+    """The status URL of a request that does not exist, under the app of a fal queue URL
+    (status URLs leave out the app's subpath)."""
+    u = httpx.URL(url)
+    app = "/".join(u.path.strip("/").split("/")[:2])
+    return f"{u.scheme}://{u.netloc.decode()}/{app}/requests/{FAL_NO_REQUEST}/status"
+
+
+def _token_probe(u: UpstreamConfig, client: LeanClient) -> TokenProbe:
+    """The request that tells a good token from a bad one, per protocol (TemplateError if
+    a custom adapter's cannot be built)."""
     if u.protocol == "openai":  # GET /v1 answers 404 either way; the model list needs the key
         return TokenProbe(f"{u.url.rstrip('/')}/models")
     if u.protocol == "gemini":  # Google answers a wrong key 400 API_KEY_INVALID
-        return TokenProbe(u.url, "x-goog-api-key", "", (400, *AUTH_REFUSED))
+        return TokenProbe(u.url, lambda t: {"x-goog-api-key": t}, (400, *AUTH_REFUSED))
+    if u.protocol == "replicate":  # GET /v1 is 404 either way; the account needs the token
+        return TokenProbe(f"{u.url.rstrip('/')}/account")
+    if u.protocol == "runpod":  # the endpoint's base has no GET; its health needs the key
+        return TokenProbe(u.health_url or f"{u.url.rstrip('/')}/health")
+    if u.protocol == "fal":  # the queue URL takes only POST: 405 either way
+        return TokenProbe(_fal_probe_url(u.url), lambda t: {"Authorization": f"Key {t}"})
+    if u.protocol == "custom":  # the adapter's health request, its headers and its auth
+        built = CustomUpstream("check", u, None, client).health_request()
+        adapter = u.adapter
+        return TokenProbe(built.url, lambda t: auth_headers(adapter, t), AUTH_REFUSED,
+                          built.method, built.headers, built.content)  # fmt: skip
     return TokenProbe(u.url)
 
 
-async def _get_status(
+async def _status(
     client: LeanClient, probe: TokenProbe, token: str | None, timeout_s: float
 ) -> int:
-    headers = {probe.header: f"{probe.prefix}{token}"} if token else {}
-    response = await client.send_raw("GET", probe.url, timeout_s, headers)
+    headers = {**probe.headers, **(probe.auth(token) if token else {})}
+    response = await client.send_raw(
+        probe.method, probe.url, timeout_s, headers, content=probe.content
+    )
     await response.aclose()
     return response.status_code
 
@@ -173,14 +212,16 @@ async def _get_status(
 async def _token_line(
     client: LeanClient, name: str, u: UpstreamConfig, token: str | None
 ) -> tuple[str, str]:
-    what, probe = f"upstream {name} token", _token_probe(u)
+    what = f"upstream {name} token"
     try:
-        without = await _get_status(client, probe, None, u.submit_timeout_s)
-        with_token = (
-            await _get_status(client, probe, token, u.submit_timeout_s) if token else without
-        )
+        probe = _token_probe(u, client)
+    except TemplateError as e:
+        return "error", f"{what}: the adapter's health request: {e}"
+    try:
+        without = await _status(client, probe, None, u.submit_timeout_s)
+        with_token = await _status(client, probe, token, u.submit_timeout_s) if token else without
     except httpx.HTTPError as e:
-        return "error", f"{what}: GET {probe.url}: {describe_error(e)}"
+        return "error", f"{what}: {probe.request}: {describe_error(e)}"
     return _token_verdict(what, probe, token_env=u.token_env if token else None,
                           with_token=with_token, without=without)  # fmt: skip
 
@@ -188,22 +229,22 @@ async def _token_line(
 def _token_verdict(
     what: str, probe: TokenProbe, token_env: str | None, with_token: int, without: int
 ) -> tuple[str, str]:
-    url, refused = probe.url, probe.refused
+    request, refused = probe.request, probe.refused
     if token_env is None:
         if without in refused:
             return (
                 "error",
-                f"{what}: none configured but GET {url} answers {without}; set token_env",
+                f"{what}: none configured but {request} answers {without}; set token_env",
             )
-        return "skip", f"{what}: none configured (GET {url} answers {without})"
+        return "skip", f"{what}: none configured ({request} answers {without})"
     if with_token in refused:
         return (
             "error",
-            f"{what}: refused, GET {url} answers {with_token} with the token of {token_env}",
+            f"{what}: refused, {request} answers {with_token} with the token of {token_env}",
         )
     if without in refused:
-        return "ok", f"{what}: accepted (GET {url}: {with_token} with it, {without} without)"
-    return "warn", f"{what}: not verified, GET {url} answers {with_token} with or without it"
+        return "ok", f"{what}: accepted ({request}: {with_token} with it, {without} without)"
+    return "warn", f"{what}: not verified, {request} answers {with_token} with or without it"
 
 
 async def _check_upstreams(

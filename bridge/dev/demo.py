@@ -1,13 +1,16 @@
-"""`pushbridge demo`: the whole bridge on embedded defaults, end to end, with a summary."""
+"""`pushbridge demo`: the whole bridge on embedded defaults, end to end, with a summary;
+`--upstream PROTOCOL` runs it against that protocol's emulator (octoai by default)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +22,14 @@ from rich.table import Table
 from bridge.api.serving import start_server
 from bridge.config import parse_config, resolve_secrets
 from bridge.delivery.signing import new_webhook_secret
-from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
+from bridge.dev.emulators import FOR_UPSTREAM
+from bridge.dev.emulators.common import EmulatorSettings
 from bridge.dev.receiver import Receiver
 from bridge.process import bridge_app, open_runtime
 from bridge.store.embedded import free_port
 
 SUBMIT_CONCURRENCY = 32
+UPSTREAM_TOKEN_ENV = "DEMO_UPSTREAM_TOKEN"
 
 
 @dataclass
@@ -37,6 +42,7 @@ class DemoReport:
     submit_s: list[float]
     polls_per_job: float
     elapsed_s: float
+    upstream: str = "octoai"
 
     @property
     def ok(self) -> bool:
@@ -51,7 +57,7 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def demo_config(data_dir: str, port: int, emulator_url: str, environ: dict[str, str]) -> Any:
+def demo_config(data_dir: str, port: int, upstream: dict[str, Any], environ: dict[str, str]) -> Any:
     return parse_config(
         {
             "listen": {"host": "127.0.0.1", "port": port},
@@ -64,19 +70,19 @@ def demo_config(data_dir: str, port: int, emulator_url: str, environ: dict[str, 
                 }
             ],
             "callbacks": {"allow_http": True, "allow_private_networks": True},
-            "upstreams": {
-                "echo": {
-                    "url": f"{emulator_url}/infer/echo",
-                    "health_url": f"{emulator_url}/healthz",
-                }
-            },
+            "upstreams": {"echo": upstream},
         },
         environ,
     )
 
 
 async def _submit_all(
-    client: httpx.AsyncClient, jobs: int, callback: str, progress: Progress, task: Any
+    client: httpx.AsyncClient,
+    jobs: int,
+    inputs: Callable[[int], Any],
+    callback: str,
+    progress: Progress,
+    task: Any,
 ) -> tuple[int, list[float]]:
     gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
     latencies: list[float] = []
@@ -88,7 +94,7 @@ async def _submit_all(
                 "/v1/jobs",
                 json={
                     "upstream": "echo",
-                    "inputs": {"prompt": f"job {i}"},
+                    "inputs": inputs(i),
                     "callback_url": callback,
                     "metadata": {"n": i},
                 },
@@ -122,25 +128,38 @@ def _report(
     return DemoReport(jobs, accepted, len(first), verified, lags, submit_s, polls, elapsed_s)
 
 
-async def run_demo(jobs: int, console: Console, timeout_s: float | None = None) -> DemoReport:
+async def run_demo(
+    jobs: int,
+    console: Console,
+    timeout_s: float | None = None,
+    upstream: str = "octoai",
+    settings: EmulatorSettings | None = None,
+) -> DemoReport:
+    """The demo against the emulator of the `upstream` protocol (with `settings`: durations
+    1 s median, 3 s p95 by default); the emulator wants a token, which the upstream has."""
+    emulator = FOR_UPSTREAM[upstream]
     data_dir = tempfile.mkdtemp(prefix="pushbridge-demo-")
     environ = {
         "DEMO_API_KEY": "pb_demo_" + os.urandom(8).hex(),
         "DEMO_WEBHOOK_SECRET": new_webhook_secret(),
+        UPSTREAM_TOKEN_ENV: "demo-upstream-" + os.urandom(8).hex(),
     }
-    emulator_app = create_emulator_app(EmulatorSettings(duration_s=1.0, duration_p95_s=3.0, seed=7))
+    settings = settings or EmulatorSettings(duration_s=1.0, duration_p95_s=3.0, seed=7)
+    settings = dataclasses.replace(settings, token=environ[UPSTREAM_TOKEN_ENV])
+    emulator_app = emulator.create_emulator_app(settings)
     receiver = Receiver([environ["DEMO_WEBHOOK_SECRET"]])
     emulator_srv = await start_server(emulator_app)
     receiver_srv = await start_server(receiver.app())
     port = free_port()
-    config = demo_config(data_dir, port, emulator_srv.url, environ)
+    echo = emulator.dev_upstream(emulator_srv.url, UPSTREAM_TOKEN_ENV)
+    config = demo_config(data_dir, port, echo, environ)
     timeout_s = timeout_s or 60 + jobs * 0.05
     try:
         async with open_runtime(config, resolve_secrets(config, environ)) as rt:
             bridge = await start_server(bridge_app(rt), port)
             console.print(
                 f"store: embedded Valkey in {data_dir}; bridge {bridge.url}; "
-                f"emulator {emulator_srv.url}; receiver {receiver_srv.url}"
+                f"{upstream} emulator {emulator_srv.url}; receiver {receiver_srv.url}"
             )
             started = time.perf_counter()
             headers = {"Authorization": f"Bearer {environ['DEMO_API_KEY']}"}
@@ -148,7 +167,7 @@ async def run_demo(jobs: int, console: Console, timeout_s: float | None = None) 
                 base_url=bridge.url, headers=headers, timeout=30
             ) as client:
                 accepted, submit_s = await _track(
-                    client, jobs, receiver_srv.url, receiver, timeout_s
+                    client, jobs, emulator.dev_inputs, receiver_srv.url, receiver, timeout_s
                 )
             elapsed = time.perf_counter() - started
             await bridge.stop()
@@ -157,11 +176,17 @@ async def run_demo(jobs: int, console: Console, timeout_s: float | None = None) 
         await emulator_srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     state = emulator_app.state.emulator
-    return _report(jobs, accepted, submit_s, receiver, state, elapsed)
+    report = _report(jobs, accepted, submit_s, receiver, state, elapsed)
+    return dataclasses.replace(report, upstream=upstream)
 
 
 async def _track(
-    client: httpx.AsyncClient, jobs: int, receiver_url: str, receiver: Receiver, timeout_s: float
+    client: httpx.AsyncClient,
+    jobs: int,
+    inputs: Callable[[int], Any],
+    receiver_url: str,
+    receiver: Receiver,
+    timeout_s: float,
 ) -> tuple[int, list[float]]:
     columns = (
         TextColumn("{task.description:<10}"),
@@ -173,7 +198,7 @@ async def _track(
         sub = progress.add_task("submitted", total=jobs)
         dlv = progress.add_task("delivered", total=jobs)
         submitting = asyncio.create_task(
-            _submit_all(client, jobs, f"{receiver_url}/hooks/demo", progress, sub)
+            _submit_all(client, jobs, inputs, f"{receiver_url}/hooks/demo", progress, sub)
         )
 
         def delivered() -> int:
@@ -188,7 +213,7 @@ async def _track(
 
 
 def print_report(r: DemoReport, console: Console) -> None:
-    table = Table(title="pushbridge demo", show_header=False)
+    table = Table(title=f"pushbridge demo ({r.upstream})", show_header=False)
     table.add_row("accepted (202)", f"{r.accepted}/{r.jobs}")
     table.add_row("delivered", f"{r.delivered}/{r.jobs}")
     table.add_row("signatures verified", f"{r.verified}/{r.jobs} (standardwebhooks)")

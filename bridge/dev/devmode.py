@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bridge.config import Config, parse_config
 from bridge.delivery.signing import new_webhook_secret
+from bridge.dev.emulators import octoai
 from bridge.store.embedded_share import EmbeddedShare, SharedStore
 
 DEV_KEY_ENV = "PUSHBRIDGE_DEV_API_KEY"
@@ -60,10 +61,7 @@ def dev_config(
             {"name": "dev", "api_keys_env": DEV_KEY_ENV, "webhook_secret_env": DEV_SECRET_ENV}
         ],
         "callbacks": {"allow_http": True, "allowed_networks": list(DEV_CALLBACK_NETWORKS)},
-        "upstreams": {
-            name: {"url": f"{base}/infer/{name}", "health_url": f"{base}/healthz"}
-            for name in DEV_UPSTREAMS
-        },
+        "upstreams": {name: octoai.dev_upstream(base, model=name) for name in DEV_UPSTREAMS},
     }
     config = parse_config(raw, environ)
     dev_credentials(Path(config.store.data_dir), environ)

@@ -45,7 +45,7 @@ from bridge.adapter_config import (
 )
 from bridge.config import CustomUpstreamConfig
 from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
+from bridge.net.util import excerpt
 from bridge.upstreams.base import (
     Cancelled,
     CancelOutcome,
@@ -65,10 +65,20 @@ from bridge.upstreams.base import (
     Transient,
     UpstreamRef,
 )
-from bridge.upstreams.octoai import REQUEST_ERRORS, origin
+from bridge.upstreams.httpjson import (
+    AUTH_REFUSED,
+    MAX_CONTROL_BODY_BYTES,
+    MAX_ERROR_CHARS,
+    MAX_HEALTH_BODY_BYTES,
+    Answer,
+    HttpUpstream,
+    Voice,
+    health_outcome,
+    poll_refusal,
+    refusal,
+    transient,
+)
 
-MAX_CONTROL_BODY_BYTES = 1024 * 1024
-MAX_MESSAGE_CHARS = 1000
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
@@ -96,15 +106,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _is_transient(code: int) -> bool:
-    return code in (408, 425, 429) or code >= 500
-
-
-def _transient(reason: str, response: httpx.Response | None = None) -> Transient:
-    if response is None:
-        return Transient(reason)
-    retry_after_s = parse_retry_after(response.headers.get("retry-after"))
-    return Transient(reason, response.status_code, retry_after_s)
+def auth_headers(adapter: AdapterConfig, token: str | None) -> dict[str, str]:
+    """The token as the adapter sends it (`auth.header`, `auth.format`); none without one."""
+    if not token:
+        return {}
+    return {adapter.auth.header: parse_template(adapter.auth.format).render({"token": token})}
 
 
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
@@ -150,7 +156,7 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[bytes, str]]) -> t
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
-class CustomUpstream:
+class CustomUpstream(HttpUpstream[CustomUpstreamConfig]):
     """One configured upstream run by its adapter; `client` is shared and passed in."""
 
     protocol: ClassVar[str] = "custom"
@@ -164,19 +170,13 @@ class CustomUpstream:
         client: LeanClient,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
-        self.name = name
-        self.config = config
-        self.client = client
-        self.max_result_bytes = max_result_bytes
+        super().__init__(name, config, token, client, max_result_bytes)
         a: AdapterConfig = config.adapter
         self.adapter = a
         self.capabilities = Capabilities(
             cancel=a.cancel is not None, separate_fetch=a.result.fetch is not None
         )
-        auth = parse_template(a.auth.format).render({"token": token}) if token else None
-        self._auth = {a.auth.header: auth} if auth is not None else {}
-        configured = [config.url, *([config.health_url] if config.health_url else [])]
-        self._auth_origins = {origin(u) for u in configured}
+        self._voice = Voice(text=self._error_text)
         self._headers = {k: parse_template(v).render({}) for k, v in a.headers.items()}
         self._id = parse_path(a.submit.id)
         self._extract = {k: parse_path(p) for k, p in a.submit.extract.items()}
@@ -185,8 +185,8 @@ class CustomUpstream:
         self._error = parse_path(a.error_message) if a.error_message else None
         self._result = parse_path(a.result.path)
 
-    def __repr__(self) -> str:  # never show the token
-        return f"CustomUpstream({self.name!r}, {self.config.url!r})"
+    def auth_headers(self, token: str) -> dict[str, str]:
+        return auth_headers(self.config.adapter, token)
 
     # ---- requests --------------------------------------------------------------------
 
@@ -227,20 +227,19 @@ class CustomUpstream:
         return Built(spec.method, target, headers, content)
 
     async def _send(
-        self, built: Built, timeout_s: float, limit_bytes: int
-    ) -> tuple[httpx.Response, bytes]:
-        """Send it; the token only to the configured origins, never to a URL that a
-        provider's answer named on another origin."""
-        auth = self._auth if origin(built.url) in self._auth_origins else {}
-        headers = {**built.headers, **auth}
-        response = await self.client.send_raw(
-            built.method, built.url, timeout_s, headers, content=built.content
+        self, built: Built, timeout_s: float, limit_bytes: int = MAX_CONTROL_BODY_BYTES
+    ) -> Answer | Transient:
+        return await self.send(
+            built.method, built.url, timeout_s, limit_bytes, built.content, built.headers
         )
-        try:
-            body = await read_capped(response, limit_bytes)
-        finally:
-            await response.aclose()
-        return response, body
+
+    async def _send_for_result(
+        self, built: Built, timeout_s: float, limit_bytes: int | None
+    ) -> Answer | Transient | Failed:
+        return await self.send_for_result(
+            built.method, built.url, timeout_s, "the answer", built.content, built.headers,
+            limit_bytes,
+        )  # fmt: skip
 
     def _error_text(self, body: bytes, path: Any = None) -> str:
         """The provider's text in an answer: at `path` (else at error_message), else the
@@ -249,7 +248,7 @@ class CustomUpstream:
         for p in (path, self._error):
             value = p.find(data) if p is not None and data is not MISSING else MISSING
             if value is not MISSING and value not in (None, ""):
-                return _text(value)[:MAX_MESSAGE_CHARS]
+                return _text(value)[:MAX_ERROR_CHARS]
         return excerpt(body, 512)
 
     @staticmethod
@@ -264,22 +263,17 @@ class CustomUpstream:
             built = self._build(self.adapter.submit, {"inputs": inputs})
         except (TemplateError, InputsError) as e:
             return Rejected(None, f"the inputs do not fit upstream {self.name!r}: {e}")
-        try:
-            response, body = await self._send(
-                built, self.config.submit_timeout_s, MAX_CONTROL_BODY_BYTES
-            )
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if _is_transient(code):
-            return _transient(f"upstream answered {code}", response)
-        if not 200 <= code < 300:
-            return Rejected(code, self._error_text(body))
+        answer = await self._send(built, self.config.submit_timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, self._voice):
+            return refused
+        code, body = answer.status_code, answer.body
         data = _json(body)
         job_id = self._id.find(data) if data is not MISSING else MISSING
         if isinstance(job_id, bool) or not isinstance(job_id, str | int) or job_id == "":
             why = f"no id at {self._id.text!r}"
-            return _transient(f"malformed submit answer ({code}, {why}): {excerpt(body, 200)}")
+            return transient(f"malformed submit answer ({code}, {why}): {excerpt(body, 200)}")
         extracted = {k: p.find(data) for k, p in self._extract.items()}
         kept = {k: v for k, v in extracted.items() if v is not MISSING}
         return Submitted(UpstreamRef(str(job_id), {"extract": kept}), code)
@@ -292,77 +286,70 @@ class CustomUpstream:
             return Failed(f"cannot poll: {e}")
         inline = self.adapter.result.fetch is None
         limit = self.max_result_bytes if inline else MAX_CONTROL_BODY_BYTES
-        try:
-            response, body = await self._send(built, self.config.poll.timeout_s, limit)
-        except BodyTooLarge as e:
-            return Failed(str(e))
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        return self._poll_outcome(ref, variables, response, body)
+        answer = await self._send_for_result(built, self.config.poll.timeout_s, limit)
+        if not isinstance(answer, Answer):
+            return answer
+        return self._poll_outcome(ref, variables, answer)
+
+    def _refusal(self, answer: Answer, what: str) -> Expired | Failed | Transient | None:
+        """A poll or result fetch that did not answer 2xx (404: the provider forgot `what`)."""
+        code = answer.status_code
+        gone = f"upstream {what} not found: {self._error_text(answer.body)}" if code == 404 else ""
+        return poll_refusal(answer, gone, self._voice)
 
     def _poll_outcome(
-        self, ref: UpstreamRef, variables: dict[str, Any], response: httpx.Response, body: bytes
+        self, ref: UpstreamRef, variables: dict[str, Any], answer: Answer
     ) -> PollOutcome:
-        code, status = response.status_code, self.adapter.status
+        code, body, status = answer.status_code, answer.body, self.adapter.status
         state, value = status.http.get(code), None
-        if state is None:
-            if code == 404:
-                return Expired(f"upstream job not found: {self._error_text(body)}", code)
-            if _is_transient(code):
-                return _transient(f"upstream answered {code}", response)
-            if not 200 <= code < 300:
-                return Failed(self._error_text(body), code)
+        if state is None and (refused := self._refusal(answer, "job")):
+            return refused
         data = _json(body)
         if state is None:
             if data is MISSING and self._status is not None:
-                return _transient(f"malformed status answer: {excerpt(body, 200)}", response)
+                return transient(f"malformed status answer: {excerpt(body, 200)}", answer)
             value = self._status.find(data) if self._status is not None else MISSING
             if value is MISSING and self._status is not None:
                 why = f"no status at {self._status.text!r}"
-                return _transient(f"malformed status answer ({why}): {excerpt(body, 200)}")
+                return transient(f"malformed status answer ({why}): {excerpt(body, 200)}")
             state = status.state_of(value) or status.unknown
         if state == "running":
             said = _text(value) if value not in (None, MISSING) else f"HTTP {code}"
             return Running(code, said[:100])
         if state in ("failed", "cancelled"):
             return Failed(self._failure(body, state, value, code), code)
-        return self._completed(ref, variables, data, body, response)
+        return self._completed(ref, variables, data, answer)
 
     def _failure(self, body: bytes, state: str, value: Any, code: int) -> str:
         said = _text(value) if value not in (None, MISSING) else f"HTTP {code}"
         text = self._error_text(body, self._message) if body else ""
         text = text or f"the provider reported {said}"
         return (f"cancelled at the provider: {text}" if state == "cancelled" else text)[
-            :MAX_MESSAGE_CHARS
+            :MAX_ERROR_CHARS
         ]
 
     def _completed(
-        self,
-        ref: UpstreamRef,
-        variables: dict[str, Any],
-        data: Any,
-        body: bytes,
-        response: httpx.Response,
+        self, ref: UpstreamRef, variables: dict[str, Any], data: Any, answer: Answer
     ) -> PollOutcome:
-        code, fetch = response.status_code, self.adapter.result.fetch
+        code, fetch = answer.status_code, self.adapter.result.fetch
         if fetch is None:
-            return self._done_inline(data, body, response)
+            return self._done_inline(data, answer)
         try:
             url = self._url(fetch.url, {**variables, "answer": data})
         except TemplateError as e:
-            return _transient(f"completed, but the result URL: {e}", response)
+            return transient(f"completed, but the result URL: {e}", answer)
         return Done(fetch_ref=UpstreamRef(ref.id, {**ref.data, "fetch_url": url}), status_code=code)
 
-    def _done_inline(self, data: Any, body: bytes, response: httpx.Response) -> PollOutcome:
+    def _done_inline(self, data: Any, answer: Answer) -> PollOutcome:
         if data is MISSING:
-            return _transient(f"malformed result: {excerpt(body, 200)}", response)
+            return transient(f"malformed result: {excerpt(answer.body, 200)}", answer)
         if not self._result.steps:
-            return Done(result=body, status_code=response.status_code)
+            return Done(result=answer.body, status_code=answer.status_code)
         result = self._result.find(data)
         if result is MISSING:
             why = f"completed without a result at {self._result.text!r}"
-            return _transient(why, response)
-        return Done(result=orjson.dumps(result), status_code=response.status_code)
+            return transient(why, answer)
+        return Done(result=orjson.dumps(result), status_code=answer.status_code)
 
     async def fetch_result(self, ref: UpstreamRef) -> FetchOutcome:
         fetch, url = self.adapter.result.fetch, ref.data.get("fetch_url")
@@ -370,26 +357,17 @@ class CustomUpstream:
             return Failed("no result request to send (the adapter has no result.fetch)")
         try:
             built = self._build(fetch, self._job_variables(ref), url=url)
-            response, body = await self._send(
-                built, self.config.poll.timeout_s, self.max_result_bytes
-            )
         except (TemplateError, InputsError) as e:
             return Failed(f"cannot fetch the result: {e}")
-        except BodyTooLarge as e:
-            return Failed(str(e))
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Expired(f"upstream result not found: {self._error_text(body)}", code)
-        if _is_transient(code):
-            return _transient(f"upstream answered {code}", response)
-        if not 200 <= code < 300:
-            return Failed(self._error_text(body), code)
-        done = self._done_inline(_json(body), body, response)
+        answer = await self._send_for_result(built, self.config.poll.timeout_s, None)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := self._refusal(answer, "result"):
+            return refused
+        done = self._done_inline(_json(answer.body), answer)
         if isinstance(done, Done) and done.result is not None:
-            return Fetched(done.result, code)
-        return done if isinstance(done, Transient) else _transient("malformed result", response)
+            return Fetched(done.result, answer.status_code)
+        return done if isinstance(done, Transient) else transient("malformed result", answer)
 
     async def cancel(self, ref: UpstreamRef) -> CancelOutcome:
         spec = self.adapter.cancel
@@ -397,19 +375,21 @@ class CustomUpstream:
             return Rejected(None, f"upstream {self.name!r} has no cancel in its adapter")
         try:
             built = self._build(spec, self._job_variables(ref))
-            response, body = await self._send(
-                built, self.config.submit_timeout_s, MAX_CONTROL_BODY_BYTES
-            )
         except (TemplateError, InputsError) as e:
             return Rejected(None, f"cannot cancel: {e}")
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if 200 <= code < 300:
-            return Cancelled(code)
-        if _is_transient(code):
-            return _transient(f"upstream answered {code}", response)
-        return Rejected(code, self._error_text(body))
+        answer = await self._send(built, self.config.submit_timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        return refusal(answer, self._voice, "cancel") or Cancelled(answer.status_code)
+
+    def health_request(self) -> Built:
+        """The `health` request, else a GET of health_url, else of url; without the token
+        (TemplateError if it cannot be built)."""
+        spec = self.adapter.health
+        if spec is not None:
+            return self._build(spec, {})
+        url = self.config.health_url or self.config.url
+        return Built("GET", url, dict(self._headers), None)
 
     async def health(self) -> HealthOutcome:
         """Healthy when `health` answers 2xx (else health_url 200; else always)."""
@@ -417,18 +397,11 @@ class CustomUpstream:
         if spec is None and not self.config.health_url:
             return Healthy("no health check")
         try:
-            if spec is not None:
-                built = self._build(spec, {})
-            else:
-                built = Built("GET", str(self.config.health_url), dict(self._headers), None)
-            response, _ = await self._send(built, self.config.submit_timeout_s, 64 * 1024)
+            built = self.health_request()
         except (TemplateError, InputsError) as e:
             return Transient(f"cannot check health: {e}")
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if (200 <= code < 300) if spec is not None else code == 200:
-            return Healthy(f"health answered {code}", code)
-        if code in (401, 403):  # up, but refuses the token: jobs fail upstream-rejected
-            return Healthy(f"health answered {code}: the provider refuses the token", code)
-        return _transient(f"health answered {code}", response)
+        answer = await self._send(built, self.config.submit_timeout_s, MAX_HEALTH_BODY_BYTES)
+        if not isinstance(answer, Answer):
+            return answer
+        # up, but refusing the token (401/403): jobs fail upstream-rejected
+        return health_outcome(answer, any_2xx=spec is not None, refused_is_up=AUTH_REFUSED)

@@ -22,14 +22,11 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import orjson
 
 from bridge.config import FalUpstreamConfig
-from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error
 from bridge.upstreams.base import (
     Cancelled,
     CancelOutcome,
     Capabilities,
     Done,
-    Expired,
     Failed,
     Fetched,
     FetchOutcome,
@@ -43,16 +40,20 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.httpjson import (
-    REQUEST_ERRORS,
-    Exchange,
+    JSON_HEADERS,
+    Answer,
+    HttpUpstream,
+    Voice,
     error_text,
-    is_transient_status,
-    json_object,
+    poll_refusal,
+    probe_health,
+    refusal,
     transient,
+    url_in,
 )
 
 URL_KEYS = ("status_url", "response_url", "cancel_url")
-JSON = {"Content-Type": "application/json"}
+VOICE = Voice("fal", named=True, credential="key")
 
 
 def _with_webhook(url: str, push_url: str | None) -> str:
@@ -70,11 +71,6 @@ def _urls(base: str, data: dict[str, Any]) -> dict[str, str] | None:
     return {k: urljoin(base, str(u)) for k, u in urls.items()}
 
 
-def _url_in(ref: UpstreamRef, key: str) -> str | None:
-    value = ref.data.get(key)
-    return value if isinstance(value, str) and value else None
-
-
 def _completed_error(data: dict[str, Any]) -> str | None:
     """The failure of a COMPLETED status: its `error` (with `error_type`), else None."""
     error, error_type = data.get("error"), data.get("error_type")
@@ -84,76 +80,44 @@ def _completed_error(data: dict[str, Any]) -> str | None:
     return f"{text} ({error_type})" if error and error_type else text
 
 
-class FalUpstream:
+class FalUpstream(HttpUpstream[FalUpstreamConfig]):
     """One fal app behind fal's queue; `client` is shared and passed in."""
 
     protocol: ClassVar[str] = "fal"
     capabilities: ClassVar[Capabilities] = Capabilities(cancel=True, push=True, separate_fetch=True)
 
-    def __init__(
-        self,
-        name: str,
-        config: FalUpstreamConfig,
-        token: str | None,
-        client: LeanClient,
-        max_result_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.max_result_bytes = max_result_bytes
-        auth = {"Authorization": f"Key {token}"} if token else {}
-        self._http = Exchange(client, auth, [config.url, *filter(None, [config.health_url])])
-
-    def __repr__(self) -> str:  # never show the token
-        return f"FalUpstream({self.name!r}, {self.config.url!r})"
+    def auth_headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Key {token}"}
 
     async def submit(self, inputs: Any, push_url: str | None = None) -> SubmitOutcome:
         url = _with_webhook(self.config.url, push_url)
-        try:
-            response, answer = await self._http.request(
-                "POST",
-                url,
-                self.config.submit_timeout_s,
-                content=orjson.dumps(inputs),
-                headers=JSON,
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if is_transient_status(code):
-            return transient(f"fal answered {code}", response)
-        if code in (401, 403):
-            return Rejected(code, f"fal refused the key ({code}): {error_text(answer)}")
-        if not 200 <= code < 300:
-            return Rejected(code, f"fal refused the request ({code}): {error_text(answer)}")
-        data = json_object(answer)
+        content, timeout_s = orjson.dumps(inputs), self.config.submit_timeout_s
+        answer = await self.send("POST", url, timeout_s, content=content, headers=JSON_HEADERS)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, VOICE, "request"):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         request_id = data.get("request_id") if data else None
         urls = _urls(self.config.url, data) if data else None
         if not isinstance(request_id, str) or not request_id or urls is None:
-            return transient(f"malformed submit answer ({code}): {error_text(answer)}", response)
+            reason = f"malformed submit answer ({code}): {error_text(answer.body)}"
+            return transient(reason, answer)
         return Submitted(UpstreamRef(request_id, urls), code)
 
     async def poll(self, ref: UpstreamRef) -> PollOutcome:
-        status_url = _url_in(ref, "status_url")
+        status_url = url_in(ref, "status_url")
         if status_url is None:
             return Failed("the job's upstream reference has no status_url")
-        try:
-            response, answer = await self._http.request(
-                "GET", status_url, self.config.poll.timeout_s
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Expired(f"fal no longer knows request {ref.id}", code)
-        if is_transient_status(code):
-            return transient(f"fal answered {code}", response)
-        if not 200 <= code < 300:
-            return Failed(f"fal answered {code}: {error_text(answer)}", code)
-        data = json_object(answer)
+        answer = await self.send("GET", status_url, self.config.poll.timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := poll_refusal(answer, f"fal no longer knows request {ref.id}", VOICE):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         status = data.get("status") if data else None
         if data is None or not isinstance(status, str):
-            return transient(f"malformed status answer: {error_text(answer)}", response)
+            return transient(f"malformed status answer: {error_text(answer.body)}", answer)
         if status != "COMPLETED":
             return Running(code, status)  # IN_QUEUE, IN_PROGRESS
         error = _completed_error(data)
@@ -162,58 +126,33 @@ class FalUpstream:
         return Done(fetch_ref=ref, status_code=code)
 
     async def fetch_result(self, ref: UpstreamRef) -> FetchOutcome:
-        response_url = _url_in(ref, "response_url")
+        response_url = url_in(ref, "response_url")
         if response_url is None:
             return Failed("the job's upstream reference has no response_url")
+        timeout_s = self.config.poll.timeout_s
+        answer = await self.send_for_result("GET", response_url, timeout_s, "fal's result")
+        if not isinstance(answer, Answer):
+            return answer
+        gone = f"fal no longer has the result of request {ref.id}"
+        if refused := poll_refusal(answer, gone, VOICE):  # also the app's own error status
+            return refused
         try:
-            response, answer = await self._http.request(
-                "GET", response_url, self.config.poll.timeout_s, self.max_result_bytes
-            )
-        except BodyTooLarge as e:
-            return Failed(f"fal's result: {e}")
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Expired(f"fal no longer has the result of request {ref.id}", code)
-        if is_transient_status(code):
-            return transient(f"fal answered {code}", response)
-        if not 200 <= code < 300:  # the app's own error status and detail
-            return Failed(f"fal answered {code}: {error_text(answer)}", code)
-        try:
-            orjson.loads(answer)
+            orjson.loads(answer.body)
         except orjson.JSONDecodeError:
-            return transient(f"malformed result: {error_text(answer)}", response)
-        return Fetched(answer, code)
+            return transient(f"malformed result: {error_text(answer.body)}", answer)
+        return Fetched(answer.body, answer.status_code)
 
     async def cancel(self, ref: UpstreamRef) -> CancelOutcome:
-        cancel_url = _url_in(ref, "cancel_url")
+        cancel_url = url_in(ref, "cancel_url")
         if cancel_url is None:
             return Rejected(None, "the job's upstream reference has no cancel_url")
-        try:
-            response, answer = await self._http.request(
-                "PUT", cancel_url, self.config.submit_timeout_s
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if 200 <= code < 300:
-            return Cancelled(code)
-        if is_transient_status(code):
-            return transient(f"fal answered {code}", response)
-        return Rejected(code, f"fal refused the cancel ({code}): {error_text(answer)}")
+        answer = await self.send("PUT", cancel_url, self.config.submit_timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        return refusal(answer, VOICE, "cancel") or Cancelled(answer.status_code)
 
     async def health(self) -> HealthOutcome:
         """Healthy when health_url answers 200; fal's queue has no health endpoint."""
         if not self.config.health_url:
             return Healthy("no health_url")
-        try:
-            response, _ = await self._http.request(
-                "GET", self.config.health_url, self.config.submit_timeout_s
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if code == 200:
-            return Healthy(f"health answered {code}", code)
-        return transient(f"health answered {code}", response)
+        return await probe_health(self.http, self.config.health_url, self.config.submit_timeout_s)

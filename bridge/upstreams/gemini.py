@@ -23,8 +23,6 @@ from urllib.parse import quote
 import orjson
 
 from bridge.config import GeminiUpstreamConfig
-from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error
 from bridge.upstreams.base import (
     CancelOutcome,
     Capabilities,
@@ -32,7 +30,6 @@ from bridge.upstreams.base import (
     Failed,
     FetchOutcome,
     HealthOutcome,
-    Healthy,
     PollOutcome,
     Rejected,
     Running,
@@ -40,12 +37,15 @@ from bridge.upstreams.base import (
     Submitted,
     UpstreamRef,
 )
-from bridge.upstreams.httpjson import MAX_CONTROL_BODY_BYTES, MAX_ERROR_CHARS, REQUEST_ERRORS
-from bridge.upstreams.jsonapi import (
+from bridge.upstreams.httpjson import (
+    AUTH_REFUSED,
+    MAX_ERROR_CHARS,
     Answer,
-    JsonApi,
+    HttpUpstream,
+    Voice,
     poll_refusal,
-    submit_refusal,
+    probe_health,
+    refusal,
     transient,
 )
 
@@ -53,6 +53,7 @@ OPERATION_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/operations/[A-
 RETRY_DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 MAX_RETRY_DELAY_S = 3600.0
+VOICE = Voice(credential="key")  # errors: Google's error.message alone
 
 
 def retry_delay_s(body: bytes) -> float | None:
@@ -82,40 +83,30 @@ def _filtered(response: dict[str, Any]) -> str | None:
     return f"blocked by Google's safety filter: {text or 'no reason given'}"[:MAX_ERROR_CHARS]
 
 
-class GeminiUpstream:
+class GeminiUpstream(HttpUpstream[GeminiUpstreamConfig]):
     """One configured upstream speaking the gemini protocol; `client` is shared, passed in."""
 
     protocol: ClassVar[str] = "gemini"
     capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(
-        self,
-        name: str,
-        config: GeminiUpstreamConfig,
-        token: str | None,
-        client: LeanClient,
-        max_result_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.max_result_bytes = max_result_bytes
-        self.model_url = config.url.rstrip("/")
-        self.api_root = self.model_url.rsplit("/models/", 1)[0]  # …/v1beta
-        auth = {"x-goog-api-key": token} if token else {}
-        self.api = JsonApi(client, auth, [config.url, config.health_url], retry_delay_s)
+    @property
+    def api_root(self) -> str:
+        return self.base.rsplit("/models/", 1)[0]  # …/v1beta
 
-    def __repr__(self) -> str:  # never show the key
-        return f"GeminiUpstream({self.name!r}, {self.config.url!r})"
+    def auth_headers(self, token: str) -> dict[str, str]:
+        return {"x-goog-api-key": token}
+
+    def retry_hint(self, body: bytes) -> float | None:
+        return retry_delay_s(body)
 
     async def submit(self, inputs: Any, push_url: str | None = None) -> SubmitOutcome:
         if not isinstance(inputs, dict):
             return Rejected(None, "gemini inputs are the predictLongRunning request: an object")
-        url, timeout_s = f"{self.model_url}:predictLongRunning", self.config.submit_timeout_s
-        try:
-            answer = await self.api.request("POST", url, timeout_s, MAX_CONTROL_BODY_BYTES, inputs)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        if refused := submit_refusal(answer):
+        url, timeout_s = f"{self.base}:predictLongRunning", self.config.submit_timeout_s
+        answer = await self.send("POST", url, timeout_s, payload=inputs)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, VOICE):
             return refused
         data = answer.json_object() or {}
         name = data.get("name")
@@ -127,17 +118,11 @@ class GeminiUpstream:
         if not OPERATION_NAME.match(ref.id):
             return Failed("the job's upstream reference is not an operation name")
         url = f"{self.api_root}/{quote(ref.id, safe='/')}"
-        try:
-            answer = await self.api.request(
-                "GET", url, self.config.poll.timeout_s, self.max_result_bytes
-            )
-        except BodyTooLarge as e:
-            return Failed(f"the operation {e}")
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        if refused := poll_refusal(answer, f"Gemini no longer has operation {ref.id}"):
-            return refused
-        return self._poll_outcome(answer)
+        answer = await self.send_for_result("GET", url, self.config.poll.timeout_s, "the operation")
+        if not isinstance(answer, Answer):
+            return answer
+        gone = f"Gemini no longer has operation {ref.id}"
+        return poll_refusal(answer, gone, VOICE) or self._poll_outcome(answer)
 
     @staticmethod
     def _poll_outcome(answer: Answer) -> PollOutcome:
@@ -163,14 +148,11 @@ class GeminiUpstream:
         return Rejected(None, "the Gemini API has no cancel for long-running operations")
 
     async def health(self) -> HealthOutcome:
-        url = self.config.health_url or self.model_url
-        try:
-            answer = await self.api.request("GET", url, self.config.submit_timeout_s, 1024 * 1024)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = answer.status_code
-        if answer.ok:
-            return Healthy(f"health answered {code}", code)
-        if code in (400, 401, 403) and not self.config.health_url:
-            return Healthy(f"the API answers but refuses the key ({code})", code)
-        return transient(f"health answered {code}", answer)
+        """health_url, else the model, answering 2xx (or, the model, refusing the key: 400
+        API_KEY_INVALID, 401, 403; the API answers)."""
+        url = self.config.health_url or self.base
+        refused_is_up = () if self.config.health_url else (400, *AUTH_REFUSED)
+        return await probe_health(
+            self.http, url, self.config.submit_timeout_s,
+            any_2xx=True, refused_is_up=refused_is_up, credential="key",
+        )  # fmt: skip

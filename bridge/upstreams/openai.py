@@ -19,8 +19,6 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from bridge.config import OpenAIUpstreamConfig
-from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error
 from bridge.upstreams.base import (
     Cancelled,
     CancelOutcome,
@@ -29,7 +27,6 @@ from bridge.upstreams.base import (
     Failed,
     FetchOutcome,
     HealthOutcome,
-    Healthy,
     PollOutcome,
     Rejected,
     Running,
@@ -37,43 +34,27 @@ from bridge.upstreams.base import (
     Submitted,
     UpstreamRef,
 )
-from bridge.upstreams.httpjson import MAX_CONTROL_BODY_BYTES, REQUEST_ERRORS
-from bridge.upstreams.jsonapi import (
+from bridge.upstreams.httpjson import (
+    AUTH_REFUSED,
     Answer,
-    JsonApi,
-    cancel_refusal,
+    HttpUpstream,
+    Voice,
     poll_refusal,
-    submit_refusal,
+    probe_health,
+    refusal,
     transient,
 )
 
 RUNNING_STATUSES = frozenset({"queued", "in_progress"})
 DONE_STATUSES = frozenset({"completed", "incomplete"})
+VOICE = Voice()  # errors: OpenAI's error.message alone
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(HttpUpstream[OpenAIUpstreamConfig]):
     """One configured upstream speaking the openai protocol; `client` is shared, passed in."""
 
     protocol: ClassVar[str] = "openai"
     capabilities: ClassVar[Capabilities] = Capabilities(cancel=True)
-
-    def __init__(
-        self,
-        name: str,
-        config: OpenAIUpstreamConfig,
-        token: str | None,
-        client: LeanClient,
-        max_result_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.max_result_bytes = max_result_bytes
-        self.base = config.url.rstrip("/")
-        auth = {"Authorization": f"Bearer {token}"} if token else {}
-        self.api = JsonApi(client, auth, [config.url, config.health_url])
-
-    def __repr__(self) -> str:  # never show the token
-        return f"OpenAIUpstream({self.name!r}, {self.config.url!r})"
 
     def _response_url(self, response_id: str, action: str = "") -> str:
         return f"{self.base}/responses/{quote(response_id, safe='')}{action}"
@@ -83,11 +64,10 @@ class OpenAIUpstream:
             return Rejected(None, "openai inputs are the Responses API request: a JSON object")
         body = {**inputs, "background": True}
         url, timeout_s = f"{self.base}/responses", self.config.submit_timeout_s
-        try:
-            answer = await self.api.request("POST", url, timeout_s, MAX_CONTROL_BODY_BYTES, body)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        if refused := submit_refusal(answer):
+        answer = await self.send("POST", url, timeout_s, payload=body)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, VOICE):
             return refused
         data = answer.json_object() or {}
         response_id = data.get("id")
@@ -97,16 +77,11 @@ class OpenAIUpstream:
 
     async def poll(self, ref: UpstreamRef) -> PollOutcome:
         url, timeout_s = self._response_url(ref.id), self.config.poll.timeout_s
-        try:
-            answer = await self.api.request("GET", url, timeout_s, self.max_result_bytes)
-        except BodyTooLarge as e:
-            return Failed(f"the Response object {e}")
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
+        answer = await self.send_for_result("GET", url, timeout_s, "the Response object")
+        if not isinstance(answer, Answer):
+            return answer
         gone = f"OpenAI no longer has response {ref.id} (background responses are kept ~10 min)"
-        if refused := poll_refusal(answer, gone):
-            return refused
-        return self._poll_outcome(answer)
+        return poll_refusal(answer, gone, VOICE) or self._poll_outcome(answer)
 
     @staticmethod
     def _poll_outcome(answer: Answer) -> PollOutcome:
@@ -130,21 +105,16 @@ class OpenAIUpstream:
 
     async def cancel(self, ref: UpstreamRef) -> CancelOutcome:
         url, timeout_s = self._response_url(ref.id, "/cancel"), self.config.submit_timeout_s
-        try:
-            answer = await self.api.request("POST", url, timeout_s, MAX_CONTROL_BODY_BYTES)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        return cancel_refusal(answer) or Cancelled(answer.status_code)
+        answer = await self.send("POST", url, timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        return refusal(answer, VOICE, "cancel") or Cancelled(answer.status_code)
 
     async def health(self) -> HealthOutcome:
+        """health_url, else the model list, answering 2xx (or, the model list, refusing the
+        token: the API answers)."""
         url = self.config.health_url or f"{self.base}/models"
-        try:
-            answer = await self.api.request("GET", url, self.config.submit_timeout_s, 1024 * 1024)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = answer.status_code
-        if answer.ok:
-            return Healthy(f"health answered {code}", code)
-        if code in (401, 403) and not self.config.health_url:
-            return Healthy(f"the API answers but refuses the token ({code})", code)
-        return transient(f"health answered {code}", answer)
+        refused_is_up = () if self.config.health_url else AUTH_REFUSED
+        return await probe_health(
+            self.http, url, self.config.submit_timeout_s, any_2xx=True, refused_is_up=refused_is_up
+        )

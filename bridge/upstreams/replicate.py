@@ -25,12 +25,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from bridge.config import ReplicateUpstreamConfig
-from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
+from bridge.net.util import excerpt
 from bridge.upstreams.base import (
     Cancelled,
     CancelOutcome,
@@ -46,13 +44,20 @@ from bridge.upstreams.base import (
     Running,
     SubmitOutcome,
     Submitted,
-    Transient,
     UpstreamRef,
 )
-from bridge.upstreams.octoai import REQUEST_ERRORS, origin
+from bridge.upstreams.httpjson import (
+    Answer,
+    HttpUpstream,
+    Voice,
+    json_object,
+    poll_refusal,
+    probe_health,
+    refusal,
+    transient,
+)
 from bridge.upstreams.webhooks import verify_standard_webhook
 
-MAX_CONTROL_BODY_BYTES = 1024 * 1024
 RUNNING_STATUSES = frozenset({"starting", "processing"})
 ENDED_WITHOUT_OUTPUT = {
     "canceled": "the prediction was canceled at Replicate",
@@ -63,148 +68,81 @@ RESETS_IN = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s\b")
 EXPIRED_MESSAGE = "Replicate removed the prediction's data (API predictions are kept 1 hour)"
 
 
-def _retry_after_s(response: httpx.Response, body: bytes) -> float | None:
-    """`Retry-After`, else the wait a 429's detail names ("Your rate limit resets in ~30s")."""
-    header = parse_retry_after(response.headers.get("retry-after"))
-    if header is not None or response.status_code != 429:
-        return header
+def _problem_text(body: bytes) -> str:
+    """Replicate's error text: `title: detail` of its problem+json, else the body's start."""
+    data = json_object(body)
+    parts = [str(data[k]).strip() for k in ("title", "detail") if data.get(k)] if data else []
+    return ": ".join(parts)[:1000] if parts else excerpt(body, 512)
+
+
+def _resets_in_s(body: bytes) -> float | None:
+    """The wait a throttled answer's detail names ("Your rate limit resets in ~30s")."""
     match = RESETS_IN.search(_problem_text(body))
     return float(match.group(1)) if match else None
 
 
-def _transient(reason: str, response: httpx.Response | None = None, body: bytes = b"") -> Transient:
-    if response is None:
-        return Transient(reason)
-    return Transient(reason, response.status_code, _retry_after_s(response, body))
+VOICE = Voice("Replicate", text=_problem_text, named=True)
 
 
-def _is_transient_status(code: int) -> bool:
-    return code in (408, 425, 429) or code >= 500
-
-
-def _problem_text(body: bytes) -> str:
-    """Replicate's error text: `title: detail` of its problem+json, else the body's start."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return excerpt(body, 512)
-    if not isinstance(data, dict):
-        return excerpt(body, 512)
-    parts = [str(data[k]).strip() for k in ("title", "detail") if data.get(k)]
-    return ": ".join(parts)[:1000] if parts else excerpt(body, 512)
-
-
-def _refused(response: httpx.Response, body: bytes, what: str) -> Rejected | Transient:
-    code = response.status_code
-    if _is_transient_status(code):
-        return _transient(f"Replicate answered {code} to the {what}", response, body)
-    return Rejected(code, f"Replicate refused the {what} ({code}): {_problem_text(body)}")
-
-
-def _prediction(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-class ReplicateUpstream:
+class ReplicateUpstream(HttpUpstream[ReplicateUpstreamConfig]):
     """One configured upstream speaking Replicate's predictions API."""
 
     protocol: ClassVar[str] = "replicate"
     capabilities: ClassVar[Capabilities] = Capabilities(cancel=True, push=True)
 
-    def __init__(
-        self,
-        name: str,
-        config: ReplicateUpstreamConfig,
-        token: str | None,
-        client: LeanClient,
-        max_result_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.client = client
-        self.max_result_bytes = max_result_bytes
-        self._base = config.url.rstrip("/")
-        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
-        configured = [config.url, *([config.health_url] if config.health_url else [])]
-        self._auth_origins = {origin(u) for u in configured}
+    def retry_hint(self, body: bytes) -> float | None:
+        return _resets_in_s(body)
 
     def __repr__(self) -> str:  # never show the token
         return f"ReplicateUpstream({self.name!r}, {self.config.url!r}, {self.config.model!r})"
 
-    async def _request(
-        self, method: str, url: str, timeout_s: float, limit_bytes: int, **kw: Any
-    ) -> tuple[httpx.Response, bytes]:
-        auth = self._auth if origin(url) in self._auth_origins else {}
-        headers = {**auth, **kw.pop("headers", {})}
-        response = await self.client.send_raw(method, url, timeout_s, headers, **kw)
-        try:
-            body = await read_capped(response, limit_bytes)
-        finally:
-            await response.aclose()
-        return response, body
-
-    def _create(self, inputs: dict[str, Any], push_url: str | None) -> tuple[str, bytes]:
+    def _create(self, inputs: dict[str, Any], push_url: str | None) -> tuple[str, dict[str, Any]]:
         """The create URL and body for the configured model (official) or version."""
         model, _, version = self.config.model.partition(":")
         body: dict[str, Any] = {"input": inputs}
         if push_url:
             body |= {"webhook": push_url, "webhook_events_filter": ["completed"]}
         if version:
-            return f"{self._base}/predictions", orjson.dumps({"version": version, **body})
+            return f"{self.base}/predictions", {"version": version, **body}
         owner, name = (quote(part, safe="") for part in model.split("/", 1))
-        return f"{self._base}/models/{owner}/{name}/predictions", orjson.dumps(body)
+        return f"{self.base}/models/{owner}/{name}/predictions", body
 
     def _prediction_url(self, ref: UpstreamRef, suffix: str = "") -> str | None:
         if not PREDICTION_ID.match(ref.id):
             return None
-        return f"{self._base}/predictions/{ref.id}{suffix}"
+        return f"{self.base}/predictions/{ref.id}{suffix}"
 
     async def submit(self, inputs: Any, push_url: str | None = None) -> SubmitOutcome:
         if not isinstance(inputs, dict):
             return Rejected(None, "Replicate's input is a JSON object; the inputs are not one")
-        url, content = self._create(inputs, push_url)
-        headers = {"Content-Type": "application/json"}
-        timeout_s = self.config.submit_timeout_s
-        try:
-            response, body = await self._request(
-                "POST", url, timeout_s, MAX_CONTROL_BODY_BYTES, content=content, headers=headers
-            )
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        if not 200 <= response.status_code < 300:
-            return _refused(response, body, "prediction")
-        data = _prediction(body)
+        url, payload = self._create(inputs, push_url)
+        answer = await self.send("POST", url, self.config.submit_timeout_s, payload=payload)
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, VOICE, "prediction"):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         prediction_id = data.get("id") if data else None
         if not isinstance(prediction_id, str) or not PREDICTION_ID.match(prediction_id):
-            reason = f"malformed create response ({response.status_code}): {excerpt(body, 200)}"
-            return _transient(reason, response, body)
-        return Submitted(UpstreamRef(prediction_id), response.status_code)
+            reason = f"malformed create response ({code}): {excerpt(answer.body, 200)}"
+            return transient(reason, answer)
+        return Submitted(UpstreamRef(prediction_id), code)
 
     async def poll(self, ref: UpstreamRef) -> PollOutcome:
         url = self._prediction_url(ref)
         if url is None:
             return Failed(f"not a Replicate prediction id: {ref.id[:64]!r}")
-        try:
-            response, body = await self._request(
-                "GET", url, self.config.poll.timeout_s, self.max_result_bytes
-            )
-        except BodyTooLarge as e:
-            return Failed(str(e))
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Expired("Replicate no longer knows the prediction (404)", code)
-        if not 200 <= code < 300:
-            refused = _refused(response, body, "poll")
-            return refused if isinstance(refused, Transient) else Failed(refused.message, code)
-        data = _prediction(body)
+        answer = await self.send_for_result(
+            "GET", url, self.config.poll.timeout_s, "the prediction"
+        )
+        if not isinstance(answer, Answer):
+            return answer
+        gone = "Replicate no longer knows the prediction (404)"
+        if refused := poll_refusal(answer, gone, VOICE):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         if data is None or not isinstance(data.get("status"), str):
-            return _transient(f"malformed prediction ({code}): {excerpt(body, 200)}", response)
+            return transient(f"malformed prediction ({code}): {excerpt(answer.body, 200)}", answer)
         return self._poll_outcome(data, code)
 
     def _poll_outcome(self, data: dict[str, Any], code: int) -> PollOutcome:
@@ -235,28 +173,14 @@ class ReplicateUpstream:
         url = self._prediction_url(ref, "/cancel")
         if url is None:
             return Rejected(None, f"not a Replicate prediction id: {ref.id[:64]!r}")
-        try:
-            response, body = await self._request(
-                "POST", url, self.config.submit_timeout_s, MAX_CONTROL_BODY_BYTES
-            )
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        if 200 <= response.status_code < 300:
-            return Cancelled(response.status_code)
-        return _refused(response, body, "cancel")
+        answer = await self.send("POST", url, self.config.submit_timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        return refusal(answer, VOICE, "cancel") or Cancelled(answer.status_code)
 
     async def health(self) -> HealthOutcome:
         """Healthy when health_url answers 200. Without one (Replicate has no health
         endpoint), always healthy."""
         if not self.config.health_url:
             return Healthy("no health_url")
-        try:
-            response, _ = await self._request(
-                "GET", self.config.health_url, self.config.submit_timeout_s, 64 * 1024
-            )
-        except REQUEST_ERRORS as e:
-            return _transient(describe_error(e))
-        code = response.status_code
-        if code == 200:
-            return Healthy(f"health answered {code}", code)
-        return Transient(f"health answered {code}", code)
+        return await probe_health(self.http, self.config.health_url, self.config.submit_timeout_s)

@@ -9,7 +9,8 @@
   `output` inline (the job's result, so Done comes with it); FAILED gives its `error` text,
   TIMED_OUT and CANCELLED fail too. 404 once RunPod forgot the job (results are kept 30
   minutes after completion): expired.
-- cancel: `POST {url}/cancel/{id}`; health: `GET {url}/health` (or `health_url`), 200.
+- cancel: `POST {url}/cancel/{id}`; health: `GET {url}/health` (or `health_url`), 200 (a
+  401/403 from /health: up, refusing the key).
 """
 
 from __future__ import annotations
@@ -21,21 +22,16 @@ from urllib.parse import quote
 import orjson
 
 from bridge.config import RunpodUpstreamConfig
-from bridge.net.client import LeanClient
-from bridge.net.util import BodyTooLarge, describe_error
 from bridge.upstreams.base import (
     Cancelled,
     CancelOutcome,
     Capabilities,
     Done,
-    Expired,
     Failed,
     Fetched,
     FetchOutcome,
     HealthOutcome,
-    Healthy,
     PollOutcome,
-    Rejected,
     Running,
     SubmitOutcome,
     Submitted,
@@ -43,12 +39,15 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.httpjson import (
-    REQUEST_ERRORS,
-    Exchange,
+    AUTH_REFUSED,
+    Answer,
+    HttpUpstream,
+    Voice,
     error_text,
-    is_transient_status,
-    json_object,
     message_of,
+    poll_refusal,
+    probe_health,
+    refusal,
     transient,
 )
 
@@ -58,7 +57,7 @@ ENDED_WITHOUT_OUTPUT = {
     "TIMED_OUT": "the job timed out at RunPod",
     "CANCELLED": "the job was cancelled at RunPod",
 }
-JSON = {"Content-Type": "application/json"}
+VOICE = Voice("RunPod", named=True, credential="API key")
 CLASS_REPR = re.compile(r"^<class '([^']*)'>$")  # str(type(err)) in the worker's report
 
 
@@ -86,32 +85,14 @@ def _job_error(data: dict[str, Any], status: str) -> str:
     return text if status == "FAILED" else f"{ENDED_WITHOUT_OUTPUT[status]}: {text}"
 
 
-class RunpodUpstream:
+class RunpodUpstream(HttpUpstream[RunpodUpstreamConfig]):
     """One RunPod serverless endpoint; `client` is shared and passed in."""
 
     protocol: ClassVar[str] = "runpod"
     capabilities: ClassVar[Capabilities] = Capabilities(cancel=True, push=True)
 
-    def __init__(
-        self,
-        name: str,
-        config: RunpodUpstreamConfig,
-        token: str | None,
-        client: LeanClient,
-        max_result_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self.max_result_bytes = max_result_bytes
-        self._base = config.url.rstrip("/")
-        auth = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = Exchange(client, auth, [config.url, *filter(None, [config.health_url])])
-
-    def __repr__(self) -> str:  # never show the token
-        return f"RunpodUpstream({self.name!r}, {self.config.url!r})"
-
     def _job_url(self, action: str, ref: UpstreamRef) -> str:
-        return f"{self._base}/{action}/{quote(ref.id, safe='')}"
+        return f"{self.base}/{action}/{quote(ref.id, safe='')}"
 
     async def submit(self, inputs: Any, push_url: str | None = None) -> SubmitOutcome:
         body: dict[str, Any] = {"input": inputs}
@@ -119,54 +100,35 @@ class RunpodUpstream:
             body["webhook"] = push_url
         if self.config.policy:
             body["policy"] = self.config.policy
-        try:
-            response, answer = await self._http.request(
-                "POST",
-                f"{self._base}/run",
-                self.config.submit_timeout_s,
-                content=orjson.dumps(body),
-                headers=JSON,
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if is_transient_status(code):
-            return transient(f"RunPod answered {code}", response)
-        if code in (401, 403):
-            return Rejected(code, f"RunPod refused the API key ({code}): {error_text(answer)}")
-        if not 200 <= code < 300:
-            return Rejected(code, f"RunPod refused the job ({code}): {error_text(answer)}")
-        data = json_object(answer)
+        answer = await self.send(
+            "POST", f"{self.base}/run", self.config.submit_timeout_s, payload=body
+        )
+        if not isinstance(answer, Answer):
+            return answer
+        if refused := refusal(answer, VOICE, "job"):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         job_id = data.get("id") if data else None
         if not isinstance(job_id, str) or not job_id:
-            return transient(f"malformed /run answer ({code}): {error_text(answer)}", response)
+            reason = f"malformed /run answer ({code}): {error_text(answer.body)}"
+            return transient(reason, answer)
         return Submitted(UpstreamRef(job_id, {}), code)
 
     async def poll(self, ref: UpstreamRef) -> PollOutcome:
-        try:
-            response, answer = await self._http.request(
-                "GET",
-                self._job_url("status", ref),
-                self.config.poll.timeout_s,
-                self.max_result_bytes,  # COMPLETED carries the output
-            )
-        except BodyTooLarge as e:
-            return Failed(f"RunPod's answer with the output: {e}")
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if code == 404:
-            return Expired(
-                f"RunPod no longer knows job {ref.id} (results are kept 30 minutes)", code
-            )
-        if is_transient_status(code):
-            return transient(f"RunPod answered {code}", response)
-        if not 200 <= code < 300:
-            return Failed(f"RunPod answered {code}: {error_text(answer)}", code)
-        data = json_object(answer)
+        url, timeout_s = self._job_url("status", ref), self.config.poll.timeout_s
+        # COMPLETED carries the output
+        answer = await self.send_for_result(
+            "GET", url, timeout_s, "RunPod's answer with the output"
+        )
+        if not isinstance(answer, Answer):
+            return answer
+        gone = f"RunPod no longer knows job {ref.id} (results are kept 30 minutes)"
+        if refused := poll_refusal(answer, gone, VOICE):
+            return refused
+        data, code = answer.json_object(), answer.status_code
         status = data.get("status") if data else None
         if data is None or not isinstance(status, str):
-            return transient(f"malformed /status answer: {error_text(answer)}", response)
+            return transient(f"malformed /status answer: {error_text(answer.body)}", answer)
         if status == "COMPLETED":
             return Done(result=orjson.dumps(data.get("output")), status_code=code)
         if status in ENDED_WITHOUT_OUTPUT:
@@ -183,27 +145,17 @@ class RunpodUpstream:
         return outcome
 
     async def cancel(self, ref: UpstreamRef) -> CancelOutcome:
-        try:
-            response, answer = await self._http.request(
-                "POST", self._job_url("cancel", ref), self.config.submit_timeout_s
-            )
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if 200 <= code < 300:
-            return Cancelled(code)
-        if is_transient_status(code):
-            return transient(f"RunPod answered {code}", response)
-        return Rejected(code, f"RunPod refused the cancel ({code}): {error_text(answer)}")
+        answer = await self.send("POST", self._job_url("cancel", ref), self.config.submit_timeout_s)
+        if not isinstance(answer, Answer):
+            return answer
+        return refusal(answer, VOICE, "cancel") or Cancelled(answer.status_code)
 
     async def health(self) -> HealthOutcome:
-        """Healthy when the endpoint's /health (or health_url) answers 200."""
-        url = self.config.health_url or f"{self._base}/health"
-        try:
-            response, _ = await self._http.request("GET", url, self.config.submit_timeout_s)
-        except REQUEST_ERRORS as e:
-            return transient(describe_error(e))
-        code = response.status_code
-        if code == 200:
-            return Healthy(f"health answered {code}", code)
-        return transient(f"health answered {code}", response)
+        """Healthy when the endpoint's /health (or health_url) answers 200. /health refusing
+        the key (401/403) is healthy too: the endpoint is up, and jobs fail
+        upstream-rejected with RunPod's text instead of waiting as queued."""
+        url = self.config.health_url or f"{self.base}/health"
+        refused_is_up = () if self.config.health_url else AUTH_REFUSED
+        return await probe_health(
+            self.http, url, self.config.submit_timeout_s, refused_is_up=refused_is_up
+        )

@@ -19,6 +19,16 @@ ENV = {
 }
 
 
+# an upstream's poll policy in the tests: soon, often, short
+FAST_POLL = {
+    "initial_delay_s": 0.05,
+    "min_interval_s": 0.05,
+    "max_interval_s": 0.3,
+    "deadline_s": 30,
+    "timeout_s": 2,
+}
+
+
 def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
@@ -40,13 +50,7 @@ def base_config(emulator_url: str, **overrides: Any) -> dict[str, Any]:
                 "health_url": f"{emulator_url}/healthz",
                 "token_env": "UPSTREAM_TOKEN",
                 "submit_timeout_s": 2,
-                "poll": {
-                    "initial_delay_s": 0.05,
-                    "min_interval_s": 0.05,
-                    "max_interval_s": 0.3,
-                    "deadline_s": 30,
-                    "timeout_s": 2,
-                },
+                "poll": dict(FAST_POLL),
             }
         },
         "worker": {

@@ -33,6 +33,7 @@ from tests.support.config import (
     base_config,
     loopback_only_dns,
 )
+from tests.upstreams.contract import FaultInjector
 
 
 @dataclass
@@ -47,6 +48,13 @@ class Stack:
     client: httpx.AsyncClient
     other: httpx.AsyncClient
     replicas: list[tuple[Runtime, RunningServer, httpx.AsyncClient]]
+    faults: FaultInjector | None = None  # in front of the emulator, when asked for
+
+    async def event(self, n: int = 1, timeout_s: float = 10) -> dict[str, Any]:
+        """The n-th event the receiver accepted, once it has (fails after timeout_s)."""
+        ok = await self.receiver.wait_for(lambda: len(self.receiver.succeeded()) >= n, timeout_s)
+        assert ok, f"{len(self.receiver.succeeded())} of {n} events arrived"
+        return self.receiver.succeeded()[n - 1].event
 
     def hook(self, path: str = "/hook") -> str:
         return f"{self.receiver_srv.url}{path}"
@@ -123,6 +131,7 @@ async def stack_factory(
             upstream: Callable[[str], dict[str, Any]] | None = None,
             public_url_self: bool = False,
             env: Callable[[str], Awaitable[Env]] | None = None,
+            faults: Callable[[str, str], str | None] | None = None,
             **overrides: Any,
         ) -> Stack:
             """`protocol` picks the emulator; `upstream(emulator_url)` gives the keys of
@@ -133,7 +142,9 @@ async def stack_factory(
             emu_app = EMULATORS[protocol](
                 emulator or EmulatorSettings(duration_s=0.2, token=UPSTREAM_TOKEN, seed=1)
             )
-            emu_srv = await start_server(emu_app, grace_s=HELPER_GRACE_S)
+            # `faults` (method, path -> step) puts a FaultInjector in front of the emulator
+            injector = FaultInjector(emu_app, faults) if faults else None
+            emu_srv = await start_server(injector or emu_app, grace_s=HELPER_GRACE_S)
             receiver = Receiver([SECRET])
             try:
                 recv_srv = await start_server(receiver.app(), grace_s=HELPER_GRACE_S)
@@ -181,6 +192,7 @@ async def stack_factory(
                 client,
                 other,
                 replicas,
+                injector,
             )
 
         yield make

@@ -1,23 +1,28 @@
 """The contract every upstream protocol meets, run once per protocol (as saq runs one TestQueue
 per backend): a protocol's test module subclasses `UpstreamContract` as `Test<Protocol>Contract`
 and provides a `provider` fixture, its emulator or fake server on 127.0.0.1 behind a
-`Provider`. The tests drive the adapter only through the `Upstream` interface, with the
-shared upstream HTTP client, over real loopback HTTP.
+`Provider` (for an emulator: an `EmulatedProvider`, run by `served`). The tests drive the
+adapter only through the `Upstream` interface, with the shared upstream HTTP client, over
+real loopback HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import orjson
 import pytest
+from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bridge.api.serving import RunningServer, start_server
+from bridge.dev.emulators.common import EmulatorSettings, EmulatorState
 from bridge.net.client import LeanClient, upstream_client
 from bridge.upstreams.base import (
     Cancelled,
@@ -101,6 +106,64 @@ class Provider(ABC):
         return [h for s, h in self.faults.requests if s == step]
 
 
+class EmulatedProvider(Provider):
+    """A provider that is one of the emulators (bridge.dev.emulators), its token TOKEN and
+    its jobs JOB_S long unless `settings` say otherwise; `served` runs it."""
+
+    def __init__(
+        self,
+        create_app: Callable[[EmulatorSettings], Starlette],
+        step_of: Callable[[str, str], str | None],
+        **settings: Any,
+    ) -> None:
+        self.settings = EmulatorSettings(**{"duration_s": JOB_S, "token": TOKEN, "seed": 1,
+                                            **settings})  # fmt: skip
+        self.app = create_app(self.settings)
+        self.faults = FaultInjector(self.app, step_of)
+        self.server: RunningServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    @property
+    def state(self) -> EmulatorState:
+        return self.app.state.emulator  # type: ignore[no-any-return]
+
+    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
+        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
+
+    def set_healthy(self, healthy: bool) -> None:
+        self.settings.healthy = healthy
+
+    def carries_token(self, headers: dict[str, str]) -> bool:
+        return headers.get("authorization") == f"Bearer {TOKEN}"
+
+
+P = TypeVar("P", bound=EmulatedProvider)
+
+
+@contextlib.asynccontextmanager
+async def served(provider: P) -> AsyncIterator[P]:
+    """The provider's emulator (behind its fault injector) served on 127.0.0.1."""
+    provider.server = await start_server(provider.faults)
+    try:
+        yield provider
+    finally:
+        await provider.server.stop()
+
+
+async def until_finished(up: Upstream, ref: UpstreamRef) -> PollOutcome:
+    """Poll until the job is no longer running."""
+    for _ in range(200):
+        outcome = await up.poll(ref)
+        if not isinstance(outcome, Running):
+            return outcome
+        await asyncio.sleep(0.05)
+    raise AssertionError("still running")
+
+
 class UpstreamContract:
     """The tests. Subclasses provide the `provider` fixture."""
 
@@ -113,14 +176,6 @@ class UpstreamContract:
         outcome = await up.submit(inputs)
         assert isinstance(outcome, Submitted), outcome
         return outcome.ref
-
-    async def _until_finished(self, up: Upstream, ref: UpstreamRef) -> PollOutcome:
-        for _ in range(200):
-            outcome = await up.poll(ref)
-            if not isinstance(outcome, Running):
-                return outcome
-            await asyncio.sleep(0.05)
-        raise AssertionError("still running")
 
     async def _result(self, up: Upstream, ref: UpstreamRef, done: Done) -> bytes:
         if done.result is not None:
@@ -137,7 +192,7 @@ class UpstreamContract:
         assert ref.id
         assert UpstreamRef.from_json(ref.to_json()) == ref  # the job stores it as JSON
         assert isinstance(await up.poll(ref), Running)
-        done = await self._until_finished(up, ref)
+        done = await until_finished(up, ref)
         assert isinstance(done, Done), done
         result = await self._result(up, ref, done)
         assert provider.is_result_of(orjson.loads(result), inputs)
@@ -146,7 +201,7 @@ class UpstreamContract:
 
     async def test_failed_job_carries_the_providers_message(self, up: Upstream, provider):
         ref = await self._submitted(up, provider.inputs(outcome="failed"))
-        failed = await self._until_finished(up, ref)
+        failed = await until_finished(up, ref)
         assert isinstance(failed, Failed) and failed.message, failed
 
     async def test_rejected_by_a_4xx(self, up: Upstream, provider: Provider):
@@ -174,7 +229,7 @@ class UpstreamContract:
 
     async def test_expired_404(self, up: Upstream, provider: Provider):
         ref = await self._submitted(up, provider.inputs(duration_s=0.1, outcome="expired"))
-        assert isinstance(await self._until_finished(up, ref), Expired)
+        assert isinstance(await until_finished(up, ref), Expired)
         ref = await self._submitted(up, provider.inputs())
         provider.inject("poll", 404, b'{"detail": "not found"}')
         assert isinstance(await up.poll(ref), Expired)
@@ -183,7 +238,7 @@ class UpstreamContract:
         if not up.capabilities.separate_fetch:
             pytest.skip("the result comes with the poll")
         ref = await self._submitted(up, provider.inputs(duration_s=0.1))
-        done = await self._until_finished(up, ref)
+        done = await until_finished(up, ref)
         assert isinstance(done, Done)
         provider.inject("result", 404, b'{"detail": "gone"}')
         assert isinstance(await up.fetch_result(done.fetch_ref or ref), Expired)
@@ -194,7 +249,7 @@ class UpstreamContract:
         ref = await self._submitted(up, provider.inputs(duration_s=0.1))
         provider.inject("poll", 200, b"<html>")
         assert isinstance(await up.poll(ref), Transient)
-        done = await self._until_finished(up, ref)
+        done = await until_finished(up, ref)
         assert isinstance(done, Done)
         if up.capabilities.separate_fetch:
             provider.inject("result", 200, b"not json")
@@ -221,7 +276,7 @@ class UpstreamContract:
             assert isinstance(outcome, Rejected) and provider.requests("cancel") == []
             return
         assert isinstance(outcome, Cancelled), outcome
-        assert isinstance(await self._until_finished(up, ref), Failed | Expired)
+        assert isinstance(await until_finished(up, ref), Failed | Expired)
 
     async def test_health(self, up: Upstream, provider: Provider):
         assert isinstance(await up.health(), Healthy)

@@ -21,7 +21,6 @@ from starlette.routing import Route
 from bridge.api.serving import RunningServer, start_server
 from bridge.config import CustomUpstreamConfig
 from bridge.dev.emulators import runway, stability
-from bridge.dev.emulators.common import EmulatorSettings
 from bridge.net.client import LeanClient, upstream_client
 from bridge.upstreams import build_upstream
 from bridge.upstreams.base import (
@@ -38,7 +37,14 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.custom import CustomUpstream
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.checks import check_verifies
+from tests.upstreams.contract import (
+    JOB_S,
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+)
 
 # The upstreams as a user writes them in config.yaml (URL is the emulator's address).
 RUNWAY_YAML = """
@@ -106,32 +112,21 @@ def _stability_step(method: str, path: str) -> str | None:
     return "submit" if method == "POST" and path.startswith("/v2beta/") else None
 
 
-class EmulatedProvider(Provider):
-    yaml_text: str
-    module: Any
-    step_of: Any
+class AdapterProvider(EmulatedProvider):
+    """An emulator and the adapter (YAML text) that describes it."""
 
-    def __init__(self) -> None:
-        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1)
-        self.faults = FaultInjector(self.module.create_emulator_app(self.settings), self.step_of)
-        self.server: RunningServer | None = None
+    def __init__(self, yaml_text: str, module: Any, step_of: Any) -> None:
+        super().__init__(module.create_emulator_app, step_of)
+        self.yaml_text = yaml_text
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> CustomUpstream:
-        assert self.server is not None
-        config = config_of(self.yaml_text, base_url or self.server.url)
+        config = config_of(self.yaml_text, base_url or self.url)
         return CustomUpstream("custom", config, TOKEN, client)
 
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
 
-    def carries_token(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization") == f"Bearer {TOKEN}"
-
-
-class RunwayProvider(EmulatedProvider):
-    yaml_text = RUNWAY_YAML
-    module = runway
-    step_of = staticmethod(_runway_step)
+class RunwayProvider(AdapterProvider):
+    def __init__(self) -> None:
+        super().__init__(RUNWAY_YAML, runway, _runway_step)
 
     def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
         return {
@@ -145,10 +140,9 @@ class RunwayProvider(EmulatedProvider):
         return isinstance(result, list) and result[0].endswith("/0.mp4")
 
 
-class StabilityProvider(EmulatedProvider):
-    yaml_text = STABILITY_YAML
-    module = stability
-    step_of = staticmethod(_stability_step)
+class StabilityProvider(AdapterProvider):
+    def __init__(self) -> None:
+        super().__init__(STABILITY_YAML, stability, _stability_step)
 
     def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
         knobs = {"duration_s": duration_s, "outcome": outcome}
@@ -159,16 +153,10 @@ class StabilityProvider(EmulatedProvider):
         return image.startswith(stability.PNG) and result["seed"] == inputs["seed"]
 
 
-async def _serve(provider: EmulatedProvider) -> AsyncIterator[EmulatedProvider]:
-    provider.server = await start_server(provider.faults)
-    yield provider
-    await provider.server.stop()
-
-
 class TestRunwayContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[EmulatedProvider]:
-        async for p in _serve(RunwayProvider()):
+        async with served(RunwayProvider()) as p:
             yield p
 
     async def test_the_failed_task_text_and_the_version_header(self, up, provider):
@@ -192,7 +180,7 @@ class TestRunwayContract(UpstreamContract):
 class TestStabilityContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[EmulatedProvider]:
-        async for p in _serve(StabilityProvider()):
+        async with served(StabilityProvider()) as p:
             yield p
 
     async def test_moderation_403_fails_with_stabilitys_text(self, up, provider):
@@ -391,3 +379,14 @@ async def test_health_falls_back_to_health_url_then_to_none(scripted, client):
     assert isinstance(await up.health(), Healthy)
     assert isinstance(await adapter_upstream(home.url, client, FORMS).health(), Healthy)
     assert "tok-9" not in repr(up)
+
+
+@pytest.mark.parametrize("make", [RunwayProvider, StabilityProvider])
+async def test_check_tries_the_token_by_the_adapters_health_request(make):
+    """check sent every custom token as a Bearer in a GET of the upstream's url (Runway's and
+    Stability's base answer 404 with or without it): never verified. It now sends the
+    adapter's health request, with the adapter's headers and its auth."""
+    async with served(make()) as provider, upstream_client() as client:
+        custom = provider.upstream(client).config.model_dump(mode="json", by_alias=True)
+        accepted, refused = await check_verifies(custom, TOKEN, "not-the-key")
+        assert "200 with it, 401 without" in accepted and "answers 401" in refused, refused

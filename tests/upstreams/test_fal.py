@@ -4,7 +4,6 @@ the app's error status on the result, fal_webhook for push, where the key may go
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +11,9 @@ import httpx
 import orjson
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
+from bridge.api.serving import start_server
 from bridge.config import FalUpstreamConfig, PollConfig
-from bridge.dev.emulators.fal import RETENTION_S, EmulatorSettings, create_emulator_app
+from bridge.dev.emulators.fal import RETENTION_S, create_emulator_app
 from bridge.dev.receiver import Receiver
 from bridge.net.client import LeanClient, upstream_client
 from bridge.upstreams.base import (
@@ -31,7 +30,14 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.fal import FalUpstream
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.checks import check_verifies
+from tests.upstreams.contract import (
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+    until_finished,
+)
 from tests.upstreams.servers import Recorder
 
 URL = "http://fal.test/fal-ai/flux/dev"
@@ -51,20 +57,11 @@ def fal_step(method: str, path: str) -> str | None:
     return None
 
 
-class FalProvider(Provider):
+class FalProvider(EmulatedProvider):
     """The fal emulator behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(
-            duration_s=JOB_S, token=TOKEN, seed=1, future_ttl_s=RETENTION_S
-        )
-        self.faults = FaultInjector(create_emulator_app(self.settings), fal_step)
-        self.server: RunningServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
+        super().__init__(create_emulator_app, fal_step, future_ttl_s=RETENTION_S)
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> FalUpstream:
         base = base_url or self.url
@@ -77,14 +74,8 @@ class FalProvider(Provider):
         )
         return FalUpstream("fal", config, TOKEN, client)
 
-    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
-        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
-
     def is_result_of(self, result: Any, inputs: dict[str, Any]) -> bool:
         return result["echo"] == inputs and bool(result["images"])
-
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
 
     def carries_token(self, headers: dict[str, str]) -> bool:
         return headers.get("authorization") == f"Key {TOKEN}"
@@ -92,23 +83,12 @@ class FalProvider(Provider):
 
 @pytest.fixture
 async def provider() -> AsyncIterator[FalProvider]:
-    p = FalProvider()
-    p.server = await start_server(p.faults)
-    yield p
-    await p.server.stop()
+    async with served(FalProvider()) as p:
+        yield p
 
 
 class TestFalContract(UpstreamContract):
     pass
-
-
-async def _finished(up: FalUpstream, ref: UpstreamRef) -> Any:
-    for _ in range(100):
-        outcome = await up.poll(ref)
-        if not isinstance(outcome, Running):
-            return outcome
-        await asyncio.sleep(0.03)
-    raise AssertionError("still running")
 
 
 async def test_failures_carry_fals_text(provider: FalProvider):
@@ -119,12 +99,14 @@ async def test_failures_carry_fals_text(provider: FalProvider):
             {"_emulate": knobs | {"error_type": "runner_error", "status_code": 422}}
         )
         assert isinstance(failed, Submitted)
-        assert await _finished(up, failed.ref) == Failed("CUDA out of memory (runner_error)", 200)
+        assert await until_finished(up, failed.ref) == Failed(
+            "CUDA out of memory (runner_error)", 200
+        )
         result = await up.fetch_result(failed.ref)  # the app's own error status
         assert result == Failed("fal answered 422: CUDA out of memory", 422)
         invalid = await up.submit([1, 2])  # refused by the app's input model
         assert isinstance(invalid, Submitted)
-        assert isinstance(await _finished(up, invalid.ref), Failed)
+        assert isinstance(await until_finished(up, invalid.ref), Failed)
         slow = await up.submit({"_emulate": {"duration_s": 30}})
         assert isinstance(slow, Submitted)
         assert isinstance(await up.cancel(slow.ref), Cancelled)
@@ -138,7 +120,7 @@ async def test_large_results_are_fetched_in_time(provider: FalProvider):
         up = provider.upstream(client)
         submitted = await up.submit({"_emulate": {"duration_s": 0, "result_bytes": 20_000}})
         assert isinstance(submitted, Submitted)
-        done = await _finished(up, submitted.ref)
+        done = await until_finished(up, submitted.ref)
         assert isinstance(done, Done) and done.result is None
         fetched = await up.fetch_result(done.fetch_ref or submitted.ref)
         assert isinstance(fetched, Fetched)
@@ -268,3 +250,15 @@ async def test_wrong_key_is_rejected_with_a_clear_message(provider: FalProvider)
         out = await up.submit(provider.inputs())
         assert isinstance(out, Rejected) and out.status_code == 401
         assert out.message == "fal refused the key (401): missing or invalid token"
+
+
+async def test_check_tries_the_key_the_way_fal_takes_it(provider: FalProvider):
+    """check sent the key as a Bearer in a GET of the queue URL, which fal's queue answers
+    405 with or without it: a good key was never verified and a wrong one never noticed.
+    It now asks for the status of a request that does not exist, with `Key <key>`."""
+    async with upstream_client() as client:
+        config = provider.upstream(client).config
+    fal = {**config.model_dump(mode="json"), "token_env": "FAL_KEY"}
+    accepted, refused = await check_verifies(fal, TOKEN, "not-the-key")
+    assert "/requests/" in accepted and "404 with it, 401 without" in accepted, accepted
+    assert "answers 401" in refused, refused

@@ -12,15 +12,20 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
 from bridge.config import ConfigError, GeminiUpstreamConfig, PollConfig, parse_config
 from bridge.dev.emulators.gemini import EmulatorSettings, create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.gemini import GeminiUpstream, retry_delay_s
-from bridge.upstreams.jsonapi import Answer
+from bridge.upstreams.httpjson import Answer
 from tests.conftest import UPSTREAM_TOKEN, base_config
 from tests.upstreams.checks import check_lines
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.contract import (
+    JOB_S,
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+)
 
 MODEL = "veo-3.1-generate-preview"
 RETRY_INFO = b"""{"error": {"code": 429, "message": "Resource has been exhausted.",
@@ -48,19 +53,16 @@ def job_inputs(duration_s: float = JOB_S, outcome: str = "completed") -> dict[st
     }
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(EmulatedProvider):
     """The gemini emulator behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1)
-        self.faults = FaultInjector(create_emulator_app(self.settings), gemini_step)
-        self.server: RunningServer | None = None
+        super().__init__(create_emulator_app, gemini_step)
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> GeminiUpstream:
-        assert self.server is not None
         config = GeminiUpstreamConfig(
             protocol="gemini",
-            url=f"{base_url or self.server.url}/v1beta/models/{MODEL}",
+            url=f"{base_url or self.url}/v1beta/models/{MODEL}",
             submit_timeout_s=2,
             poll=PollConfig(timeout_s=2),
         )
@@ -73,9 +75,6 @@ class GeminiProvider(Provider):
         samples = result["generateVideoResponse"]["generatedSamples"]
         return len(samples) == 1 and "/v1beta/files/" in samples[0]["video"]["uri"]
 
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
-
     def carries_token(self, headers: dict[str, str]) -> bool:
         return headers.get("x-goog-api-key") == TOKEN and "authorization" not in headers
 
@@ -83,10 +82,8 @@ class GeminiProvider(Provider):
 class TestGeminiContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[GeminiProvider]:
-        p = GeminiProvider()
-        p.server = await start_server(p.faults)
-        yield p
-        await p.server.stop()
+        async with served(GeminiProvider()) as p:
+            yield p
 
     async def test_googles_retry_info_is_honoured(self, up, provider):
         provider.inject("submit", 429, RETRY_INFO)
@@ -116,54 +113,39 @@ def test_retry_delay_reads_only_retry_info():
 # ---- through the HTTP API --------------------------------------------------------------
 
 
-@pytest.fixture
-async def gemini_stack(make_stack) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[RunningServer] = []
+def _echo(emulator_url: str) -> dict[str, Any]:
+    url = f"{emulator_url}/v1beta/models/{MODEL}"
+    return {
+        "protocol": "gemini",
+        "url": url,
+        "health_url": None,
+        "rate_limit": {"submit_per_s": 100},
+    }
 
+
+@pytest.fixture
+def gemini_stack(make_stack) -> Callable[..., Any]:
     async def make(token: str = UPSTREAM_TOKEN, **settings: Any):
         emulator = EmulatorSettings(**{"duration_s": 0.2, "token": token, **settings})
-        app = FaultInjector(create_emulator_app(emulator), gemini_step)
-        server = await start_server(app)
-        servers.append(server)
-        echo = {
-            "protocol": "gemini",
-            "url": f"{server.url}/v1beta/models/{MODEL}",
-            "token_env": "UPSTREAM_TOKEN",
-            "submit_timeout_s": 2,
-            "rate_limit": {"submit_per_s": 100},
-            "poll": {"initial_delay_s": 0.05, "min_interval_s": 0.05, "max_interval_s": 0.3,
-                     "deadline_s": 30, "timeout_s": 2},
-        }  # fmt: skip
-        s = await make_stack(upstreams__echo=echo)
-        return s, emulator, app
+        s = await make_stack(emulator, protocol="gemini", upstream=_echo, faults=gemini_step)
+        return s, emulator, s.faults
 
-    yield make
-    for server in servers:
-        await server.stop()
-
-
-def state_of(app: FaultInjector):
-    return app.app.state.emulator  # type: ignore[attr-defined]
-
-
-async def _event(s) -> dict[str, Any]:
-    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1, 10)
-    return s.receiver.succeeded()[0].event
+    return make
 
 
 async def test_job_completes_with_the_operations_response(gemini_stack):
-    s, _, app = await gemini_stack()
+    s, _, _ = await gemini_stack()
     inputs = job_inputs(0.2)
     r = await s.submit(inputs=inputs)
     assert r.status_code == 202 and r.json()["status"] == "running", r.text
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.completed"
     assert event["data"]["upstream_id"].startswith(f"models/{MODEL}/operations/")
     result = event["data"]["result"]
     assert result["@type"].endswith("PredictLongRunningResponse")
     uri = result["generateVideoResponse"]["generatedSamples"][0]["video"]["uri"]
     assert uri.startswith(s.rt.upstreams["echo"].api_root + "/files/")  # type: ignore[attr-defined]
-    assert state_of(app).futures[event["data"]["upstream_id"]].inputs == inputs
+    assert s.emulator.futures[event["data"]["upstream_id"]].inputs == inputs
 
 
 async def test_failure_and_the_safety_filter_carry_googles_message(gemini_stack):
@@ -190,7 +172,7 @@ async def test_cancel_stays_here_no_request_to_google(gemini_stack):
 async def test_expired_operation_fails_with_upstream_expired(gemini_stack):
     s, _, _ = await gemini_stack()
     await s.submit(inputs=job_inputs(0.1, "expired"))
-    error = (await _event(s))["data"]["error"]
+    error = (await s.event())["data"]["error"]
     assert error["code"] == "upstream-expired" and error["upstream_status"] == 404
     assert "Gemini no longer has operation models/" in error["message"]
 
@@ -204,7 +186,7 @@ async def test_429_is_retried_after_googles_retry_info(gemini_stack):
     assert job is not None and job.status == "running" and "429" in (job.last_error or "")
     polls = len([1 for step, _ in app.requests if step == "poll"])
     assert polls == 1, polls  # waits the 1 s RetryInfo delay, not the 50 ms min interval
-    assert (await _event(s))["type"] == "job.completed"
+    assert (await s.event())["type"] == "job.completed"
 
 
 async def test_malformed_answers_are_retried(gemini_stack):
@@ -214,7 +196,7 @@ async def test_malformed_answers_are_retried(gemini_stack):
         app.plan("poll", 200, body, None)
     r = await s.submit(inputs=job_inputs(0.1))
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.completed" and app.planned["poll"] == []
 
 

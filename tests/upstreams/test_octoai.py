@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
 from bridge.config import OctoAIUpstreamConfig, PollConfig
-from bridge.dev.emulators.octoai import EmulatorSettings, create_emulator_app
+from bridge.dev.emulators.octoai import create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.base import (
     Done,
@@ -25,7 +24,12 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.octoai import OctoAIUpstream
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.contract import (
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+)
 from tests.upstreams.servers import Recorder
 
 URL = "http://up.test/infer/m"
@@ -188,18 +192,11 @@ def _octoai_step(method: str, path: str) -> str | None:
     return "health" if path == "/healthz" else None
 
 
-class OctoAIProvider(Provider):
+class OctoAIProvider(EmulatedProvider):
     """The octoai emulator (bridge.dev.emulators.octoai) behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1)
-        self.faults = FaultInjector(create_emulator_app(self.settings), _octoai_step)
-        self.server: RunningServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
+        super().__init__(create_emulator_app, _octoai_step)
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> OctoAIUpstream:
         base = base_url or self.url
@@ -211,26 +208,15 @@ class OctoAIProvider(Provider):
         )
         return OctoAIUpstream("m", config, TOKEN, client)
 
-    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
-        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
-
     def is_result_of(self, result: Any, inputs: dict[str, Any]) -> bool:
         return result["echo"] == inputs and bool(result["response"]["segments"])
-
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
-
-    def carries_token(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization") == f"Bearer {TOKEN}"
 
 
 class TestOctoAIContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[OctoAIProvider]:
-        p = OctoAIProvider()
-        p.server = await start_server(p.faults)
-        yield p
-        await p.server.stop()
+        async with served(OctoAIProvider()) as p:
+            yield p
 
     async def test_token_only_to_the_configured_origins(self, up, provider: OctoAIProvider):
         """A poll_url or response_url on another origin (presigned storage, a hostile

@@ -12,14 +12,19 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
 from bridge.config import ConfigError, OpenAIUpstreamConfig, PollConfig, parse_config
 from bridge.dev.emulators.openai import EmulatorSettings, create_emulator_app
 from bridge.net.client import LeanClient
 from bridge.upstreams.openai import OpenAIUpstream
 from tests.conftest import UPSTREAM_TOKEN, base_config
 from tests.upstreams.checks import check_lines
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.contract import (
+    JOB_S,
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+)
 
 MODEL = "gpt-5-mini"
 
@@ -42,19 +47,16 @@ def job_inputs(duration_s: float = JOB_S, outcome: str = "completed") -> dict[st
     }
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(EmulatedProvider):
     """The openai emulator behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1, future_ttl_s=600)
-        self.faults = FaultInjector(create_emulator_app(self.settings), openai_step)
-        self.server: RunningServer | None = None
+        super().__init__(create_emulator_app, openai_step, future_ttl_s=600)
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> OpenAIUpstream:
-        assert self.server is not None
         config = OpenAIUpstreamConfig(
             protocol="openai",
-            url=f"{base_url or self.server.url}/v1",
+            url=f"{base_url or self.url}/v1",
             submit_timeout_s=2,
             poll=PollConfig(timeout_s=2),
         )
@@ -72,24 +74,16 @@ class OpenAIProvider(Provider):
             and bool(text)
         )
 
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
-
-    def carries_token(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization") == f"Bearer {TOKEN}"
-
 
 class TestOpenAIContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[OpenAIProvider]:
-        p = OpenAIProvider()
-        p.server = await start_server(p.faults)
-        yield p
-        await p.server.stop()
+        async with served(OpenAIProvider()) as p:
+            yield p
 
     async def test_background_is_added_and_a_refused_token_is_still_healthy(self, up, provider):
         outcome = await up.submit({"model": MODEL, "input": "x", "background": False})
-        state = provider.faults.app.state.emulator
+        state = provider.state
         assert state.futures[outcome.ref.id].inputs["background"] is True
         provider.settings.token = "another-token"
         health = await up.health()
@@ -99,53 +93,33 @@ class TestOpenAIContract(UpstreamContract):
 # ---- through the HTTP API --------------------------------------------------------------
 
 
-@pytest.fixture
-async def openai_stack(make_stack) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[RunningServer] = []
+def _echo(emulator_url: str) -> dict[str, Any]:
+    return {"protocol": "openai", "url": f"{emulator_url}/v1", "health_url": None}
 
+
+@pytest.fixture
+def openai_stack(make_stack) -> Callable[..., Any]:
     async def make(token: str = UPSTREAM_TOKEN, **settings: Any):
         emulator = EmulatorSettings(**{"duration_s": 0.2, "token": token, **settings})
-        app = FaultInjector(create_emulator_app(emulator), openai_step)
-        server = await start_server(app)
-        servers.append(server)
-        echo = {
-            "protocol": "openai",
-            "url": f"{server.url}/v1",
-            "token_env": "UPSTREAM_TOKEN",
-            "submit_timeout_s": 2,
-            "poll": {"initial_delay_s": 0.05, "min_interval_s": 0.05, "max_interval_s": 0.3,
-                     "deadline_s": 30, "timeout_s": 2},
-        }  # fmt: skip
-        s = await make_stack(upstreams__echo=echo)
-        return s, emulator, app
+        s = await make_stack(emulator, protocol="openai", upstream=_echo, faults=openai_step)
+        return s, emulator, s.faults
 
-    yield make
-    for server in servers:
-        await server.stop()
-
-
-def state_of(app: FaultInjector):
-    return app.app.state.emulator  # type: ignore[attr-defined]
-
-
-async def _event(s) -> dict[str, Any]:
-    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1, 10)
-    return s.receiver.succeeded()[0].event
+    return make
 
 
 async def test_job_completes_with_the_whole_response_object(openai_stack):
-    s, _, app = await openai_stack()
+    s, _, _ = await openai_stack()
     inputs = job_inputs(0.2)
     r = await s.submit(inputs=inputs)
     assert r.status_code == 202 and r.json()["status"] == "running", r.text
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.completed"
     result = event["data"]["result"]
     assert result["object"] == "response" and result["status"] == "completed"
     assert result["id"] == event["data"]["upstream_id"] and result["background"] is True
     assert result["output"][0]["content"][0]["text"] == "She sells seashells by the seashore"
     assert result["metadata"] == inputs["metadata"]
-    sent = state_of(app).futures[result["id"]].inputs
+    sent = s.emulator.futures[result["id"]].inputs
     assert sent == {**inputs, "background": True}
 
 
@@ -153,20 +127,20 @@ async def test_failure_carries_openais_message(openai_stack):
     s, _, _ = await openai_stack()
     r = await s.submit(inputs=job_inputs(0.1, "failed"))
     assert r.status_code == 202
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.failed"
     assert event["data"]["error"]["code"] == "upstream-failed"
     assert event["data"]["error"]["message"] == "emulated inference failure"
 
 
 async def test_cancel_reaches_openai(openai_stack):
-    s, _, app = await openai_stack()
+    s, _, _ = await openai_stack()
     r = await s.submit(inputs=job_inputs(30))
     job_id = r.json()["id"]
     upstream_id = (await s.job(job_id))["upstream_id"]
     d = await s.client.delete(f"/v1/jobs/{job_id}")
     assert d.status_code == 200 and d.json()["status"] == "cancelled"
-    state = state_of(app)
+    state = s.emulator
     assert state.requests["cancel"] == 1 and state.futures[upstream_id].outcome == "cancelled"
     await asyncio.sleep(0.3)
     assert s.receiver.deliveries == []  # no callback for a cancelled job
@@ -176,21 +150,21 @@ async def test_expired_response_fails_with_upstream_expired(openai_stack):
     s, _, _ = await openai_stack()
     r = await s.submit(inputs=job_inputs(0.1, "expired"))
     assert r.status_code == 202
-    error = (await _event(s))["data"]["error"]
+    error = (await s.event())["data"]["error"]
     assert error["code"] == "upstream-expired" and error["upstream_status"] == 404
     assert "kept ~10 min" in error["message"]
 
 
 async def test_429_is_retried_after_retry_after(openai_stack):
-    s, emulator, app = await openai_stack(poll_429_rate=1.0, retry_after_s=1)
+    s, emulator, _ = await openai_stack(poll_429_rate=1.0, retry_after_s=1)
     r = await s.submit(inputs=job_inputs(0.1))
     await asyncio.sleep(1.5)
-    polls = state_of(app).requests["poll"]
+    polls = s.emulator.requests["poll"]
     assert 1 <= polls <= 3, polls  # every 50-300 ms without Retry-After
     job = await s.rt.store.get_job(r.json()["id"])
     assert job is not None and job.status == "running" and "429" in (job.last_error or "")
     emulator.poll_429_rate = 0.0
-    assert (await _event(s))["type"] == "job.completed"
+    assert (await s.event())["type"] == "job.completed"
 
 
 async def test_malformed_answers_are_retried(openai_stack):
@@ -200,9 +174,9 @@ async def test_malformed_answers_are_retried(openai_stack):
         app.plan("poll", 200, body, None)
     r = await s.submit(inputs=job_inputs(0.1))
     assert r.status_code == 202 and r.json()["status"] == "queued", r.text
-    event = await _event(s)
+    event = await s.event()
     assert event["type"] == "job.completed" and event["data"]["result"]["status"] == "completed"
-    assert app.planned["poll"] == [] and state_of(app).requests["submit"] == 1
+    assert app.planned["poll"] == [] and s.emulator.requests["submit"] == 1
 
 
 async def test_wrong_token_fails_upstream_rejected_and_is_never_logged(openai_stack, capfd):
@@ -218,10 +192,10 @@ async def test_wrong_token_fails_upstream_rejected_and_is_never_logged(openai_st
 
 
 async def test_non_object_inputs_never_reach_openai(openai_stack):
-    s, _, app = await openai_stack()
+    s, _, _ = await openai_stack()
     r = await s.submit(inputs=["not", "an", "object"])
     assert r.status_code == 400 and r.json()["code"] == "invalid-request", r.text
-    assert state_of(app).requests["submit"] == 0
+    assert s.emulator.requests["submit"] == 0
 
 
 # ---- configuration -----------------------------------------------------------------------

@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
 from bridge.config import ConfigError, PollConfig, ReplicateUpstreamConfig, parse_config
-from bridge.dev.emulators.replicate import EmulatorSettings, Prediction, create_emulator_app
+from bridge.dev.emulators.replicate import Prediction, create_emulator_app
 from bridge.net.client import LeanClient, upstream_client
 from bridge.upstreams import REGISTRY
 from bridge.upstreams.base import (
@@ -27,7 +26,13 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.replicate import ReplicateUpstream
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.checks import check_verifies
+from tests.upstreams.contract import (
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+)
 from tests.upstreams.servers import Recorder
 
 VERSION = "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
@@ -43,19 +48,11 @@ def _replicate_step(method: str, path: str) -> str | None:
     return "health" if path == "/healthz" else None
 
 
-class ReplicateProvider(Provider):
+class ReplicateProvider(EmulatedProvider):
     """The replicate emulator (bridge.dev.emulators.replicate) behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(duration_s=JOB_S, token=TOKEN, seed=1)
-        self.app = create_emulator_app(self.settings)
-        self.faults = FaultInjector(self.app, _replicate_step)
-        self.server: RunningServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
+        super().__init__(create_emulator_app, _replicate_step)
 
     def upstream(
         self, client: LeanClient, base_url: str | None = None, model: str = "acme/echo"
@@ -71,20 +68,11 @@ class ReplicateProvider(Provider):
         )
         return ReplicateUpstream("r", config, TOKEN, client)
 
-    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
-        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
-
     def is_result_of(self, result: Any, inputs: dict[str, Any]) -> bool:
         return result["echo"] == inputs and bool(result["text"])
 
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
-
-    def carries_token(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization") == f"Bearer {TOKEN}"
-
     def prediction(self, prediction_id: str) -> Prediction:
-        p = self.app.state.emulator.futures[prediction_id]
+        p = self.state.futures[prediction_id]
         assert isinstance(p, Prediction)
         return p
 
@@ -92,10 +80,8 @@ class ReplicateProvider(Provider):
 class TestReplicateContract(UpstreamContract):
     @pytest.fixture
     async def provider(self) -> AsyncIterator[ReplicateProvider]:
-        p = ReplicateProvider()
-        p.server = await start_server(p.faults)
-        yield p
-        await p.server.stop()
+        async with served(ReplicateProvider()) as p:
+            yield p
 
     async def test_official_model_and_version_routes(self, provider: ReplicateProvider):
         inputs = {"prompt": "hi"}
@@ -125,10 +111,18 @@ class TestReplicateContract(UpstreamContract):
         polled = await up.poll(ref)
         assert isinstance(polled, Failed) and "canceled" in polled.message
 
+    async def test_check_tries_the_token_on_the_account(self, provider: ReplicateProvider):
+        """check tried the token with GET {url} (/v1: no route, 404 either way): never
+        verified. GET /v1/account answers the token's account, or 401."""
+        async with upstream_client() as client:
+            config = provider.upstream(client).config
+        sdxl = {**config.model_dump(mode="json"), "token_env": "REPLICATE_API_TOKEN"}
+        accepted, refused = await check_verifies(sdxl, TOKEN, "r8_not-the-token")
+        assert "/v1/account: 200" in accepted and "answers 401" in refused, refused
+
     async def test_wrong_token_is_rejected_with_replicates_words(self, provider):
         async with upstream_client() as client:
-            up = provider.upstream(client)
-            up._auth = {"Authorization": "Bearer not-the-token"}
+            up = ReplicateUpstream("r", provider.upstream(client).config, "not-the-token", client)
             out = await up.submit(provider.inputs())
         assert isinstance(out, Rejected) and out.status_code == 401
         assert "Unauthenticated: You did not pass a valid authentication token" in out.message

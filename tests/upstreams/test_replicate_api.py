@@ -42,8 +42,7 @@ def prediction(s, upstream_id: str) -> Prediction:
 
 
 async def failed_event(s) -> dict[str, Any]:
-    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 1)
-    event = s.receiver.succeeded()[0].event
+    event = await s.event()
     assert event["type"] == "job.failed"
     return event["data"]
 

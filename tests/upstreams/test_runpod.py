@@ -4,7 +4,6 @@ for push, a hostile job id)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,9 +11,9 @@ import httpx
 import orjson
 import pytest
 
-from bridge.api.serving import RunningServer, start_server
+from bridge.api.serving import start_server
 from bridge.config import PollConfig, RunpodUpstreamConfig
-from bridge.dev.emulators.runpod import RETENTION_S, EmulatorSettings, create_emulator_app
+from bridge.dev.emulators.runpod import RETENTION_S, create_emulator_app
 from bridge.dev.receiver import Receiver
 from bridge.net.client import LeanClient, upstream_client
 from bridge.upstreams.base import (
@@ -30,7 +29,14 @@ from bridge.upstreams.base import (
     UpstreamRef,
 )
 from bridge.upstreams.runpod import RunpodUpstream
-from tests.upstreams.contract import JOB_S, TOKEN, FaultInjector, Provider, UpstreamContract
+from tests.upstreams.checks import check_verifies
+from tests.upstreams.contract import (
+    TOKEN,
+    EmulatedProvider,
+    UpstreamContract,
+    served,
+    until_finished,
+)
 
 ENDPOINT = "ep0abc123"
 URL = f"http://rp.test/v2/{ENDPOINT}"
@@ -53,21 +59,11 @@ def runpod_step(method: str, path: str) -> str | None:
     return None
 
 
-class RunpodProvider(Provider):
+class RunpodProvider(EmulatedProvider):
     """The runpod emulator behind a fault injector."""
 
     def __init__(self) -> None:
-        self.settings = EmulatorSettings(
-            duration_s=JOB_S, token=TOKEN, seed=1, future_ttl_s=RETENTION_S
-        )
-        self.app = create_emulator_app(self.settings)
-        self.faults = FaultInjector(self.app, runpod_step)
-        self.server: RunningServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
+        super().__init__(create_emulator_app, runpod_step, future_ttl_s=RETENTION_S)
 
     def upstream(self, client: LeanClient, base_url: str | None = None) -> RunpodUpstream:
         config = RunpodUpstreamConfig(
@@ -78,38 +74,18 @@ class RunpodProvider(Provider):
         )
         return RunpodUpstream("rp", config, TOKEN, client)
 
-    def inputs(self, duration_s: float = JOB_S, outcome: str = "completed") -> dict[str, Any]:
-        return {"prompt": "hi", "_emulate": {"duration_s": duration_s, "outcome": outcome}}
-
     def is_result_of(self, result: Any, inputs: dict[str, Any]) -> bool:
         return result["echo"] == inputs and bool(result["text"])
-
-    def set_healthy(self, healthy: bool) -> None:
-        self.settings.healthy = healthy
-
-    def carries_token(self, headers: dict[str, str]) -> bool:
-        return headers.get("authorization") == f"Bearer {TOKEN}"
 
 
 @pytest.fixture
 async def provider() -> AsyncIterator[RunpodProvider]:
-    p = RunpodProvider()
-    p.server = await start_server(p.faults)
-    yield p
-    await p.server.stop()
+    async with served(RunpodProvider()) as p:
+        yield p
 
 
 class TestRunpodContract(UpstreamContract):
     pass
-
-
-async def _finished(up: RunpodUpstream, ref: UpstreamRef) -> Any:
-    for _ in range(100):
-        outcome = await up.poll(ref)
-        if not isinstance(outcome, Running):
-            return outcome
-        await asyncio.sleep(0.03)
-    raise AssertionError("still running")
 
 
 async def test_failures_carry_runpods_text(provider: RunpodProvider):
@@ -118,10 +94,10 @@ async def test_failures_carry_runpods_text(provider: RunpodProvider):
         knobs = {"duration_s": 0, "outcome": "failed", "error": "CUDA out of memory"}
         failed = await up.submit({"_emulate": knobs})
         assert isinstance(failed, Submitted)
-        assert await _finished(up, failed.ref) == Failed("CUDA out of memory", 200)
+        assert await until_finished(up, failed.ref) == Failed("CUDA out of memory", 200)
         timed_out = await up.submit({"_emulate": {"duration_s": 0, "outcome": "timed_out"}})
         assert isinstance(timed_out, Submitted)
-        assert (await _finished(up, timed_out.ref)).message == "the job timed out at RunPod"
+        assert (await until_finished(up, timed_out.ref)).message == "the job timed out at RunPod"
         slow = await up.submit({"_emulate": {"duration_s": 30}})
         assert isinstance(slow, Submitted)
         assert isinstance(await up.cancel(slow.ref), Cancelled)
@@ -134,7 +110,7 @@ async def test_done_carries_the_output_and_fetch_gets_it_again(provider: RunpodP
         up = provider.upstream(client)
         submitted = await up.submit({"n": 1, "_emulate": {"duration_s": 0}})
         assert isinstance(submitted, Submitted)
-        done = await _finished(up, submitted.ref)
+        done = await until_finished(up, submitted.ref)
         assert isinstance(done, Done) and orjson.loads(done.result)["echo"]["n"] == 1
         fetched = await up.fetch_result(submitted.ref)
         assert isinstance(fetched, Fetched) and fetched.result == done.result
@@ -222,3 +198,13 @@ async def test_wrong_key_is_rejected_with_a_clear_message(provider: RunpodProvid
         assert isinstance(out, Rejected) and out.status_code == 401
         assert out.message == "RunPod refused the API key (401): missing or invalid token"
         assert "not-the-key" not in out.message
+
+
+async def test_check_tries_the_key_on_the_endpoints_health(provider: RunpodProvider):
+    """check tried the key with GET {url}, which RunPod has no route for (404 either way):
+    never verified. The endpoint's /health needs the key."""
+    async with upstream_client() as client:
+        config = provider.upstream(client).config
+    runpod = {**config.model_dump(mode="json"), "token_env": "RUNPOD_API_KEY"}
+    accepted, refused = await check_verifies(runpod, TOKEN, "not-the-key")
+    assert "/health: 200 with it" in accepted and "answers 401" in refused, refused

@@ -3,11 +3,16 @@ Starlette app speaking that provider's wire protocol (checked against the provid
 official SDK in tests/test_emulator_sdk*.py).
 
 `PROTOCOLS` maps a protocol name to the factory of its emulator app with default settings;
-`pushbridge emulator --protocol NAME` serves it."""
+`pushbridge emulator --protocol NAME` serves it. `FOR_UPSTREAM` maps each upstream protocol
+to the emulator module that speaks it (`custom`: Runway's, with its adapter); each such
+module has `create_emulator_app`, `dev_upstream(base_url, token_env)` (the upstream of the
+config that speaks to it) and `dev_inputs(n)` (a job's inputs), for `pushbridge demo
+--upstream` and dev mode."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType, ModuleType
 
 from starlette.applications import Starlette
 
@@ -33,3 +38,15 @@ ENTRY_POINTS: dict[str, str] = {
     "openai": "POST {base}/v1/responses (upstream url and SDK base_url: {base}/v1)",
     "gemini": "POST {base}/v1beta/models/<model>:predictLongRunning (SDK base_url: {base})",
 }
+
+FOR_UPSTREAM: MappingProxyType[str, ModuleType] = MappingProxyType(
+    {
+        "octoai": octoai,
+        "replicate": replicate,
+        "runpod": runpod,
+        "fal": fal,
+        "openai": openai,
+        "gemini": gemini,
+        "custom": runway,
+    }
+)

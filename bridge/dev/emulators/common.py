@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 MAX_RESULT_BYTES = 16 * 1024 * 1024  # the most padding one request may ask for
+TEXT = "She sells seashells by the seashore"  # what the emulated models say
 
 Z_95 = 1.6448536269514722
 
@@ -207,6 +208,15 @@ def new_future(state: EmulatorState, inputs: Any) -> Future:
     )
 
 
+def echo_output(f: Future, **fields: Any) -> dict[str, Any]:
+    """An emulated model's output: `fields`, the inputs echoed, and `result_bytes` of
+    padding."""
+    out: dict[str, Any] = {**fields, "echo": f.inputs}
+    if f.result_bytes:
+        out["padding"] = "x" * f.result_bytes
+    return out
+
+
 def lookup(state: EmulatorState, future_id: str) -> Future | None:
     """The future, unless unknown, past its ttl, or expired (an "expired" outcome)."""
     f = state.futures.get(future_id)
@@ -227,23 +237,22 @@ def retry(state: EmulatorState, status: int, refuse: Refuse = problem) -> Respon
 
 
 def gate(
-    request: Request,
-    kind: str,
-    rate_503: float = 0.0,
-    rate_429: float = 0.0,
-    auth: Auth = bearer,
-    refuse: Refuse = problem,
+    request: Request, kind: str, auth: Auth = bearer, refuse: Refuse = problem
 ) -> tuple[EmulatorState, Response | None]:
-    """Count the request, check the token and inject the configured failures, each
-    answered in the provider's error shape (`error`)."""
+    """Count the request (by `kind`), check the token, then inject what the settings say:
+    a "submit" is answered 503 at submit_503_rate, a "poll" 503 or 429 at poll_503_rate and
+    poll_429_rate, a provider's own "health" endpoint 503 while not healthy; each in the
+    provider's error shape (`refuse`), with Retry-After."""
     state: EmulatorState = request.app.state.emulator
     state.requests[kind] += 1
     state.times[kind].append(time.monotonic())
     if not auth(state, request):
         return state, refuse(401, "missing or invalid token", None)
-    if state.chance(rate_503):
+    s = state.settings
+    rate_503 = {"submit": s.submit_503_rate, "poll": s.poll_503_rate}.get(kind, 0.0)
+    if (kind == "health" and not s.healthy) or state.chance(rate_503):
         return state, retry(state, 503, refuse)
-    if state.chance(rate_429):
+    if kind == "poll" and state.chance(s.poll_429_rate):
         return state, retry(state, 429, refuse)
     return state, None
 
@@ -292,8 +301,25 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON as providers send it (compact; any JSON value)."""
+    return Response(orjson.dumps(payload), status, headers, media_type="application/json")
+
+
 async def stats(request: Request) -> Response:
-    return Response(orjson.dumps(request.app.state.emulator.stats()), media_type="application/json")
+    return json_response(request.app.state.emulator.stats())
+
+
+def unrouted(answer: Callable[[Request, int], Response]) -> dict[Any, Any]:
+    """Starlette exception handlers answering an unknown path (404) or method (405) in the
+    provider's shape: answer(request, status)."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        return answer(request, getattr(exc, "status_code", 500))
+
+    return {404: handler, 405: handler}
 
 
 def _from_loopback(request: Request) -> bool:
@@ -334,6 +360,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.emulator.close()
+
+
+def dev_config(protocol: str, token_env: str | None, **keys: Any) -> dict[str, Any]:
+    """An upstream of the config that speaks `protocol` to an emulator, for development
+    (each emulator module's `dev_upstream`): its keys and, with `token_env`, the variable
+    holding the token the emulator was given."""
+    return {"protocol": protocol, **keys, **({"token_env": token_env} if token_env else {})}
 
 
 def new_state(settings: EmulatorSettings | None) -> EmulatorState:

@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -46,6 +45,8 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
+    echo_output,
     emulate_knobs,
     gate,
     lifespan,
@@ -56,6 +57,7 @@ from bridge.dev.emulators.common import (
     post_webhook,
     problem,
     spawn,
+    unrouted,
     webhook_lost,
 )
 
@@ -104,13 +106,8 @@ def _failed(req: FalRequest) -> bool:
 
 
 def _output(req: FalRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "images": [{"url": f"https://v3.fal.media/files/{req.id}.png", "width": 8, "height": 8}],
-        "echo": req.inputs,
-    }
-    if req.result_bytes:
-        out["padding"] = "x" * req.result_bytes
-    return out
+    image = {"url": f"https://v3.fal.media/files/{req.id}.png", "width": 8, "height": 8}
+    return echo_output(req, images=[image])
 
 
 def _retention_s(state: EmulatorState, req: FalRequest) -> float:
@@ -167,8 +164,7 @@ def _failed_result(req: FalRequest) -> tuple[int, Any]:
 
 
 async def submit(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "submit", s.submit_503_rate, auth=key_auth)
+    state, refused = gate(request, "submit", auth=key_auth)
     if refused:
         return refused
     webhook = request.query_params.get("fal_webhook")
@@ -211,8 +207,7 @@ def _status_body(request: Request, req: FalRequest, now: float) -> dict[str, Any
 
 
 async def status(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, auth=key_auth)
+    state, refused = gate(request, "poll", auth=key_auth)
     if refused:
         return refused
     req = _find(state, request)
@@ -270,9 +265,20 @@ async def _send_webhook(state: EmulatorState, req: FalRequest) -> None:
     await post_webhook(state, req.webhook, payload, WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S, OK_2XX)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    code = exc.status_code if isinstance(exc, HTTPException) else 500
+def _http_error(request: Request, code: int) -> Response:
     return problem(code, "Not Found" if code == 404 else "Method Not Allowed")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo)."""
+    return dev_config(
+        "fal", token_env, url=f"{base_url}/fal-ai/echo", health_url=f"{base_url}/healthz"
+    )
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
@@ -287,7 +293,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
             Route("/{owner}/{app}", submit, methods=["POST"]),
             Route("/{owner}/{app}/{subpath:path}", submit, methods=["POST"]),
         ],
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers=unrouted(_http_error),
     )
     app.state.emulator = new_state(settings or EmulatorSettings(future_ttl_s=RETENTION_S))
     return app

@@ -42,12 +42,16 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
+    json_response,
     lookup,
     new_future,
     new_state,
     ops_routes,
+    spawn,
+    unrouted,
 )
 
 __all__ = ["EmulatorSettings", "create_emulator_app"]
@@ -120,22 +124,16 @@ def key_error(request: Request) -> Response:
     return error(400, "API key not valid. Please pass a valid API key.", details=[info])
 
 
-def guard(
-    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0
-) -> tuple[EmulatorState, Response | None]:
-    state, refused = gate(request, kind, rate_503, rate_429, auth=key_ok, refuse=gate_error)
+def guard(request: Request, kind: str) -> tuple[EmulatorState, Response | None]:
+    state, refused = gate(request, kind, auth=key_ok, refuse=gate_error)
     if refused is not None and refused.status_code == 401:
         return state, key_error(request)
     return state, refused
 
 
-async def not_found(request: Request, exc: Exception) -> Response:
+def not_found(request: Request, status: int) -> Response:
     """Google answers a path or a method it does not map (e.g. `:cancel` here) with 404."""
     return error(404, f"The requested URL {request.url.path} was not found on this server.")
-
-
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def check_body(body: Any) -> str | None:
@@ -183,8 +181,7 @@ async def predict_long_running(request: Request) -> Response:
     model, _, method = request.path_params["model_method"].partition(":")
     if method != "predictLongRunning":
         return error(404, f"The requested URL {request.url.path} was not found on this server.")
-    state: EmulatorState = request.app.state.emulator
-    state, refused = guard(request, "submit", state.settings.submit_503_rate)
+    state, refused = guard(request, "submit")
     if refused:
         return refused
     try:
@@ -198,10 +195,8 @@ async def predict_long_running(request: Request) -> Response:
     future.id = f"models/{model}/operations/{secrets.token_hex(6)}"
     state.add(future)
     if webhook_uris(body):
-        task = asyncio.create_task(notify(request, future))
-        request.app.state.notifications.add(task)
-        task.add_done_callback(request.app.state.notifications.discard)
-    return _json({"name": future.id})
+        spawn(state, notify(request, future))
+    return json_response({"name": future.id})
 
 
 def webhook_event(request: Request, f: Future) -> dict[str, Any]:
@@ -267,8 +262,7 @@ def operation(request: Request, f: Future, now: float) -> dict[str, Any]:
 
 
 async def get_operation(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = guard(request, "poll", s.poll_503_rate, s.poll_429_rate)
+    state, refused = guard(request, "poll")
     if refused:
         return refused
     name = f"models/{request.path_params['model']}/operations/{request.path_params['op']}"
@@ -276,7 +270,7 @@ async def get_operation(request: Request) -> Response:
     if f is None:
         return error(404, f"Operation {name} not found.")
     f.polls += 1
-    return _json(operation(request, f, time.time()))
+    return json_response(operation(request, f, time.time()))
 
 
 async def download(request: Request) -> Response:
@@ -301,13 +295,23 @@ async def get_model(request: Request) -> Response:
     model = request.path_params["model_method"]
     if ":" in model:
         return error(404, f"The requested URL {request.url.path} was not found on this server.")
-    state, refused = guard(request, "health")
+    _, refused = guard(request, "health")
     if refused:
         return refused
-    if not state.settings.healthy:
-        return gate_error(503, "unhealthy", None)
-    return _json({"name": f"models/{model}", "version": "3.1", "displayName": model,
+    return json_response({"name": f"models/{model}", "version": "3.1", "displayName": model,
                   "supportedGenerationMethods": ["predictLongRunning"]})  # fmt: skip
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    Veo's rate limit."""
+    url = f"{base_url}/v1beta/models/veo-3.1-generate-preview"
+    return dev_config("gemini", token_env, url=url, rate_limit={"submit_per_s": None})
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: a predictLongRunning request."""
+    return {"instances": [{"prompt": f"job {n}: a neon hologram of a cat"}]}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
@@ -319,8 +323,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
             Route("/v1beta/files/{file_method}", download, methods=["GET"]),
             *ops_routes(),
         ],
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers=unrouted(not_found),
     )
     app.state.emulator = new_state(settings)
-    app.state.notifications = set()  # webhook tasks in flight
     return app

@@ -21,9 +21,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.emulators.common import (
+    TEXT,
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
+    echo_output,
     gate,
     lookup,
     new_future,
@@ -36,16 +39,11 @@ __all__ = ["EmulatorSettings", "EmulatorState", "create_emulator_app"]
 
 
 def _result(f: Future) -> dict[str, Any]:
-    text = "She sells seashells by the seashore"
-    out: dict[str, Any] = {"response": {"segments": [{"text": text}]}, "echo": f.inputs}
-    if f.result_bytes:
-        out["padding"] = "x" * f.result_bytes
-    return out
+    return echo_output(f, response={"segments": [{"text": TEXT}]})
 
 
 async def infer(request: Request) -> Response:
-    state: EmulatorState = request.app.state.emulator
-    state, refused = gate(request, "submit", state.settings.submit_503_rate)
+    state, refused = gate(request, "submit")
     if refused:
         return refused
     try:
@@ -64,8 +62,7 @@ async def infer(request: Request) -> Response:
 
 
 async def future_status(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate)
+    state, refused = gate(request, "poll")
     if refused:
         return refused
     f = lookup(state, request.path_params["response_id"])
@@ -89,6 +86,20 @@ async def future_result(request: Request) -> Response:
         return problem(404, "result not found")
     f.fetches += 1
     return Response(orjson.dumps(_result(f)), media_type="application/json")
+
+
+def dev_upstream(
+    base_url: str, token_env: str | None = None, model: str = "echo"
+) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (dev mode, demo)."""
+    return dev_config(
+        "octoai", token_env, url=f"{base_url}/infer/{model}", health_url=f"{base_url}/healthz"
+    )
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:

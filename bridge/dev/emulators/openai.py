@@ -28,28 +28,30 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.emulators.common import (
+    TEXT,
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
+    json_response,
     lookup,
     new_future,
     new_state,
     ops_routes,
+    unrouted,
 )
 
 __all__ = ["EmulatorSettings", "create_emulator_app"]
 
 RETENTION_S = 600.0  # background responses are kept ~10 minutes
 OUTCOMES = {"completed", "failed", "incomplete", "expired"}
-TEXT = "She sells seashells by the seashore"
 
 # Parameters of POST /v1/responses (openai 3.57.0 ResponseCreateParams), plus `_emulate`.
 CREATE_PARAMS = frozenset(
@@ -91,10 +93,9 @@ def gate_error(status: int, detail: str, headers: dict[str, str] | None) -> Resp
     return error(status, message, headers, code=code, kind=kind)
 
 
-async def not_found(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 405:
-        status = 404  # OpenAI answers an unknown method on a known path like an unknown path
+def not_found(request: Request, status: int) -> Response:
+    """OpenAI answers an unknown method on a known path (405) like an unknown path."""
+    status = 404 if status == 405 else status
     return error(status, f"Invalid URL ({request.method} {request.url.path})")
 
 
@@ -173,10 +174,6 @@ def response_object(f: Future, now: float) -> dict[str, Any]:
     return out | _outcome_fields(f, status)
 
 
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
 def check_body(body: Any) -> Response | None:
     """OpenAI's 400 for a body it would refuse, or None."""
     if not isinstance(body, dict):
@@ -212,8 +209,7 @@ def check_knobs(knobs: dict[str, Any]) -> Response | None:
 
 
 async def create(request: Request) -> Response:
-    state: EmulatorState = request.app.state.emulator
-    state, refused = gate(request, "submit", state.settings.submit_503_rate, refuse=gate_error)
+    state, refused = gate(request, "submit", refuse=gate_error)
     if refused:
         return refused
     try:
@@ -228,34 +224,31 @@ async def create(request: Request) -> Response:
     state.add(future)
     if not body.get("background"):
         await asyncio.sleep(max(0.0, future.ready_at - time.time()))
-    return _json(response_object(future, time.time()))
+    return json_response(response_object(future, time.time()))
 
 
-def _find(request: Request, state: EmulatorState) -> Future | Response:
+def _find(request: Request, kind: str) -> tuple[EmulatorState, Future | Response]:
+    """The response of the path, after gate(): or the answer that refused the request."""
+    state, refused = gate(request, kind, refuse=gate_error)
+    if refused:
+        return state, refused
     response_id = request.path_params["response_id"]
     f = lookup(state, response_id)
     if f is None:
-        return error(404, f"Response with id '{response_id}' not found.")
-    return f
+        return state, error(404, f"Response with id '{response_id}' not found.")
+    return state, f
 
 
 async def retrieve(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, refuse=gate_error)
-    if refused:
-        return refused
-    found = _find(request, state)
+    _, found = _find(request, "poll")
     if isinstance(found, Response):
         return found
     found.polls += 1
-    return _json(response_object(found, time.time()))
+    return json_response(response_object(found, time.time()))
 
 
 async def cancel(request: Request) -> Response:
-    state, refused = gate(request, "cancel", refuse=gate_error)
-    if refused:
-        return refused
-    found = _find(request, state)
+    _, found = _find(request, "cancel")
     if isinstance(found, Response):
         return found
     if not found.inputs.get("background"):
@@ -263,28 +256,34 @@ async def cancel(request: Request) -> Response:
     now = time.time()
     if _status(found, now) in ("queued", "in_progress"):
         found.outcome, found.ready_at = "cancelled", now
-    return _json(response_object(found, now))
+    return json_response(response_object(found, now))
 
 
 async def delete(request: Request) -> Response:
-    state, refused = gate(request, "delete", refuse=gate_error)
-    if refused:
-        return refused
-    found = _find(request, state)
+    state, found = _find(request, "delete")
     if isinstance(found, Response):
         return found
     del state.futures[found.id]
-    return _json({"id": found.id, "object": "response", "deleted": True})
+    return json_response({"id": found.id, "object": "response", "deleted": True})
 
 
 async def models(request: Request) -> Response:
-    state, refused = gate(request, "health", refuse=gate_error)
+    _, refused = gate(request, "health", refuse=gate_error)
     if refused:
         return refused
-    if not state.settings.healthy:
-        return gate_error(503, "unhealthy", None)
     model = {"id": "gpt-5-mini", "object": "model", "created": 1_700_000_000, "owned_by": "openai"}
-    return _json({"object": "list", "data": [model]})
+    return json_response({"object": "list", "data": [model]})
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    OpenAI's rate limit."""
+    return dev_config("openai", token_env, url=f"{base_url}/v1", rate_limit={"submit_per_s": None})
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: a Responses API request."""
+    return {"model": "gpt-5-mini", "input": f"job {n}: write a haiku about otters."}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
@@ -297,7 +296,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
             Route("/v1/models", models, methods=["GET"]),
             *ops_routes(),
         ],
-        exception_handlers={404: not_found, 405: not_found},
+        exception_handlers=unrouted(not_found),
     )
     app.state.emulator = new_state(settings or EmulatorSettings(future_ttl_s=RETENTION_S))
     return app

@@ -52,16 +52,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.dev.emulators.common import (
+    TEXT,
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
+    echo_output,
     emulate_knobs,
     gate,
+    json_response,
     lifespan,
     new_future,
     new_state,
     ops_routes,
     spawn,
+    unrouted,
     webhook_lost,
 )
 
@@ -94,15 +99,11 @@ class Prediction(Future):
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hooks:
-    """The secret webhooks are signed with."""
+    """The webhook signing secret."""
 
     secret: str
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
 def _problem(status: int, detail: str, title: str | None = None, **extra: Any) -> Response:
@@ -135,14 +136,14 @@ def _refusal(state: EmulatorState, refused: Response) -> Response:
     headers = {"Retry-After": str(after_s)}
     if code == 429:
         detail = f"Request was throttled. Your rate limit resets in ~{after_s}s."
-        return _json({"detail": detail}, 429, headers)
-    return _json({"detail": "Service temporarily unavailable", "status": code}, code, headers)
+        return json_response({"detail": detail}, 429, headers)
+    return json_response(
+        {"detail": "Service temporarily unavailable", "status": code}, code, headers
+    )
 
 
-def _guard(
-    request: Request, kind: str, rate_503: float = 0.0, rate_429: float = 0.0
-) -> tuple[EmulatorState, Response | None]:
-    state, refused = gate(request, kind, rate_503, rate_429, auth=_auth)
+def _guard(request: Request, kind: str) -> tuple[EmulatorState, Response | None]:
+    state, refused = gate(request, kind, auth=_auth)
     return state, (_refusal(state, refused) if refused else None)
 
 
@@ -172,11 +173,7 @@ def _status(p: Prediction, now: float) -> str:
 
 
 def _output(p: Prediction) -> Any:
-    text = "She sells seashells by the seashore"
-    out: dict[str, Any] = {"text": text, "echo": p.inputs}
-    if p.result_bytes:
-        out["padding"] = "x" * p.result_bytes
-    return out
+    return echo_output(p, text=TEXT)
 
 
 def _removed(p: Prediction, ttl_s: float, now: float) -> bool:
@@ -360,13 +357,8 @@ async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
         await _send_webhook(p, hooks.secret, ttl_s, state)
 
 
-def _schedule_push(request: Request, p: Prediction, state: EmulatorState) -> None:
-    spawn(state, _push(p, request.app.state.replicate, state))
-
-
 async def _create(request: Request, model: str | None) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = _guard(request, "submit", s.submit_503_rate)
+    state, refused = _guard(request, "submit")
     if refused:
         return refused
     body, bad = await _read_json(request)
@@ -386,11 +378,11 @@ async def _create(request: Request, model: str | None) -> Response:
     p = _new_prediction(request, state, body, *ref)
     state.add(p)
     if p.webhook and not webhook_lost(state, p.inputs):
-        _schedule_push(request, p, state)
+        spawn(state, _push(p, request.app.state.replicate, state))
     wait_s = _prefer_wait_s(request.headers.get("prefer"))
     while wait_s and time.time() < min(_ending(p)[0], p.created_at + wait_s):
         await _wait_for_change(p, min(_ending(p)[0], p.created_at + wait_s))
-    return _json(_view(p, s.future_ttl_s), 201)
+    return json_response(_view(p, state.settings.future_ttl_s), 201)
 
 
 async def create_by_version(request: Request) -> Response:
@@ -407,15 +399,14 @@ def _not_found() -> Response:
 
 
 async def get_prediction(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = _guard(request, "poll", s.poll_503_rate, s.poll_429_rate)
+    state, refused = _guard(request, "poll")
     if refused:
         return refused
     p = _find(state, request.path_params["prediction_id"])
     if p is None:
         return _not_found()
     p.polls += 1
-    return _json(_view(p, s.future_ttl_s))
+    return json_response(_view(p, state.settings.future_ttl_s))
 
 
 async def cancel_prediction(request: Request) -> Response:
@@ -429,21 +420,21 @@ async def cancel_prediction(request: Request) -> Response:
     if now < _ending(p)[0]:
         p.canceled_at = now
         p.changed.set()
-    return _json(_view(p, state.settings.future_ttl_s, now))
+    return json_response(_view(p, state.settings.future_ttl_s, now))
 
 
 async def webhook_secret(request: Request) -> Response:
     _, refused = _guard(request, "secret")
     if refused:
         return refused
-    return _json({"key": request.app.state.replicate.secret})
+    return json_response({"key": request.app.state.replicate.secret})
 
 
 async def account(request: Request) -> Response:
     _, refused = _guard(request, "account")
     if refused:
         return refused
-    return _json({"type": "organization", "username": "emulator", "name": "Emulator"})
+    return json_response({"type": "organization", "username": "emulator", "name": "Emulator"})
 
 
 async def model_version(request: Request) -> Response:
@@ -455,7 +446,7 @@ async def model_version(request: Request) -> Response:
     if not VERSION_ID.match(version_id):
         return _not_found()
     schemas = {"Input": {"type": "object"}, "Output": {"type": "object"}}
-    return _json(
+    return json_response(
         {
             "id": version_id,
             "created_at": _iso(0),
@@ -465,15 +456,28 @@ async def model_version(request: Request) -> Response:
     )
 
 
-async def _no_route(request: Request, exc: Exception) -> Response:
-    code = getattr(exc, "status_code", 404)
+def _no_route(request: Request, code: int) -> Response:
     return _problem(code, "Not found." if code == 404 else "Method not allowed.")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo), without
+    Replicate's rate limits. Replicate wants a token even where the emulator has none."""
+    return dev_config(
+        "replicate", token_env, url=f"{base_url}/v1", model="acme/echo",
+        health_url=f"{base_url}/healthz", rate_limit={"submit_per_s": None, "poll_per_s": None},
+    )  # fmt: skip
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
     app = Starlette(
         lifespan=lifespan,
-        exception_handlers={404: _no_route, 405: _no_route},
+        exception_handlers=unrouted(_no_route),
         routes=[
             Route("/v1/predictions", create_by_version, methods=["POST"]),
             Route("/v1/models/{owner}/{name}/predictions", create_by_model, methods=["POST"]),

@@ -33,15 +33,17 @@ from urllib.parse import urlsplit
 
 import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.dev.emulators.common import (
+    TEXT,
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
+    echo_output,
     emulate_knobs,
     gate,
     lifespan,
@@ -50,8 +52,8 @@ from bridge.dev.emulators.common import (
     new_state,
     ops_routes,
     post_webhook,
-    retry,
     spawn,
+    unrouted,
     webhook_lost,
 )
 
@@ -108,10 +110,7 @@ def _ms(seconds: float) -> int:
 
 
 def _output(job: RunpodJob) -> dict[str, Any]:
-    out: dict[str, Any] = {"text": "She sells seashells by the seashore", "echo": job.inputs}
-    if job.result_bytes:
-        out["padding"] = "x" * job.result_bytes
-    return out
+    return echo_output(job, text=TEXT)
 
 
 def job_body(job: RunpodJob, now: float) -> dict[str, Any]:
@@ -186,8 +185,7 @@ async def _send_webhook(state: EmulatorState, job: RunpodJob) -> None:
 
 
 async def _submit(request: Request, kind: str) -> tuple[EmulatorState, RunpodJob | Response]:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, kind, s.submit_503_rate, auth=authorized, refuse=error)
+    state, refused = gate(request, kind, auth=authorized, refuse=error)
     if refused:
         return state, refused
     body, bad = await _read_request(request)
@@ -229,10 +227,7 @@ def _find(state: EmulatorState, request: Request) -> RunpodJob | None:
 
 
 async def status(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(
-        request, "poll", s.poll_503_rate, s.poll_429_rate, auth=authorized, refuse=error
-    )
+    state, refused = gate(request, "poll", auth=authorized, refuse=error)
     if refused:
         return refused
     job = _find(state, request)
@@ -261,8 +256,6 @@ async def endpoint_health(request: Request) -> Response:
     state, refused = gate(request, "health", auth=authorized, refuse=error)
     if refused:
         return refused
-    if not state.settings.healthy:
-        return retry(state, 503, error)
     now, endpoint_id = time.time(), request.path_params["endpoint_id"]
     counts = {"COMPLETED": 0, "FAILED": 0, "IN_PROGRESS": 0, "IN_QUEUE": 0}
     for job in state.futures.values():
@@ -284,9 +277,18 @@ async def endpoint_health(request: Request) -> Response:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
+def _http_error(request: Request, status: int) -> Response:
     return error(status, "not found" if status == 404 else "method not allowed")
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as an upstream of the config (the demo)."""
+    return dev_config("runpod", token_env, url=f"{base_url}/v2/dev-endpoint")
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job."""
+    return {"prompt": f"job {n}"}
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
@@ -301,7 +303,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
             Route(f"{base}/health", endpoint_health),
             *ops_routes(),
         ],
-        exception_handlers={404: _http_error, 405: _http_error},
+        exception_handlers=unrouted(_http_error),
     )
     app.state.emulator = new_state(settings or EmulatorSettings(future_ttl_s=RETENTION_S))
     return app

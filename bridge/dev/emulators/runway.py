@@ -43,6 +43,7 @@ from bridge.dev.emulators.common import (
     EmulatorSettings,
     EmulatorState,
     Future,
+    dev_config,
     emulate_knobs,
     gate,
     lookup,
@@ -88,6 +89,12 @@ def _version_problem(request: Request) -> Response | None:
     return None
 
 
+def _guard(request: Request, kind: str) -> tuple[EmulatorState, Response | None]:
+    """gate(), then the X-Runway-Version check."""
+    state, refused = gate(request, kind, refuse=error)
+    return state, refused or _version_problem(request)
+
+
 def _body_problem(task_type: str, body: dict[str, Any]) -> str | None:
     """Why Runway would refuse this body, or None."""
     for key in REQUIRED[task_type]:
@@ -110,8 +117,7 @@ def _body_problem(task_type: str, body: dict[str, Any]) -> str | None:
 
 
 async def create_task(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "submit", s.submit_503_rate, refuse=error)
+    state, refused = gate(request, "submit", refuse=error)
     if refused:
         return refused
     task_type = request.path_params["task_type"]
@@ -168,12 +174,9 @@ def _task(request: Request, f: Future) -> dict[str, Any]:
 
 
 async def get_task(request: Request) -> Response:
-    s = request.app.state.emulator.settings
-    state, refused = gate(request, "poll", s.poll_503_rate, s.poll_429_rate, refuse=error)
+    state, refused = _guard(request, "poll")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
     f = lookup(state, request.path_params["task_id"])
     if f is None:
         return error(404, "Task not found.")
@@ -182,11 +185,9 @@ async def get_task(request: Request) -> Response:
 
 
 async def delete_task(request: Request) -> Response:
-    state, refused = gate(request, "cancel", refuse=error)
+    state, refused = _guard(request, "cancel")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
     f = lookup(state, request.path_params["task_id"])
     if f is None:
         return error(404, "Task not found.")
@@ -211,13 +212,9 @@ async def output(request: Request) -> Response:
 
 
 async def organization(request: Request) -> Response:
-    state, refused = gate(request, "health", refuse=error)
+    _, refused = _guard(request, "health")
     if refused:
         return refused
-    if problem := _version_problem(request):
-        return problem
-    if not state.settings.healthy:
-        return error(503, "Service unavailable.", {"Retry-After": "1"})
     return JSONResponse(
         {
             "creditBalance": 100_000,
@@ -225,6 +222,35 @@ async def organization(request: Request) -> Response:
             "usage": {"models": {}},
         }
     )
+
+
+def adapter() -> dict[str, Any]:
+    """Runway's tasks API as the adapter of a `custom` upstream (README "Custom adapters";
+    config.example.yaml's `runway` holds the same)."""
+    running, completed = ["PENDING", "THROTTLED", "RUNNING"], ["SUCCEEDED"]
+    return {
+        "headers": {"X-Runway-Version": API_VERSION},
+        "submit": {"url": "/v1/image_to_video", "id": "id"},
+        "poll": {"url": "/v1/tasks/{id}"},
+        "status": {"path": "status", "running": running, "completed": completed,
+                   "failed": ["FAILED"], "cancelled": ["CANCELLED"], "message": "failure"},
+        "error_message": "error",
+        "result": {"path": "output"},
+        "cancel": {"method": "DELETE", "url": "/v1/tasks/{id}"},
+        "health": {"url": "/v1/organization"},
+    }  # fmt: skip
+
+
+def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
+    """This emulator, served at base_url, as a `custom` upstream with Runway's adapter (the
+    demo; Runway's advice to poll no more often than every 5 s is left to real use)."""
+    return dev_config("custom", token_env, url=base_url, adapter=adapter())
+
+
+def dev_inputs(n: int) -> dict[str, Any]:
+    """The inputs of the demo's n-th job: an image_to_video task."""
+    return {"model": "gen4_turbo", "promptImage": "https://example.com/cat.png",
+            "promptText": f"job {n}", "ratio": "1280:720"}  # fmt: skip
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> Starlette:
