@@ -374,6 +374,32 @@ async def test_demo_runs_against_each_protocols_emulator(protocol):
     assert report.upstream == protocol and report.polls_per_job > 0 and report.lag_s
 
 
+@pytest.mark.parametrize("protocol", ["replicate", "runpod", "fal"])
+async def test_the_demo_shows_push(protocol):
+    """The demo's bridge has its own loopback URL as public URL: the emulators of protocols
+    whose provider calls back per job push to it (Replicate's signature checked), and
+    every job is delivered within a few ms of the provider finishing; --no-push polls."""
+    from bridge.dev.demo import percentile, run_demo
+
+    settings = EmulatorSettings(duration_s=0.5, duration_p95_s=0.8, seed=7)
+    report = await run_demo(10, Console(quiet=True), upstream=protocol, settings=settings)
+    assert report.ok and report.push == "on", report
+    assert report.pushes_taken == 10 and report.pushes_refused == 0
+    assert percentile(report.lag_s, 50) < 0.2
+    polled = await run_demo(
+        3, Console(quiet=True), upstream=protocol, settings=settings, push=False
+    )
+    assert polled.ok and polled.push == "off (--no-push)" and polled.pushes_taken == 0
+
+
+async def test_the_demo_says_when_a_protocol_does_not_push():
+    from bridge.dev.demo import run_demo
+
+    settings = EmulatorSettings(duration_s=0.2, seed=7)
+    report = await run_demo(2, Console(quiet=True), upstream="octoai", settings=settings)
+    assert report.ok and report.push == "none: the octoai protocol does not push"
+
+
 def test_the_demos_runway_adapter_is_config_examples():
     path = Path(__file__).resolve().parent.parent / "config.example.yaml"
     example = load_config(path, {"RUNWAYML_API_SECRET": "k", "STABILITY_API_KEY": "k"})

@@ -129,7 +129,9 @@ async def push_stack(make_stack, cls: type = PushingOctoAI, **overrides: Any) ->
         rt.push_links = PushLinks(await rt.store.push_key(), s.bridge.url)
         old = rt.upstreams["echo"]
         config = rt.config.upstreams["echo"]
-        rt.upstreams["echo"] = cls("echo", config, UPSTREAM_TOKEN, old.http.client, provider=provider)
+        rt.upstreams["echo"] = cls(
+            "echo", config, UPSTREAM_TOKEN, old.http.client, provider=provider
+        )
     s.provider = provider  # type: ignore[attr-defined]
     return s
 

@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROTOCOL,
         help="the upstream protocol, against its emulator (custom: Runway's, by its adapter)",
     )
+    demo.add_argument(
+        "--push",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the bridge's public URL is its loopback URL, so emulators that call back "
+        "per job (replicate, runpod, fal) push to it",
+    )
     _add_emulator(sub)
     check = sub.add_parser(
         "check",
@@ -307,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging("console", "warning")
     console = Console()
-    report = _run(run_demo(args.jobs, console, upstream=args.upstream))
+    report = _run(run_demo(args.jobs, console, upstream=args.upstream, push=args.push))
     print_report(report, console)
     return 0 if report.ok else 1
 

@@ -1,5 +1,9 @@
 """`pushbridge demo`: the whole bridge on embedded defaults, end to end, with a summary;
-`--upstream PROTOCOL` runs it against that protocol's emulator (octoai by default)."""
+`--upstream PROTOCOL` runs it against that protocol's emulator (octoai by default).
+
+The demo's bridge has its own loopback URL as `listen.public_url` (unless `--no-push`), so
+the emulators of protocols whose provider calls back per job (replicate, runpod, fal)
+push to it; Replicate's pushes are checked against the emulator's signing secret."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from bridge.store.embedded import free_port
 
 SUBMIT_CONCURRENCY = 32
 UPSTREAM_TOKEN_ENV = "DEMO_UPSTREAM_TOKEN"
+PUSH_SECRET_ENV = "DEMO_PUSH_SECRET"
 
 
 @dataclass
@@ -43,6 +48,9 @@ class DemoReport:
     polls_per_job: float
     elapsed_s: float
     upstream: str = "octoai"
+    push: str = "off"  # "on": the emulator was given push URLs; else why not
+    pushes_taken: int = 0  # pushes the bridge answered 2xx (verified where signed)
+    pushes_refused: int = 0  # pushes the bridge refused (the emulator gave up on them)
 
     @property
     def ok(self) -> bool:
@@ -57,10 +65,16 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def demo_config(data_dir: str, port: int, upstream: dict[str, Any], environ: dict[str, str]) -> Any:
+def demo_config(
+    data_dir: str,
+    port: int,
+    upstream: dict[str, Any],
+    environ: dict[str, str],
+    public_url: str | None = None,
+) -> Any:
     return parse_config(
         {
-            "listen": {"host": "127.0.0.1", "port": port},
+            "listen": {"host": "127.0.0.1", "port": port, "public_url": public_url},
             "store": {"data_dir": data_dir},
             "tenants": [
                 {
@@ -125,7 +139,35 @@ def _report(
         if future is not None:
             lags.append(d.arrived_at - future.ready_at)
     polls = emulator.requests["poll"] / max(1, jobs)
-    return DemoReport(jobs, accepted, len(first), verified, lags, submit_s, polls, elapsed_s)
+    return DemoReport(
+        jobs,
+        accepted,
+        len(first),
+        verified,
+        lags,
+        submit_s,
+        polls,
+        elapsed_s,
+        pushes_taken=emulator.requests["webhook_sent"],
+        pushes_refused=emulator.requests["webhook_failed"],
+    )
+
+
+def _push_state(enabled: bool, asked: bool, upstream: str) -> str:
+    if enabled:
+        return "on"
+    return f"none: the {upstream} protocol does not push" if asked else "off (--no-push)"
+
+
+def _with_push(
+    module: Any, app: Any, echo: dict[str, Any], environ: dict[str, str]
+) -> dict[str, Any]:
+    """The demo's upstream, checking the pushes' signature where the emulator signs them."""
+    secret_of = getattr(module, "dev_push_secret", None)
+    if secret_of is None:
+        return echo
+    environ[PUSH_SECRET_ENV] = secret_of(app)
+    return echo | {"push_secret_env": PUSH_SECRET_ENV}
 
 
 async def run_demo(
@@ -134,9 +176,12 @@ async def run_demo(
     timeout_s: float | None = None,
     upstream: str = "octoai",
     settings: EmulatorSettings | None = None,
+    push: bool = True,
 ) -> DemoReport:
     """The demo against the emulator of the `upstream` protocol (with `settings`: durations
-    1 s median, 3 s p95 by default); the emulator wants a token, which the upstream has."""
+    1 s median, 3 s p95 by default); the emulator wants a token, which the upstream has.
+    With `push`, the bridge's public URL is its own loopback URL: emulators that call back
+    per job push to it."""
     emulator = FOR_UPSTREAM[upstream]
     data_dir = tempfile.mkdtemp(prefix="pushbridge-demo-")
     environ = {
@@ -152,10 +197,14 @@ async def run_demo(
     receiver_srv = await start_server(receiver.app())
     port = free_port()
     echo = emulator.dev_upstream(emulator_srv.url, UPSTREAM_TOKEN_ENV)
-    config = demo_config(data_dir, port, echo, environ)
+    public_url = f"http://127.0.0.1:{port}" if push else None
+    if push:
+        echo = _with_push(emulator, emulator_app, echo, environ)
+    config = demo_config(data_dir, port, echo, environ, public_url)
     timeout_s = timeout_s or 60 + jobs * 0.05
     try:
         async with open_runtime(config, resolve_secrets(config, environ)) as rt:
+            pushing = _push_state(rt.push_enabled("echo"), push, upstream)
             bridge = await start_server(bridge_app(rt), port)
             console.print(
                 f"store: embedded Valkey in {data_dir}; bridge {bridge.url}; "
@@ -177,7 +226,7 @@ async def run_demo(
         shutil.rmtree(data_dir, ignore_errors=True)
     state = emulator_app.state.emulator
     report = _report(jobs, accepted, submit_s, receiver, state, elapsed)
-    return dataclasses.replace(report, upstream=upstream)
+    return dataclasses.replace(report, upstream=upstream, push=pushing)
 
 
 async def _track(
@@ -212,6 +261,13 @@ async def _track(
         return await submitting
 
 
+def _pushes(r: DemoReport) -> str:
+    if r.push != "on":
+        return r.push
+    refused = f", {r.pushes_refused} refused" if r.pushes_refused else ""
+    return f"{r.pushes_taken} taken{refused} (each made its job due at once)"
+
+
 def print_report(r: DemoReport, console: Console) -> None:
     table = Table(title=f"pushbridge demo ({r.upstream})", show_header=False)
     table.add_row("accepted (202)", f"{r.accepted}/{r.jobs}")
@@ -226,6 +282,7 @@ def print_report(r: DemoReport, console: Console) -> None:
         f"{percentile(r.submit_s, 50) * 1000:.1f} ms / {percentile(r.submit_s, 99) * 1000:.1f} ms",
     )
     table.add_row("upstream polls per job", f"{r.polls_per_job:.2f}")
+    table.add_row("provider pushes", _pushes(r))
     table.add_row("wall time", f"{r.elapsed_s:.1f} s")
     console.print(table)
     console.print(

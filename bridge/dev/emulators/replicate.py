@@ -469,6 +469,13 @@ def dev_upstream(base_url: str, token_env: str | None = None) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def dev_push_secret(app: Starlette) -> str:
+    """The secret this emulator signs its webhooks with (what `GET
+    /v1/webhooks/default/secret` answers), for an upstream's `push_secret_env`."""
+    hooks: Hooks = app.state.replicate
+    return hooks.secret
+
+
 def dev_inputs(n: int) -> dict[str, Any]:
     """The inputs of the demo's n-th job."""
     return {"prompt": f"job {n}"}
