@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bench.frontier import LogNormal, evaluate, min_polls_for_lag_p50, oracle_hazard, simulate
+from bench.push import Result, draw_jobs
+from bench.push import run as run_push
 from bench.run import main_async
 from bench.targets import report
 
@@ -27,6 +31,14 @@ async def test_benchmark_smoke_run():
     (scale,) = [r for r in results if r["workload"] == "scale"]
     assert scale["in_flight"] == 1000 and 0 < scale["redis_bytes_per_inflight_job"] < 10_000
     assert "(iii) store memory" in report(results)
+
+
+@pytest.mark.slow
+async def test_push_benchmark_smoke_run():
+    result = Result("smoke", draw_jobs(20, 0.0, random.Random(1)))
+    await run_push(result, rate=20, timeout_s=30, raised_limits=False)
+    assert len(result.lags()) == 20 and result.polls == 20 and result.pushes_sent == 20
+    assert max(result.lags()) < 1.0  # pushed: the first poll is 20 s after the submit
 
 
 def test_polling_frontier_of_the_realistic_workload():
