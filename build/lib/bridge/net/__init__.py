@@ -1,1 +1,0 @@
-"""HTTP client plumbing shared by upstream requests and callbacks."""

@@ -1,1 +1,0 @@
-"""Observability: structured logs (structlog) and Prometheus metrics."""
