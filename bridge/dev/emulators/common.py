@@ -86,6 +86,7 @@ class Future:
     result_bytes: int = 0
     polls: int = 0
     fetches: int = 0
+    pushed_at: float | None = None  # when its final webhook's taken attempt was sent
 
 
 @dataclass
@@ -158,7 +159,12 @@ class EmulatorState:
             "requests": dict(self.requests),
             "max_per_s": {k: self.max_per_window(k) for k in self.times},
             "futures": {
-                f.id: {"ready_at": f.ready_at, "polls": f.polls, "outcome": f.outcome}
+                f.id: {
+                    "ready_at": f.ready_at,
+                    "polls": f.polls,
+                    "outcome": f.outcome,
+                    "pushed_at": f.pushed_at,
+                }
                 for f in self.futures.values()
             },
         }

@@ -318,7 +318,10 @@ async def _wait_for_change(p: Prediction, until: float) -> None:
     p.changed.clear()
 
 
-async def _send_webhook(p: Prediction, secret: str, ttl_s: float, state: EmulatorState) -> None:
+async def _send_webhook(
+    p: Prediction, secret: str, ttl_s: float, state: EmulatorState
+) -> float | None:
+    """Send one webhook (up to WEBHOOK_ATTEMPTS tries); when the taken attempt was sent."""
     payload = orjson.dumps(_view(p, ttl_s)).decode()
     for attempt in range(WEBHOOK_ATTEMPTS):
         now = datetime.now(UTC)
@@ -333,11 +336,12 @@ async def _send_webhook(p: Prediction, secret: str, ttl_s: float, state: Emulato
             r = await state.webhook_client().post(str(p.webhook), content=payload, headers=headers)
             if 200 <= r.status_code < 300:
                 state.requests["webhook_sent"] += 1
-                return
+                return now.timestamp()
         except httpx.HTTPError:
             pass
         state.requests["webhook_failed"] += 1
         await asyncio.sleep(0.5 * 2**attempt)
+    return None
 
 
 async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
@@ -354,7 +358,7 @@ async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
             break
         await _wait_for_change(p, min(end_at, p.started_at) if start_pending else end_at)
     if "completed" in p.events:
-        await _send_webhook(p, hooks.secret, ttl_s, state)
+        p.pushed_at = await _send_webhook(p, hooks.secret, ttl_s, state)
 
 
 async def _create(request: Request, model: str | None) -> Response:
