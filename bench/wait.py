@@ -15,8 +15,10 @@ warm-up: no figure counts the first use of a connection or client). The protocol
   gives the emulator a per-job webhook (CONTRACT §5b) and the emulator calls back the
   moment it finishes a job; the push makes the job due at once. The poll schedule is
   deliberately slow (first poll 20 s after the submit, as in bench/push.py), so only a
-  push can finish a job sooner; Replicate's rate limits are raised (1,000 creates and
-  polls a second) since 1,000 jobs are created at once.
+  push can finish a job sooner. Replicate's rate limits (the protocol's defaults: 10
+  creates and 50 polls a second) are off, as the emulator has none: 1,000 jobs are
+  created at once and finish within 2 s, and each push costs a poll (bench/RESULTS.md,
+  Push: the provider's limits bound push too).
 
 Two phases:
 
@@ -54,15 +56,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 
-from bench.push import RAISED_LIMITS, SLOW_POLL
+from bench.push import SLOW_POLL, cpu_s
+from bench.run import OUT, start_profiler, stop_profiler
 from bridge.store.embedded import EmbeddedValkey, free_port
 
 KEY = "pb_bench_wait_key"
 SECRET = "whsec_" + "YmVuY2gtd2FpdC1zZWNyZXQtMDEyMzQ1Njc4OWFi"
 UPSTREAM_TOKEN = "bench-wait-token"
 PROTOCOLS = ("octoai", "replicate")
+NO_LIMITS = {"submit_per_s": None, "poll_per_s": None}  # the emulator has none
 READS = 'pushbridge_store_round_trips_total{op="read"}'
 
 
@@ -96,6 +101,8 @@ class Figures:
     post_reads_per_waiter: float = 0.0
     polls: int = 0
     pushes_sent: int = 0
+    post_cpu_s: dict[str, float] = field(default_factory=dict)  # per process, phase 2
+    post_round_trips: dict[str, float] = field(default_factory=dict)  # per job, by op
 
     def say(self, text: str) -> None:
         if not self.options.quiet:
@@ -118,7 +125,7 @@ def bridge_config(store_url: str, port: int, emulator_url: str, opts: Options) -
             "token_env": "BENCH_UPSTREAM_TOKEN",
             "submit_timeout_s": 10,
             "poll": SLOW_POLL,
-            "rate_limit": RAISED_LIMITS,
+            "rate_limit": NO_LIMITS,
         }
     return {
         "listen": listen,
@@ -148,6 +155,19 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
         if line.startswith(name):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def round_trips(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The bridge's store round trips so far, by operation."""
+    async with session.get(f"{url}/metrics") as r:
+        text = await r.text()
+    prefix = 'pushbridge_store_round_trips_total{op="'
+    trips = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            op = line[len(prefix) :].split('"', 1)[0]
+            trips[op] = float(line.rsplit(" ", 1)[1])
+    return trips
 
 
 def pct(values_ms: list[float], q: float) -> float:
@@ -219,7 +239,8 @@ async def phase_get(
     futures = (await emulator_futures(session, emulator_url))["futures"]
     done = [(at, job) for at, job in answers if job["status"] == "completed"]
     fig.get_store_ms = [at - _ms(job["completed_at"]) for at, job in done]
-    fig.get_provider_ms, sent_ms, recorded_ms = split(done, futures)
+    fig.get_provider_ms, sent_ms, recorded_ms, rows = split(done, futures)
+    save(fig, "get", rows)
     fig.rss_mib = (before / 2**20, during / 2**20)
     fig.kib_per_waiter = (during - before) / waiters / 1024
     fig.get_reads_per_waiter = (reads - reads_before) / waiters
@@ -237,19 +258,30 @@ async def phase_get(
 
 def split(
     done: list[tuple[float, dict[str, Any]]], futures: dict[str, Any]
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], list[dict[str, Any]]]:
     """Per answered job: answer's arrival - the emulator's finish; with push, also the
-    emulator's finish -> its webhook sent, and webhook sent -> completed_at."""
+    emulator's finish -> its webhook sent, and webhook sent -> completed_at; and the
+    times per job."""
     provider_ms, sent_ms, recorded_ms = [], [], []
+    rows = []
     for at, job in done:
         f = futures.get(job.get("upstream_id"))
         if f is None:
             continue
+        rows.append({"answered_ms": at, "completed_ms": _ms(job["completed_at"]), **f})
         provider_ms.append(at - f["ready_at"] * 1000)
         if f.get("pushed_at") is not None:
             sent_ms.append((f["pushed_at"] - f["ready_at"]) * 1000)
             recorded_ms.append(_ms(job["completed_at"]) - f["pushed_at"] * 1000)
-    return provider_ms, sent_ms, recorded_ms
+    return provider_ms, sent_ms, recorded_ms, rows
+
+
+def save(fig: Figures, phase: str, rows: list[dict[str, Any]]) -> None:
+    """The per-job times (ms since the epoch, the emulator's in seconds) of a phase, to
+    bench/out/wait-<protocol>-<phase>.json."""
+    if not fig.options.quiet:
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"wait-{fig.options.protocol}-{phase}.json").write_bytes(orjson.dumps(rows))
 
 
 def say_push_path(fig: Figures, sent_ms: list[float], recorded_ms: list[float]) -> None:
@@ -260,12 +292,15 @@ def say_push_path(fig: Figures, sent_ms: list[float], recorded_ms: list[float]) 
 
 
 async def phase_post(
-    session: aiohttp.ClientSession, url: str, emulator_url: str, fig: Figures
+    session: aiohttp.ClientSession, url: str, emulator_url: str, pids: dict[str, int], fig: Figures
 ) -> None:
     opts = fig.options
+    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()} | {"driver": cpu_s()}
+    profiler = start_profiler(pids["bridge"], f"wait-{opts.protocol}")
     rng = random.Random(opts.seed)
     polls_before = (await emulator_futures(session, emulator_url))["requests"].get("poll", 0)
     reads_before = await metric(session, url, READS)
+    trips_before = await round_trips(session, url)
 
     async def one(duration_s: float) -> tuple[int, float, dict[str, Any]]:
         body = upstream_body(duration_s)
@@ -277,12 +312,22 @@ async def phase_post(
     started = time.monotonic()
     answers = await asyncio.gather(*(one(d) for d in durations))
     fig.post_elapsed_s = time.monotonic() - started
+    fig.post_cpu_s = {name: cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
+    fig.post_cpu_s["driver"] = cpu_s() - cpu0["driver"]
+    stop_profiler(profiler)
     reads = await metric(session, url, READS)
+    trips = await round_trips(session, url)
+    fig.post_round_trips = {
+        op: (n - trips_before.get(op, 0)) / opts.waiters for op, n in trips.items()
+    }
     done = [(at, job) for status, at, job in answers if status == 200]
     fig.post_answered = len(done)
     stats = await emulator_futures(session, emulator_url)
     fig.post_store_ms = [at - _ms(job["completed_at"]) for at, job in done]
-    fig.post_provider_ms, fig.post_sent_ms, fig.post_recorded_ms = split(done, stats["futures"])
+    fig.post_provider_ms, fig.post_sent_ms, fig.post_recorded_ms, rows = split(
+        done, stats["futures"]
+    )
+    save(fig, "post", rows)
     fig.polls = stats["requests"].get("poll", 0) - polls_before
     fig.pushes_sent = stats["requests"].get("webhook_sent", 0)
     fig.post_reads_per_waiter = (reads - reads_before) / opts.waiters
@@ -296,6 +341,13 @@ async def phase_post(
     say_push_path(fig, fig.post_sent_ms, fig.post_recorded_ms)
     fig.say(f"  upstream polls {fig.polls} ({fig.polls / opts.waiters:.2f} per job)")
     fig.say(f"  store reads per waiting request: {fig.post_reads_per_waiter:.2f}")
+    trips_per_job = ", ".join(
+        f"{op} {n:.2f}" for op, n in sorted(fig.post_round_trips.items()) if n
+    )
+    fig.say(f"  store round trips per job: {trips_per_job}")
+    cpus = ", ".join(f"{k} {v:.1f} s" for k, v in fig.post_cpu_s.items())
+    per_job_ms = fig.post_cpu_s["bridge"] / opts.waiters * 1000
+    fig.say(f"  CPU: {cpus} (bridge {per_job_ms:.1f} ms per job)")
 
 
 async def warm_up(session: aiohttp.ClientSession, url: str) -> None:
@@ -355,7 +407,9 @@ async def run(opts: Options) -> Figures:
         ) as session:
             await warm_up(session, url)
             await phase_get(session, url, emulator_url, bridge.pid, fig)
-            await phase_post(session, url, emulator_url, fig)
+            assert valkey.proc is not None
+            pids = {"bridge": bridge.pid, "emulator": emulator.pid, "store": valkey.proc.pid}
+            await phase_post(session, url, emulator_url, pids, fig)
     finally:
         await stop(bridge)
         await stop(emulator)
