@@ -96,8 +96,7 @@ class Figures:
     post_elapsed_s: float = 0.0
     post_store_ms: list[float] = field(default_factory=list)
     post_provider_ms: list[float] = field(default_factory=list)
-    post_sent_ms: list[float] = field(default_factory=list)  # finish -> webhook sent
-    post_recorded_ms: list[float] = field(default_factory=list)  # webhook sent -> completed_at
+    post_path_ms: dict[str, list[float]] = field(default_factory=dict)  # with push: PATH
     post_reads_per_waiter: float = 0.0
     polls: int = 0
     pushes_sent: int = 0
@@ -239,7 +238,7 @@ async def phase_get(
     futures = (await emulator_futures(session, emulator_url))["futures"]
     done = [(at, job) for at, job in answers if job["status"] == "completed"]
     fig.get_store_ms = [at - _ms(job["completed_at"]) for at, job in done]
-    fig.get_provider_ms, sent_ms, recorded_ms, rows = split(done, futures)
+    fig.get_provider_ms, path_ms, rows = split(done, futures)
     save(fig, "get", rows)
     fig.rss_mib = (before / 2**20, during / 2**20)
     fig.kib_per_waiter = (during - before) / waiters / 1024
@@ -252,43 +251,50 @@ async def phase_get(
     )
     fig.say("  " + describe("answered after the job was terminal in the store", fig.get_store_ms))
     fig.say("  " + describe("answered after the emulator finished", fig.get_provider_ms))
-    say_push_path(fig, sent_ms, recorded_ms)
+    say_push_path(fig, path_ms)
     fig.say(f"  store reads per waiting request: {fig.get_reads_per_waiter:.2f}")
+
+
+PATH = {  # the push's path, per job: (from, to) of the times split() reads
+    "emulator finished -> its webhook sent": ("ready_at", "pushed_at"),
+    "webhook sent -> taken (push route, job due)": ("pushed_at", "push_taken_at"),
+    "push taken -> completed_at (poll, record)": ("push_taken_at", "completed_at"),
+}
 
 
 def split(
     done: list[tuple[float, dict[str, Any]]], futures: dict[str, Any]
-) -> tuple[list[float], list[float], list[float], list[dict[str, Any]]]:
-    """Per answered job: answer's arrival - the emulator's finish; with push, also the
-    emulator's finish -> its webhook sent, and webhook sent -> completed_at; and the
-    times per job."""
-    provider_ms, sent_ms, recorded_ms = [], [], []
+) -> tuple[list[float], dict[str, list[float]], list[dict[str, Any]]]:
+    """Per answered job: answer's arrival - the emulator's finish; with push, the push's
+    path (PATH); and the times per job (seconds since the epoch)."""
+    provider_ms: list[float] = []
+    path_ms: dict[str, list[float]] = {label: [] for label in PATH}
     rows = []
     for at, job in done:
         f = futures.get(job.get("upstream_id"))
         if f is None:
             continue
-        rows.append({"answered_ms": at, "completed_ms": _ms(job["completed_at"]), **f})
+        row = {"answered_at": at / 1000, "completed_at": _ms(job["completed_at"]) / 1000, **f}
+        rows.append(row)
         provider_ms.append(at - f["ready_at"] * 1000)
-        if f.get("pushed_at") is not None:
-            sent_ms.append((f["pushed_at"] - f["ready_at"]) * 1000)
-            recorded_ms.append(_ms(job["completed_at"]) - f["pushed_at"] * 1000)
-    return provider_ms, sent_ms, recorded_ms, rows
+        if f.get("push_taken_at") is not None:
+            for label, (a, b) in PATH.items():
+                path_ms[label].append((row[b] - row[a]) * 1000)
+    return provider_ms, {k: v for k, v in path_ms.items() if v}, rows
 
 
 def save(fig: Figures, phase: str, rows: list[dict[str, Any]]) -> None:
-    """The per-job times (ms since the epoch, the emulator's in seconds) of a phase, to
-    bench/out/wait-<protocol>-<phase>.json."""
+    """The per-job times of a phase to bench/out/wait-<protocol>-<phase>.json."""
     if not fig.options.quiet:
         OUT.mkdir(exist_ok=True)
         (OUT / f"wait-{fig.options.protocol}-{phase}.json").write_bytes(orjson.dumps(rows))
 
 
-def say_push_path(fig: Figures, sent_ms: list[float], recorded_ms: list[float]) -> None:
-    if sent_ms:
+def say_push_path(fig: Figures, path_ms: dict[str, list[float]]) -> None:
+    if path_ms:
         fig.say("  the push's path, per job:")
-        fig.say("    " + describe("emulator finished -> its webhook sent", sent_ms))
-        fig.say("    " + describe("webhook sent -> completed_at in the store", recorded_ms))
+        for label, values in path_ms.items():
+            fig.say("    " + describe(label, values))
 
 
 async def phase_post(
@@ -296,7 +302,8 @@ async def phase_post(
 ) -> None:
     opts = fig.options
     cpu0 = {name: cpu_s(pid) for name, pid in pids.items()} | {"driver": cpu_s()}
-    profiler = start_profiler(pids["bridge"], f"wait-{opts.protocol}")
+    profiled = os.environ.get("BENCH_PROFILE_PROCESS", "bridge")  # or emulator, store
+    profiler = start_profiler(pids[profiled], f"wait-{opts.protocol}-{profiled}")
     rng = random.Random(opts.seed)
     polls_before = (await emulator_futures(session, emulator_url))["requests"].get("poll", 0)
     reads_before = await metric(session, url, READS)
@@ -324,9 +331,7 @@ async def phase_post(
     fig.post_answered = len(done)
     stats = await emulator_futures(session, emulator_url)
     fig.post_store_ms = [at - _ms(job["completed_at"]) for at, job in done]
-    fig.post_provider_ms, fig.post_sent_ms, fig.post_recorded_ms, rows = split(
-        done, stats["futures"]
-    )
+    fig.post_provider_ms, fig.post_path_ms, rows = split(done, stats["futures"])
     save(fig, "post", rows)
     fig.polls = stats["requests"].get("poll", 0) - polls_before
     fig.pushes_sent = stats["requests"].get("webhook_sent", 0)
@@ -338,7 +343,7 @@ async def phase_post(
     fig.say(f"  answered 200 (terminal): {fig.post_answered} of {opts.waiters}")
     fig.say("  " + describe("answered after the emulator finished the job", fig.post_provider_ms))
     fig.say("  " + describe("answered after the job was terminal in the store", fig.post_store_ms))
-    say_push_path(fig, fig.post_sent_ms, fig.post_recorded_ms)
+    say_push_path(fig, fig.post_path_ms)
     fig.say(f"  upstream polls {fig.polls} ({fig.polls / opts.waiters:.2f} per job)")
     fig.say(f"  store reads per waiting request: {fig.post_reads_per_waiter:.2f}")
     trips_per_job = ", ".join(
