@@ -11,6 +11,8 @@ from bench.push import Result, draw_jobs
 from bench.push import run as run_push
 from bench.run import main_async
 from bench.targets import report
+from bench.wait import Options
+from bench.wait import run as run_wait
 
 
 @pytest.mark.slow
@@ -39,6 +41,18 @@ async def test_push_benchmark_smoke_run():
     await run_push(result, rate=20, timeout_s=30, raised_limits=False)
     assert len(result.lags()) == 20 and result.polls == 20 and result.pushes_sent == 20
     assert max(result.lags()) < 1.0  # pushed: the first poll is 20 s after the submit
+
+
+@pytest.mark.slow
+async def test_wait_benchmark_smoke_run_with_push():
+    """bench.wait --protocol replicate, small: every waiting request is answered with its
+    finished job, each job polled once (on its push: the first poll is 20 s away)."""
+    opts = Options("replicate", waiters=20, hold_s=3.0, min_s=0.5, max_s=1.0, quiet=True)
+    fig = await run_wait(opts)
+    assert len(fig.get_store_ms) == 20 and fig.get_reads_per_waiter == 3
+    assert fig.post_answered == 20 and fig.polls == 20
+    assert [len(v) for v in fig.post_path_ms.values()] == [20, 20, 20]
+    assert max(fig.post_provider_ms) < 1000 and max(fig.get_provider_ms) < 1000
 
 
 def test_polling_frontier_of_the_realistic_workload():

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import httpx
+from starlette.applications import Starlette
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
-from bridge.dev.emulators.common import MAX_RESULT_BYTES, EmulatorSettings
+from bridge.api.serving import start_server
+from bridge.dev.emulators.common import MAX_RESULT_BYTES, EmulatorSettings, new_state
 from bridge.dev.emulators.octoai import create_emulator_app
+from bridge.store.embedded import free_port
 
 
 def _client(app, client_host: str = "127.0.0.1") -> httpx.AsyncClient:
@@ -50,3 +55,29 @@ async def test_futures_are_bounded_and_padding_capped():
         )
         future = state.futures[r.json()["response_id"]]
         assert future.result_bytes == MAX_RESULT_BYTES
+
+
+async def test_webhooks_do_not_follow_redirects():
+    """A provider's webhook is one POST to the URL it was given: a redirect is an answer,
+    not followed (the emulators' shared webhook client)."""
+    hits: list[str] = []
+
+    async def hook(request):
+        hits.append(request.url.path)
+        if request.url.path == "/moved":
+            return RedirectResponse("/hook", status_code=307)
+        return Response(status_code=200)
+
+    routes = [Route(path, hook, methods=["POST"]) for path in ("/moved", "/hook")]
+    server = await start_server(Starlette(routes=routes))
+    state = new_state(None)
+    try:
+        headers = {"content-type": "application/json"}
+        assert await state.send_webhook(f"{server.url}/moved", b"{}", headers) == 307
+        assert hits == ["/moved"]
+        assert await state.send_webhook(f"{server.url}/hook", b"{}", headers) == 200
+        gone = f"http://127.0.0.1:{free_port()}/hook"
+        assert await state.send_webhook(gone, b"{}", headers) is None
+    finally:
+        await state.close()
+        await server.stop()

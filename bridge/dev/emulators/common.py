@@ -20,13 +20,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+WEBHOOK_CONNECTIONS = 256  # webhooks under way at once; more wait for a connection
+WEBHOOK_TIMEOUT_S = 10.0
 MAX_RESULT_BYTES = 16 * 1024 * 1024  # the most padding one request may ask for
 TEXT = "She sells seashells by the seashore"  # what the emulated models say
 
@@ -86,6 +88,8 @@ class Future:
     result_bytes: int = 0
     polls: int = 0
     fetches: int = 0
+    pushed_at: float | None = None  # when its final webhook's taken attempt was sent
+    push_taken_at: float | None = None  # and when that attempt was answered 2xx
 
 
 @dataclass
@@ -96,24 +100,40 @@ class EmulatorState:
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     rng: random.Random = field(default_factory=random.Random)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # webhooks under way
-    webhook_http: httpx.AsyncClient | None = None  # made on first use, closed at shutdown
+    webhook_http: aiohttp.ClientSession | None = None  # made on first use, closed at shutdown
 
-    def webhook_client(self) -> httpx.AsyncClient:
+    def webhook_client(self) -> aiohttp.ClientSession:
         """The one client every webhook is sent with (a client per webhook would cost ~14 ms
         of CPU each, loading its CA bundle: the emulator, not the bridge, would set the
-        lag at a few hundred pushes a second). Redirects are not followed."""
+        lag at a few hundred pushes a second). aiohttp, not httpx: httpx's pool scans every
+        connection for each request it assigns (a readability check per connection), so
+        with a few hundred webhooks under way the emulator's own loop stalled for hundreds
+        of ms, and the pushes with it. Redirects are not followed (see send_webhook)."""
         if self.webhook_http is None:
-            self.webhook_http = httpx.AsyncClient(
-                timeout=10.0, follow_redirects=False, trust_env=False
+            self.webhook_http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=WEBHOOK_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
+                trust_env=False,
             )
         return self.webhook_http
+
+    async def send_webhook(self, url: str, body: bytes, headers: dict[str, str]) -> int | None:
+        """POST one webhook (no redirect followed): the status answered, None if none."""
+        try:
+            async with self.webhook_client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await response.read()
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
 
     async def close(self) -> None:
         """At shutdown: stop the webhooks under way, close their client."""
         for task in list(self.tasks):
             task.cancel()
         if self.webhook_http is not None:
-            await self.webhook_http.aclose()
+            await self.webhook_http.close()
             self.webhook_http = None
 
     def draw_duration_s(self) -> float:
@@ -158,7 +178,13 @@ class EmulatorState:
             "requests": dict(self.requests),
             "max_per_s": {k: self.max_per_window(k) for k in self.times},
             "futures": {
-                f.id: {"ready_at": f.ready_at, "polls": f.polls, "outcome": f.outcome}
+                f.id: {
+                    "ready_at": f.ready_at,
+                    "polls": f.polls,
+                    "outcome": f.outcome,
+                    "pushed_at": f.pushed_at,
+                    "push_taken_at": f.push_taken_at,
+                }
                 for f in self.futures.values()
             },
         }
@@ -277,16 +303,11 @@ async def post_webhook(
     "webhook" in the stats; then "webhook_sent" (taken) or "webhook_failed" (given up)."""
     body = orjson.dumps(payload)
     headers = {"Content-Type": "application/json"}
-    client = state.webhook_client()
     for attempt in range(attempts):
         if attempt:
             await asyncio.sleep(retry_delay_s)
         state.requests["webhook"] += 1
-        try:
-            response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError:
-            continue
-        if response.status_code in ok_statuses:
+        if await state.send_webhook(url, body, headers) in ok_statuses:
             state.requests["webhook_sent"] += 1
             return True
     state.requests["webhook_failed"] += 1

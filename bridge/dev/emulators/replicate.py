@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
@@ -318,7 +317,11 @@ async def _wait_for_change(p: Prediction, until: float) -> None:
     p.changed.clear()
 
 
-async def _send_webhook(p: Prediction, secret: str, ttl_s: float, state: EmulatorState) -> None:
+async def _send_webhook(
+    p: Prediction, secret: str, ttl_s: float, state: EmulatorState
+) -> tuple[float, float] | None:
+    """Send one webhook (up to WEBHOOK_ATTEMPTS tries); when the taken attempt was sent
+    and when it was answered."""
     payload = orjson.dumps(_view(p, ttl_s)).decode()
     for attempt in range(WEBHOOK_ATTEMPTS):
         now = datetime.now(UTC)
@@ -329,15 +332,13 @@ async def _send_webhook(p: Prediction, secret: str, ttl_s: float, state: Emulato
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
         }
-        try:
-            r = await state.webhook_client().post(str(p.webhook), content=payload, headers=headers)
-            if 200 <= r.status_code < 300:
-                state.requests["webhook_sent"] += 1
-                return
-        except httpx.HTTPError:
-            pass
+        status = await state.send_webhook(str(p.webhook), payload.encode(), headers)
+        if status is not None and 200 <= status < 300:
+            state.requests["webhook_sent"] += 1
+            return now.timestamp(), time.time()
         state.requests["webhook_failed"] += 1
         await asyncio.sleep(0.5 * 2**attempt)
+    return None
 
 
 async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
@@ -354,7 +355,9 @@ async def _push(p: Prediction, hooks: Hooks, state: EmulatorState) -> None:
             break
         await _wait_for_change(p, min(end_at, p.started_at) if start_pending else end_at)
     if "completed" in p.events:
-        await _send_webhook(p, hooks.secret, ttl_s, state)
+        sent = await _send_webhook(p, hooks.secret, ttl_s, state)
+        if sent is not None:
+            p.pushed_at, p.push_taken_at = sent
 
 
 async def _create(request: Request, model: str | None) -> Response:
