@@ -60,6 +60,7 @@ def _problem_503(r: httpx.Response) -> None:
     assert r.json()["code"] == "store-unavailable" and r.headers["retry-after"]
 
 
+@pytest.mark.slow
 async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers_503(
     make_stack, tmp_path
 ):
@@ -171,6 +172,7 @@ async def _timed_create(store: Store) -> tuple[str, float]:
     return created.job_id, time.monotonic() - t0
 
 
+@pytest.mark.serial  # a creation within 0.4 s, or not before 0.4 s
 async def test_creation_waits_for_the_replica_and_a_silent_one_is_counted(master_replica):
     """The 202 of a job rests on its creation: with a replica, a creation is not answered
     before the replica has it (WAIT in the same pipeline). A replica that cannot answer
