@@ -28,7 +28,7 @@ from tests.support.config import (  # noqa: F401  (re-exported for tests not yet
     loopback_only_dns,
 )
 from tests.support.inprocess import ApiFactory, api_factory
-from tests.support.serial import run_slot
+from tests.support.serial import lock_dir, run_slot
 from tests.support.stacks import Stack, StackFactory, stack_factory  # noqa: F401
 
 # `pushbridge serve` started by a test is one process (not one per CPU), so that signals
@@ -59,7 +59,8 @@ def _serial_slot(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
     """Under xdist, a `serial` test runs alone; the others share (tests/support/serial.py)."""
-    with run_slot(tmp_path_factory, serial=request.node.get_closest_marker("serial") is not None):
+    serial = request.node.get_closest_marker("serial") is not None
+    with run_slot(lock_dir(tmp_path_factory), serial):
         yield
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 
-def _lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+def lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     """The run's shared dir under xdist (workers' base temps are its popen-gwN), else None."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return None
@@ -39,9 +39,9 @@ def _flock(path: Path, operation: int) -> Iterator[None]:
 
 
 @contextmanager
-def run_slot(tmp_path_factory: pytest.TempPathFactory, serial: bool) -> Iterator[None]:
-    """Held for a test's setup, call and teardown: alone if `serial`, else shared."""
-    folder = _lock_dir(tmp_path_factory)
+def run_slot(folder: Path | None, serial: bool) -> Iterator[None]:
+    """Held for a test's setup, call and teardown: alone if `serial`, else shared with the
+    other tests whose lock files are in `folder` (None: nothing to share, nothing held)."""
     if folder is None:
         yield
         return
