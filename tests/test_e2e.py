@@ -10,6 +10,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.dev.emulators.octoai import EmulatorSettings
 from tests.support.config import SECRET, UPSTREAM_TOKEN
+from tests.support.waiting import until
 
 
 @pytest.mark.parametrize("store", ["single", "cluster"])
@@ -125,7 +126,7 @@ async def test_inline_or_link_is_decided_by_bytes_in_callback_and_api_alike(make
 async def test_queued_while_upstream_unhealthy_then_submitted(make_stack):
     settings = EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN, healthy=False)
     s = await make_stack(emulator=settings)
-    await asyncio.sleep(0.5)  # the health watcher notices
+    assert await until(lambda: not s.rt.health.healthy("echo"))  # noticed
     r = await s.submit()
     assert r.status_code == 202
     assert r.json()["status"] == "queued"
