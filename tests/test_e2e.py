@@ -104,7 +104,11 @@ async def test_large_result_goes_by_signed_link(make_stack):
         got = await anon.get(url)
         assert got.status_code == 200
         assert len(got.json()["padding"]) == 5000
-        tampered = url.replace(data["id"], data["id"][:-1] + ("0" if url[-1] != "0" else "1"))
+        # another job's id: the id's last character changed (the URL's, as before, left the
+        # id as it was whenever the id ended in "0": about one run in 30)
+        other_id = data["id"][:-1] + ("0" if data["id"][-1] != "0" else "1")
+        assert other_id != data["id"]
+        tampered = url.replace(data["id"], other_id)
         assert (await anon.get(tampered)).status_code == 403
         assert (await anon.get(url.replace("sig=", "sig=x"))).status_code == 403
     authed = await s.client.get(f"/v1/jobs/{data['id']}/result")
