@@ -105,7 +105,7 @@ async def test_large_result_goes_by_signed_link(make_stack):
         assert got.status_code == 200
         assert len(got.json()["padding"]) == 5000
         # another job's id: the id's last character changed (the URL's, as before, left the
-        # id as it was whenever the id ended in "0": about one run in 30)
+        # id as it was whenever the id, hex, ended in "0": about one run in 16)
         other_id = data["id"][:-1] + ("0" if data["id"][-1] != "0" else "1")
         assert other_id != data["id"]
         tampered = url.replace(data["id"], other_id)
