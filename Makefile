@@ -1,6 +1,9 @@
 # The two commands: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+# pytest-xdist workers for `make test`: the suite mostly waits (servers, schedules), so
+# more workers than the 2 cores here; `serial` tests still run alone (tests/support/serial.py)
+TEST_WORKERS ?= 6
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench chaos clean helm
@@ -22,7 +25,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,6 +28,7 @@ from tests.support.config import (  # noqa: F401  (re-exported for tests not yet
     loopback_only_dns,
 )
 from tests.support.inprocess import ApiFactory, api_factory
+from tests.support.serial import lock_dir, run_slot
 from tests.support.stacks import Stack, StackFactory, stack_factory  # noqa: F401
 
 # `pushbridge serve` started by a test is one process (not one per CPU), so that signals
@@ -38,6 +39,29 @@ os.environ["PUSHBRIDGE_WORKERS"] = "1"
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     configure_logging("json", "info")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`-n`, --dist load) workers take tests in this order: the `slow` ones
+    first, so that none of them starts last and keeps the run going alone; the `serial`
+    ones last, when the other workers have run out of tests (tests/support/serial.py)."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("serial"):
+            return 2
+        return 0 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=rank)  # stable: the collection order within each rank
+
+
+@pytest.fixture(autouse=True)
+def _serial_slot(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, a `serial` test runs alone; the others share (tests/support/serial.py)."""
+    serial = request.node.get_closest_marker("serial") is not None
+    with run_slot(lock_dir(tmp_path_factory), serial):
+        yield
 
 
 @pytest.fixture(scope="session")

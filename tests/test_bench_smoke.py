@@ -36,6 +36,7 @@ async def test_benchmark_smoke_run():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the max lag < 1 s
 async def test_push_benchmark_smoke_run():
     result = Result("smoke", draw_jobs(20, 0.0, random.Random(1)))
     await run_push(result, rate=20, timeout_s=30, raised_limits=False)

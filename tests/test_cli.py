@@ -142,6 +142,7 @@ async def test_malformed_webhook_secret_stops_check_and_serve(tmp_path, valkey):
     assert code == 1 and "bad config: tenants.0.webhook_secret_env" in out and "abcde" not in out
 
 
+@pytest.mark.slow
 async def test_check_without_config_checks_dev_mode(tmp_path):
     """`pushbridge check` alone could never pass (the dev key was set in a copy of the
     environment, then looked up in the real one). It checks dev mode: an embedded store
@@ -286,6 +287,7 @@ async def test_serve_dev_mode_embedded_store_and_emulator(tmp_path):
     assert (tmp_path / ".pushbridge" / "valkey" / "appendonlydir").is_dir()
 
 
+@pytest.mark.slow
 async def test_dev_mode_split_roles_share_one_store_and_emulator(tmp_path):
     """`serve --role api` and `serve --role worker` without a config used to start a Valkey
     each on one directory: the worker never saw the API's jobs, which hung silently. The
@@ -374,6 +376,7 @@ async def test_demo_runs_against_each_protocols_emulator(protocol):
     assert report.upstream == protocol and report.polls_per_job > 0 and report.lag_s
 
 
+@pytest.mark.serial  # the lag p50 < 0.2 s
 @pytest.mark.parametrize("protocol", ["replicate", "runpod", "fal"])
 async def test_the_demo_shows_push(protocol):
     """The demo's bridge has its own loopback URL as public URL: the emulators of protocols

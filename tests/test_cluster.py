@@ -60,6 +60,7 @@ def _problem_503(r: httpx.Response) -> None:
     assert r.json()["code"] == "store-unavailable" and r.headers["retry-after"]
 
 
+@pytest.mark.slow
 async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers_503(
     make_stack, tmp_path
 ):
@@ -67,12 +68,16 @@ async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers
         tmp_path / "cluster",
         masters=3,
         replicas=1,
-        node_timeout_ms=1000,
+        # the replica takes over no sooner than node_timeout (+ its election delay) after
+        # the kill: 3 s, longer than a submit waits (create_wait_s, 2 s), so the submits of
+        # the first second after the kill see the window, however late they start under load
+        node_timeout_ms=3000,
         server=os.environ.get("PB_TEST_CLUSTER_SERVER") or None,
     )
     await asyncio.to_thread(cluster.start)
     try:
         s = await make_stack(cluster=cluster)
+        assert s.rt.store.create_wait_s < 3
         store: Store = s.rt.store
         statuses: Counter[int] = Counter()
         accepted: dict[str, int] = {}
@@ -92,8 +97,9 @@ async def test_a_master_killed_mid_run_loses_no_accepted_job_and_the_api_answers
         on_victim = [j for j in accepted if _master_of(cluster, store.keys.job(j)) is victim]
         cluster.kill(victim)  # kill -9, mid-run: jobs in every state on it
         reads = [await s.client.get(f"/v1/jobs/{j}") for j in on_victim[:1]]
-        during = [asyncio.create_task(submit(n)) for n in range(12, 42)]
-        for _ in during:  # one request every 0.1 s through the failover
+        during = []
+        for n in range(12, 52):  # one request every 0.1 s through the failover
+            during.append(asyncio.create_task(submit(n)))
             await asyncio.sleep(0.1)
         await asyncio.gather(*during)
         for r in reads:  # its slots have no master yet: 503, never 500
@@ -166,6 +172,7 @@ async def _timed_create(store: Store) -> tuple[str, float]:
     return created.job_id, time.monotonic() - t0
 
 
+@pytest.mark.serial  # a creation within 0.4 s, or not before 0.4 s
 async def test_creation_waits_for_the_replica_and_a_silent_one_is_counted(master_replica):
     """The 202 of a job rests on its creation: with a replica, a creation is not answered
     before the replica has it (WAIT in the same pipeline). A replica that cannot answer

@@ -10,6 +10,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.dev.emulators.octoai import EmulatorSettings
 from tests.support.config import SECRET, UPSTREAM_TOKEN
+from tests.support.waiting import until
 
 
 @pytest.mark.parametrize("store", ["single", "cluster"])
@@ -103,7 +104,11 @@ async def test_large_result_goes_by_signed_link(make_stack):
         got = await anon.get(url)
         assert got.status_code == 200
         assert len(got.json()["padding"]) == 5000
-        tampered = url.replace(data["id"], data["id"][:-1] + ("0" if url[-1] != "0" else "1"))
+        # another job's id: the id's last character changed (the URL's, as before, left the
+        # id as it was whenever the id, hex, ended in "0": about one run in 16)
+        other_id = data["id"][:-1] + ("0" if data["id"][-1] != "0" else "1")
+        assert other_id != data["id"]
+        tampered = url.replace(data["id"], other_id)
         assert (await anon.get(tampered)).status_code == 403
         assert (await anon.get(url.replace("sig=", "sig=x"))).status_code == 403
     authed = await s.client.get(f"/v1/jobs/{data['id']}/result")
@@ -125,7 +130,7 @@ async def test_inline_or_link_is_decided_by_bytes_in_callback_and_api_alike(make
 async def test_queued_while_upstream_unhealthy_then_submitted(make_stack):
     settings = EmulatorSettings(duration_s=0.1, token=UPSTREAM_TOKEN, healthy=False)
     s = await make_stack(emulator=settings)
-    await asyncio.sleep(0.5)  # the health watcher notices
+    assert await until(lambda: not s.rt.health.healthy("echo"))  # noticed
     r = await s.submit()
     assert r.status_code == 202
     assert r.json()["status"] == "queued"

@@ -44,11 +44,12 @@ def test_submit_status_result_with_the_real_sdk(emulator):
 
     base, _ = emulator
     client = _client()
-    inputs = {"prompt": "a cat", "_emulate": {"duration_s": 0.4, "queue_s": 0.2}}
+    # queued for 0.5 s, then running for 1 s: each state is seen with room for a slow machine
+    inputs = {"prompt": "a cat", "_emulate": {"duration_s": 1.5, "queue_s": 0.5}}
     handle = client.submit(APP, inputs)
     assert handle.status_url == f"{base}/fal-ai/flux/requests/{handle.request_id}/status"
     assert isinstance(handle.status(), fal_client.Queued)
-    time.sleep(0.25)
+    time.sleep(0.6)
     in_progress = handle.status(with_logs=True)
     assert isinstance(in_progress, fal_client.InProgress) and in_progress.logs
     events = list(handle.iter_events(interval=0.02))
@@ -184,8 +185,8 @@ def test_strict_like_fal(emulator):
     assert httpx.post(f"{base}/owner/app", content=b"{", headers=auth).status_code == 400
     hook = httpx.post(f"{base}/owner/app?fal_webhook=ftp://x", json={}, headers=auth)
     assert hook.status_code == 422
-    submitted = httpx.post(
-        f"{base}/owner/app", json={"_emulate": {"duration_s": 0.2}}, headers=auth
+    submitted = httpx.post(  # 1 s: still running at the next requests, even under load
+        f"{base}/owner/app", json={"_emulate": {"duration_s": 1.0}}, headers=auth
     )
     assert submitted.status_code == 200
     urls = submitted.json()
@@ -195,8 +196,10 @@ def test_strict_like_fal(emulator):
     assert not_yet.status_code == 400
     assert httpx.get(urls["cancel_url"], headers=auth).status_code == 405  # PUT only
     assert httpx.get(f"{base}/owner", headers=auth).json() == {"detail": "Not Found"}
-    time.sleep(0.25)
-    done = httpx.get(urls["status_url"], headers=auth)
+    deadline = time.monotonic() + 10
+    while (done := httpx.get(urls["status_url"], headers=auth)).status_code == 202:
+        assert time.monotonic() < deadline, "still running after 10 s"
+        time.sleep(0.05)
     assert done.status_code == 200 and done.json()["status"] == "COMPLETED"
     settings.poll_429_rate = 1.0
     limited = httpx.get(urls["status_url"], headers=auth)

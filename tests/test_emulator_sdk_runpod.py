@@ -54,11 +54,12 @@ def _wait_terminal(job: Any, timeout_s: float = 5.0) -> str:
 def test_run_poll_output_with_the_real_sdk(emulator):
     base, _ = emulator
     endpoint = _endpoint()
-    inputs = {"prompt": "hello", "_emulate": {"duration_s": 0.4, "queue_s": 0.2}}
+    # queued for 0.5 s, then running for 1 s: each state is seen with room for a slow machine
+    inputs = {"prompt": "hello", "_emulate": {"duration_s": 1.5, "queue_s": 0.5}}
     job = endpoint.run(inputs)
     assert job.job_id.endswith("-u1")
     assert job.status() == "IN_QUEUE"
-    time.sleep(0.25)
+    time.sleep(0.6)
     assert job.status() == "IN_PROGRESS"
     assert _wait_terminal(job) == "COMPLETED"
     output = job.output()

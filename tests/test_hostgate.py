@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bridge.delivery.hostgate import HostGates
 
 
@@ -40,6 +42,7 @@ async def test_an_unknown_or_slow_host_at_its_cap_is_deferred_at_once():
     assert log == [("new", True), ("new", False), ("slow", True), ("slow", False)]
 
 
+@pytest.mark.serial  # waited 50-300 ms
 async def test_a_waiter_gives_up_after_four_typical_attempts():
     gates = HostGates(limit=1)
     await _hold(gates, "h", 0.02, [])  # typical ~20 ms: waits up to ~80 ms

@@ -43,6 +43,7 @@ def _empty_objects_body(n: int, upstream: str = "echo") -> bytes:
     return head + b"{}," * (n - 1) + b"{}]}}"
 
 
+@pytest.mark.serial  # refused within 1 s
 @pytest.mark.parametrize("upstream", ["echo", "nope"])
 async def test_d3_ten_mib_of_empty_objects_is_refused_before_parsing(make_api, upstream):
     api = await make_api()

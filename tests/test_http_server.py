@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 import psutil
+import pytest
 import yaml
 
 from bridge.api.serving import start_server
@@ -291,6 +292,7 @@ async def _attack(
     return [r.status_code for r in responses], max(peak_mb, await _rss_mb(proc)), worst_s
 
 
+@pytest.mark.serial  # RSS and event-loop stalls of the serve process
 async def test_d3_memory_of_a_serve_process_under_the_attack(tmp_path: Path, valkey):
     emu = await start_server(create_emulator_app(EmulatorSettings(duration_s=0.1)))
     port = free_port()

@@ -430,6 +430,7 @@ async def test_the_gate_table_stays_bounded_after_many_distinct_hosts():
     assert len(gates) <= 100
 
 
+@pytest.mark.serial  # turns within 50 ms of a 0.2 s sleep
 async def test_deferred_attempts_get_spread_out_turns_within_max_defer():
     gates, dest = HostGates(limit=2, max_hold_s=10, max_defer_s=5), ("10.0.0.1", 80)
     holders = [gates.slot(dest) for _ in range(2)]
@@ -446,6 +447,7 @@ async def test_deferred_attempts_get_spread_out_turns_within_max_defer():
     assert gates.book_turn_s(dest) == 0  # nobody holds a slot: no wait
 
 
+@pytest.mark.slow
 async def test_hanging_deliveries_cost_few_store_round_trips(make_stack, raw_server):
     hang_port = await raw_server(lambda head: None)  # accepts, reads, never answers
     s = await make_stack(
@@ -478,6 +480,7 @@ async def test_hanging_deliveries_cost_few_store_round_trips(make_stack, raw_ser
     assert per_s <= 20, (per_s, dict(trips))
 
 
+@pytest.mark.slow
 async def test_deferred_jobs_still_deliver_when_the_host_recovers(make_stack, slow_receivers):
     rec, port = await slow_receivers(0.6)
     s = await make_stack(callbacks__per_host_concurrency=2, worker__concurrency=32)

@@ -19,6 +19,7 @@ from bridge.store.embedded import EmbeddedValkey, free_port
 from tests.support.config import UPSTREAM_TOKEN
 
 
+@pytest.mark.slow
 async def test_rate_limits_hold_across_replicas(make_stack):
     settings = EmulatorSettings(duration_s=0.5, token=UPSTREAM_TOKEN)
     s = await make_stack(

@@ -17,3 +17,12 @@ async def eventually(
             return False
         await asyncio.sleep(every_s)
     return True
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """eventually() for a condition read without awaiting (state in this process)."""
+
+    async def check() -> bool:
+        return condition()
+
+    return await eventually(check, timeout_s)
