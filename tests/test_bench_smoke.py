@@ -45,6 +45,7 @@ async def test_push_benchmark_smoke_run():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the max lag < 1 s
 async def test_wait_benchmark_smoke_run_with_push():
     """bench.wait --protocol replicate, small: every waiting request is answered with its
     finished job, each job polled once (on its push: the first poll is 20 s away)."""
