@@ -154,12 +154,12 @@ async def submit_one(
                 tally.accepted[r.json()["id"]] = body["callback_url"].rsplit("/", 1)[1]
                 return
             if r.status_code not in (503,):
-                raise SystemExit(f"unexpected answer {r.status_code}: {r.text}")
+                raise RuntimeError(f"unexpected answer {r.status_code}: {r.text}")
         except httpx.HTTPError:
             pass
         tally.submit_retries += 1
         await asyncio.sleep(0.05 + rng.random() * 0.1)
-    raise SystemExit(f"job {i} was never accepted")
+    raise RuntimeError(f"job {i} was never accepted")
 
 
 async def submitter(
@@ -181,13 +181,16 @@ async def submitter(
         async with gate:
             await submit_one(clients, i, body, tally, rng)
 
+    tasks: list[asyncio.Task] = []
     try:
-        tasks = []
         for i in range(jobs):
             tasks.append(asyncio.create_task(one(i)))
             await asyncio.sleep(1 / rate_per_s)
         await asyncio.gather(*tasks)
-    finally:
+    finally:  # on a failure, no submit goes on with a closed client
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for c in clients:
             await c.aclose()
 

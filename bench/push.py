@@ -174,7 +174,7 @@ async def spawn(*args: str, env: dict[str, str] | None = None) -> asyncio.subpro
 async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None:
     for _ in range(600):
         if proc.returncode is not None:
-            raise SystemExit(f"{url}: the process exited at start")
+            raise RuntimeError(f"{url}: the process exited at start")
         try:
             async with session.get(url) as r:
                 if r.status == 200:
@@ -182,7 +182,7 @@ async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
+    raise RuntimeError(f"{url} did not come up")
 
 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
@@ -209,7 +209,7 @@ async def submit_all(
                 answer = await r.json()
             took.append(time.perf_counter() - t0)
         if r.status != 202:
-            raise SystemExit(f"submit answered {r.status}: {answer}")
+            raise RuntimeError(f"submit answered {r.status}: {answer}")
         job.id = answer["id"]
 
     await asyncio.gather(*(one(i, job) for i, job in enumerate(jobs)))

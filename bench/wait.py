@@ -187,7 +187,7 @@ async def wait_http(url: str, proc: asyncio.subprocess.Process) -> None:
     async with aiohttp.ClientSession() as s:
         for _ in range(400):
             if proc.returncode is not None:
-                raise SystemExit(f"{url}: the process exited at start")
+                raise RuntimeError(f"{url}: the process exited at start")
             try:
                 async with s.get(url) as r:
                     if r.status == 200:
@@ -195,7 +195,7 @@ async def wait_http(url: str, proc: asyncio.subprocess.Process) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
+    raise RuntimeError(f"{url} did not come up")
 
 
 async def emulator_futures(session: aiohttp.ClientSession, emulator_url: str) -> dict[str, Any]:
@@ -230,7 +230,7 @@ async def phase_get(
     deadline = time.monotonic() + hold_s - 1.0
     while await metric(session, url, "pushbridge_waiters ") < waiters:
         if time.monotonic() > deadline:
-            raise SystemExit("the waiters did not all register before the jobs finished")
+            raise RuntimeError("the waiters did not all register before the jobs finished")
         await asyncio.sleep(0.1)
     during = rss_bytes(pid)
     answers = await asyncio.gather(*tasks)
@@ -363,7 +363,7 @@ async def warm_up(session: aiohttp.ClientSession, url: str) -> None:
         body = upstream_body(0.2)
         async with session.post(f"{url}/v1/jobs", json=body, headers={"Prefer": "wait=60"}) as r:
             if r.status != 200:
-                raise SystemExit(f"warm-up job answered {r.status}: {await r.text()}")
+                raise RuntimeError(f"warm-up job answered {r.status}: {await r.text()}")
 
     await asyncio.gather(*(one() for _ in range(10)))
 
