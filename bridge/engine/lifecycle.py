@@ -278,10 +278,11 @@ class Advancer:
 
     def next_poll_s(self, job: Job, polls_done: int) -> float:
         """On the target-lag schedule (the default); by the hazard rule when
-        poll.adaptive_hazard is set and enough is learned; else geometric backoff."""
+        poll.adaptive_hazard is set and enough is learned; else geometric backoff. Each
+        slowed down while the upstream's pushes arrive (_slowed), as the first poll is."""
         poll = self.rt.upstreams[job.upstream].config.poll
         if poll.target_lag:
-            return self._target_lag_poll_s(job, first=False)
+            return self._slowed(job, self._target_lag_poll_s(job, first=False))
         learned = self._learned_poll_s(job)
         if learned is None:
             return self._slowed(job, poll_interval_s(poll, polls_done, self._elapsed_s(job)))
