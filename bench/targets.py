@@ -1,5 +1,7 @@
 """The targets of the performance issue (15), checked against one run's results.
 
+    python -m bench.targets [bench/out/results.json]    # bench.run prints the same at its end
+
 Every ratio compares pushbridge with the naive loop measured in the same run, on the same
 machine: the machine is shared and slow, so figures from different runs do not compare.
 The CPU targets are absolute in the issue (ms per job), set where the naive loop cost
@@ -9,6 +11,9 @@ to the naive loop of this run, and the report says which is met.
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 KIB = 1024
@@ -143,3 +148,8 @@ def report(results: list[dict]) -> str:
         "pytest tests/test_chaos.py)"
     )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "out/results.json"
+    print(report(json.loads(source.read_text())))
