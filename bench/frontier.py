@@ -2,10 +2,12 @@
 
     python -m bench.frontier            # the realistic workload (log-normal, median 4 s, p95 20 s)
 
-Two curves of (polls per job, delivery lag p50) for the plot, and one bound:
+Curves of (polls per job, delivery lag p50) for the plot, and a bound:
 
-- oracle: the bridge's own poll policy (bridge.engine.learning, hazard-based, clamped as the
-  bridge clamps it) handed the true distribution instead of a learned one;
+- target lag: the bridge's default rule (poll.target_lag_s, bridge.engine.learning), with
+  the true distribution as its histogram, for several targets;
+- oracle: the hazard rule (poll.adaptive_hazard, clamped as the bridge clamps it) handed
+  the true distribution instead of a learned one;
 - the cheapest schedule of poll times (any schedule on a 1 % geometric grid) that keeps
   delivery lag p50 at or under a given lag: minimise expected polls - mu * P(lag <= d)
   by dynamic programming over "last poll at grid point i, job still running", with mu
@@ -21,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 
 from bench.workloads import WORKLOADS, Workload
-from bridge.engine.learning import Durations, bucket_of
+from bridge.engine.learning import Durations, LagTarget, bucket_of
 
 Z95 = 1.6448536269514722
 
@@ -116,6 +118,31 @@ def oracle_hazard(
     return times
 
 
+def target_lag_schedule(dist: LogNormal, target_lag_s: float) -> list[float]:
+    """The bridge's poll times for a job on the target-lag rule (default clamps), with the
+    true distribution as its histogram."""
+    target = LagTarget(target_lag_s)
+    d = Durations(min_samples=1)
+    d.update(_histogram(dist), {"m": target})
+    times = [0.0]
+    while times[-1] < 400:
+        learned = d.next_poll_for_lag_s("m", times[-1], first=len(times) == 1)
+        gap = target.cold_gap_s if learned is None else learned
+        times.append(times[-1] + target.clamp(gap, first=len(times) == 1))
+    return times[1:]
+
+
+def lag_quantiles(schedule: list[float], durations: list[float]) -> tuple[float, float, float]:
+    """(polls per job, lag p50, lag p99 in s) of a schedule over sampled durations."""
+    polls, lags = 0, []
+    for t in durations:
+        k = next(i for i, p in enumerate(schedule) if p >= t)
+        polls += k + 1
+        lags.append(schedule[k] - t)
+    lags.sort()
+    return polls / len(durations), lags[len(lags) // 2], lags[int(0.99 * len(lags))]
+
+
 def _histogram(dist: LogNormal, n: int = 100_000) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in dist.sample(n, seed=99):
@@ -134,17 +161,25 @@ def simulate(schedule: list[float], durations: list[float]) -> tuple[float, floa
     return polls / len(durations), statistics.median(lags)
 
 
-def frontier(w: Workload, hazards: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5)) -> dict:
+def frontier(
+    w: Workload,
+    hazards: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5),
+    targets: tuple[float, ...] = (0.5, 0.7, 0.9, 1.2, 1.6),
+) -> dict:
     assert w.duration_p95_s, "a log-normal workload"
     dist = LogNormal(w.duration_s, w.duration_p95_s)
     sample = dist.sample(20_000, seed=w.seed)
     naive = [float(k) for k in range(1, 500)]
     out = {
         "naive_1s": simulate(naive, sample),
+        "naive_1s_p99": lag_quantiles(naive, sample)[2],
         "oracle_hazard": {h: simulate(oracle_hazard(dist, h), sample) for h in hazards},
+        "oracle_hazard_p99": {h: lag_quantiles(oracle_hazard(dist, h), sample)[2] for h in hazards},
+        "target_lag": {t: lag_quantiles(target_lag_schedule(dist, t), sample) for t in targets},
     }
     lag_p50 = out["naive_1s"][1]
     out["min_polls_for_naive_lag_p50"] = min_polls_for_lag_p50(dist, lag_p50)[0]
+    out["min_polls_for_twice_naive_lag_p50"] = min_polls_for_lag_p50(dist, 2 * lag_p50)[0]
     return out
 
 
@@ -153,14 +188,20 @@ def main() -> None:
     f = frontier(w)
     polls, lag = f["naive_1s"]
     print(f"naive 1 s poller: {polls:.2f} polls/job, lag p50 {lag * 1000:.0f} ms")
+    for t, (p, p50, p99) in f["target_lag"].items():
+        print(
+            f"target-lag rule, true distribution, target_lag_s {t}: {p:.2f} polls/job, "
+            f"lag p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+        )
     for h, (p, lag_h) in f["oracle_hazard"].items():
         print(
-            f"bridge policy, true distribution, hazard {h}: "
-            f"{p:.2f} polls/job, lag p50 {lag_h * 1000:.0f} ms"
+            f"hazard rule, true distribution, hazard {h}: {p:.2f} polls/job, "
+            f"lag p50 {lag_h * 1000:.0f} ms, p99 {f['oracle_hazard_p99'][h] * 1000:.0f} ms"
         )
     print(
         f"cheapest schedule with lag p50 ≤ {lag * 1000:.0f} ms: "
-        f"{f['min_polls_for_naive_lag_p50']:.2f} polls/job"
+        f"{f['min_polls_for_naive_lag_p50']:.2f} polls/job; with lag p50 ≤ "
+        f"{2 * lag * 1000:.0f} ms: {f['min_polls_for_twice_naive_lag_p50']:.2f} polls/job"
     )
 
 

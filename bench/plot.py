@@ -61,7 +61,15 @@ def _plot_frontier(ax) -> None:
         [lag * 1000 for _, lag in points],
         "--",
         color="grey",
-        label="bridge policy given the true distribution",
+        label="hazard rule given the true distribution",
+    )
+    lag_points = sorted((p, p50) for p, p50, _ in f["target_lag"].values())
+    ax.plot(
+        [p for p, _ in lag_points],
+        [lag * 1000 for _, lag in lag_points],
+        ":",
+        color="black",
+        label="target-lag rule given the true distribution",
     )
     ax.plot(
         [f["min_polls_for_naive_lag_p50"]],

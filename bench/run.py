@@ -5,7 +5,9 @@
 
 Variants: (a) pushbridge as configured by default, (b) the naive pattern (one asyncio
 task per job polling every 1 s and POSTing the callback itself, no store),
-(c) pushbridge with fixed 1 s polling. Every variant runs against the same emulator
+(c) pushbridge with fixed 1 s polling, (d) the hazard rule (adaptive_hazard 0.1),
+(e) the default on a store that served one pass before, (f) the default as
+`serve --workers 2` (burst and scale only). Every variant runs against the same emulator
 settings and the same receiver; the bridge, the emulator and Valkey are separate
 processes, so CPU is measured per process (/proc). Prints a table and writes
 bench/out/results.json (and the plot, with --plot).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -47,9 +50,11 @@ SUBMIT_CONCURRENCY = 64
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE = bool(os.environ.get("BENCH_PROFILE"))
 
-# what an operator sets for a ~10-minute model: no poll in its first two minutes, then
-# intervals growing with the job's age up to 3 minutes (the defaults suit seconds)
-SCALE_POLL = {"initial_delay_s": 120.0, "max_interval_s": 180.0}
+# what an operator sets for a ~10-minute model: no poll in its first two minutes, a mean
+# lag of 40 s (the default, 0.9 s, suits models of seconds): until durations are learned
+# it polls every 80 s, about the poll load of the earlier setting (intervals growing with
+# the job's age up to 3 minutes: 1,240 polls/s at 100,000 in flight)
+SCALE_POLL = {"initial_delay_s": 120.0, "max_interval_s": 180.0, "target_lag_s": 40.0}
 SCALE_SETTLE_S = 120.0  # after the last submit: the polls that came due meanwhile run
 
 FIXED_1S = {
@@ -63,6 +68,28 @@ FIXED_1S = {
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is pid (the workers of `serve --workers N`)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (a supervisor and its workers)."""
+    total = cpu_s(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += cpu_s(child)
+    return total
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -92,7 +119,9 @@ def bridge_config(store_url: str, port: int, emulator: str, poll: dict | None) -
 
 
 def start_profiler(pid: int, name: str) -> subprocess.Popen | None:
-    """With BENCH_PROFILE=1, py-spy samples the bridge into bench/out/profile-NAME.txt."""
+    """With BENCH_PROFILE=1, py-spy samples the bridge (and its workers) into
+    bench/out/profile-NAME.txt: only samples holding the GIL, so a thread waiting in a
+    C call (a resolver's, an idle pool's) does not count as busy."""
     if not PROFILE:
         return None
     OUT.mkdir(exist_ok=True)
@@ -105,6 +134,8 @@ def start_profiler(pid: int, name: str) -> subprocess.Popen | None:
             str(pid),
             "--rate",
             "200",
+            "--gil",
+            "--subprocesses",
             "--format",
             "raw",
             "-o",
@@ -137,7 +168,7 @@ class Procs:
         out = {"driver": own_cpu_s()}
         for p in self.started:
             if p.poll() is None:
-                out[self.names.get(p.pid, str(p.pid))] = cpu_s(p.pid)
+                out[self.names.get(p.pid, str(p.pid))] = tree_cpu_s(p.pid)
         return out
 
     def name(self, proc: Any, name: str) -> None:
@@ -217,6 +248,7 @@ class Run:
     receiver: Receiver = field(default_factory=lambda: Receiver([SECRET]))
     submit_s: list[float] = field(default_factory=list)
     mem_samples: list[tuple[int, int]] = field(default_factory=list)  # (stored jobs, bytes)
+    bridge_workers: int = 1  # serve --workers N
 
     async def start_emulator(self) -> str:
         port = free_port()
@@ -308,6 +340,7 @@ def summarize(run: Run, stats: dict, elapsed_s: float, cpu: float, extra: dict) 
     return {
         "variant": run.variant,
         "workload": run.workload.name,
+        "bridge_workers": run.bridge_workers,
         "jobs": n,
         "delivered": run.delivered(),
         "wall_s": round(elapsed_s, 1),
@@ -338,11 +371,17 @@ async def start_stack(run: Run, poll: dict | None) -> tuple[Any, str, Any, Any, 
     cfg = run.work / f"{run.variant}.yaml"
     cfg.write_text(yaml.safe_dump(bridge_config(store.url, port, emulator, poll)))
     env = {"BENCH_KEY": API_KEY, "BENCH_SECRET": SECRET}
+    workers = str(run.bridge_workers)
     bridge = run.procs.spawn(
-        "-m", "bridge", "serve", "--workers", "1", "--config", str(cfg), env=env
+        "-m", "bridge", "serve", "--workers", workers, "--config", str(cfg), env=env
     )
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/readyz")
+    for _ in range(200):  # every worker up (each answers /readyz once its store is ready)
+        if run.bridge_workers == 1 or len(children(bridge.pid)) >= run.bridge_workers:
+            break
+        await asyncio.sleep(0.05)
+    await scrape(url, run.bridge_workers)
     return store, emulator, recv, bridge, url
 
 
@@ -351,7 +390,7 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
     profiler = start_profiler(bridge.pid, f"{run.variant}-{run.workload.name}")
     client = aioredis.Redis.from_url(store.url, decode_responses=True)
     before = await redis_stats(client)
-    cpu0, all0 = cpu_s(bridge.pid), run.procs.cpu()
+    cpu0, all0 = tree_cpu_s(bridge.pid), run.procs.cpu()
     stop = asyncio.Event()
     sampler = asyncio.create_task(run.sample_memory(client, before["used_memory"], stop))
     t0 = time.perf_counter()
@@ -359,12 +398,11 @@ async def run_bridge(run: Run, poll: dict | None, settle_s: float) -> dict:
         await run.submit_all(url, recv.url)
         await run.wait_delivered(settle_s)
         elapsed = time.perf_counter() - t0
-        cpu, all1 = cpu_s(bridge.pid) - cpu0, run.procs.cpu()
+        cpu, all1 = tree_cpu_s(bridge.pid) - cpu0, run.procs.cpu()
         stop.set()
         await sampler
         after = await redis_stats(client)
-        async with httpx.AsyncClient() as c:
-            m = metric_samples((await c.get(f"{url}/metrics")).text)
+        m = await scrape(url, run.bridge_workers)
         stats = await run.emulator_stats(emulator)
         await save_durations(client, f"{run.variant}-{run.workload.name}")
         save_jobs(run, stats)
@@ -494,9 +532,24 @@ def bucket_delta(before: dict, after: dict, name: str, labels: dict) -> dict:
     return out
 
 
-async def scrape(url: str) -> dict:
-    async with httpx.AsyncClient(timeout=60) as c:
-        return metric_samples((await c.get(f"{url}/metrics")).text)
+async def scrape(url: str, workers: int = 1) -> dict:
+    """The bridge's metrics, added up over its `workers` processes: under `serve --workers
+    N` each scrape is answered by one of them (X-Pushbridge-Pid says which), so scrape on
+    new connections until every one has answered."""
+    by_pid: dict[str, dict] = {}
+    for _ in range(400):
+        async with httpx.AsyncClient(timeout=60) as c:  # a new connection: any worker
+            r = await c.get(f"{url}/metrics")
+        by_pid[r.headers.get("x-pushbridge-pid", "")] = metric_samples(r.text)
+        if len(by_pid) >= workers:
+            break
+    else:
+        raise RuntimeError(f"only {len(by_pid)} of {workers} workers answered /metrics")
+    total: dict = {}
+    for samples in by_pid.values():
+        for key, v in samples.items():
+            total[key] = total.get(key, 0.0) + v
+    return total
 
 
 async def run_scale(run: Run, window_s: float) -> dict:
@@ -510,9 +563,10 @@ async def run_scale(run: Run, window_s: float) -> dict:
         await run.submit_all(url, recv.url)
         submit_rate = run.workload.jobs / (time.perf_counter() - t0)
         await asyncio.sleep(min(SCALE_SETTLE_S, window_s * 2))
-        m0, cpu0, r0 = await scrape(url), cpu_s(bridge.pid), await redis_stats(client)
+        n = run.bridge_workers
+        m0, cpu0, r0 = await scrape(url, n), tree_cpu_s(bridge.pid), await redis_stats(client)
         await asyncio.sleep(window_s)
-        m1, cpu1, r1 = await scrape(url), cpu_s(bridge.pid), await redis_stats(client)
+        m1, cpu1, r1 = await scrape(url, n), tree_cpu_s(bridge.pid), await redis_stats(client)
     finally:
         await client.aclose()
         await recv.stop()
@@ -527,6 +581,7 @@ async def run_scale(run: Run, window_s: float) -> dict:
     return {
         "variant": run.variant,
         "workload": run.workload.name,
+        "bridge_workers": run.bridge_workers,
         "jobs": n,
         "in_flight": n - run.delivered(),
         "submit_per_s": round(submit_rate, 1),
@@ -548,7 +603,8 @@ async def run_scale(run: Run, window_s: float) -> dict:
 async def run_warm(run: Run, settle_s: float) -> dict:
     """Default configuration on a store that has served one pass of the same workload
     before (a bridge that has been running, restarted): the first pass is not measured."""
-    await run_bridge(Run(run.variant, run.workload, run.work), None, settle_s)
+    first = Run(run.variant, run.workload, run.work, bridge_workers=run.bridge_workers)
+    await run_bridge(first, None, settle_s)
     return await run_bridge(run, None, settle_s)
 
 
@@ -558,23 +614,40 @@ VARIANTS = {
     "c-pushbridge-1s": lambda run, s: run_bridge(run, FIXED_1S, s),
     "d-pushbridge-hazard-0.1": lambda run, s: run_bridge(run, {"adaptive_hazard": 0.1}, s),
     "e-pushbridge-warm": run_warm,
+    "f-pushbridge-2-workers": lambda run, s: run_bridge(run, None, s),
 }
+WORKERS = {"f-pushbridge-2-workers": 2}  # serve --workers; others: --bridge-workers
+ONLY = {  # variants run on some workloads only
+    "f-pushbridge-2-workers": ("burst", "scale"),
+}
+SCALE_VARIANTS = ("a-pushbridge", "f-pushbridge-2-workers")
+
+
+def runs_on(variant: str, workload: str) -> bool:
+    if workload == "scale":
+        return variant in SCALE_VARIANTS
+    return workload in ONLY.get(variant, (workload,))
 
 
 async def main_async(
-    workloads: list[str], variants: list[str], scale: float, window_s: float = 60.0
+    workloads: list[str],
+    variants: list[str],
+    scale: float,
+    window_s: float = 60.0,
+    bridge_workers: int = 1,
 ) -> list[dict]:
     results = []
     work = Path(tempfile.mkdtemp(prefix="pushbridge-bench-"))
     for wname in workloads:
         w = WORKLOADS[wname].scaled(scale)
         settle_s = 30 + w.duration_s * 10 + (w.duration_p95_s or 0) * 4
-        for v in variants if wname != "scale" else ["a-pushbridge"]:
+        for v in (v for v in variants if runs_on(v, wname)):
             print(f"… {wname} / {v} ({w.jobs} jobs)", file=sys.stderr, flush=True)
+            run = Run(v, w, work, bridge_workers=WORKERS.get(v, bridge_workers))
             if wname == "scale":
-                results.append(await run_scale(Run(v, w, work), window_s=window_s))
+                results.append(await run_scale(run, window_s=window_s))
             else:
-                results.append(await VARIANTS[v](Run(v, w, work), settle_s))
+                results.append(await VARIANTS[v](run, settle_s))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     return results
 
@@ -592,10 +665,25 @@ def main() -> int:
     p.add_argument("--workloads", default="burst,realistic")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--scale", type=float, default=1.0, help="multiply job counts")
+    p.add_argument(
+        "--bridge-workers",
+        type=int,
+        default=1,
+        help="serve --workers N for the pushbridge variants (f always runs 2)",
+    )
+    p.add_argument("--window-s", type=float, default=60.0, help="scale: measuring window")
     a = p.parse_args()
     import uvloop
 
-    results = uvloop.run(main_async(a.workloads.split(","), a.variants.split(","), a.scale))
+    results = uvloop.run(
+        main_async(
+            a.workloads.split(","),
+            a.variants.split(","),
+            a.scale,
+            a.window_s,
+            a.bridge_workers,
+        )
+    )
     OUT.mkdir(exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     for kind in ("flow", "scale"):

@@ -27,6 +27,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bridge.adapter_config import AdapterConfig
@@ -161,10 +162,25 @@ class PollConfig(_Section):
     backoff_factor: float = Field(1.5, ge=1.0)
     deadline_s: float = Field(3600.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
-    adaptive: bool = True  # learn the upstream's durations and poll where completion is likely
-    adaptive_hazard: float = Field(0.2, gt=0, le=1)  # lower = more polls, less lag
+    adaptive: bool = True  # learn the upstream's durations and poll on a schedule made of them
+    # the mean time from a job finishing upstream to a poll seeing it: polls go on the
+    # cheapest schedule with this mean lag for the learned durations (engine/learning.py)
+    target_lag_s: float = Field(0.9, gt=0)
+    # instead: poll where the chance that a job finished since the last poll reaches this
+    adaptive_hazard: float | None = Field(None, gt=0, le=1)
     push_slowdown: float = Field(10.0, ge=1)  # polls this many times further apart while
     # the upstream's pushes arrive (polling stays on as the safety net)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> PollConfig:
+        if self.adaptive_hazard is not None and "target_lag_s" in self.model_fields_set:
+            raise ValueError("set target_lag_s or adaptive_hazard, not both")
+        return self
+
+    @property
+    def target_lag(self) -> bool:
+        """Whether polls follow target_lag_s (adaptive, and no adaptive_hazard set)."""
+        return self.adaptive and self.adaptive_hazard is None
 
 
 class RateLimitConfig(_Section):

@@ -32,7 +32,7 @@ async def test_benchmark_smoke_run():
         assert 0 < r["redis_round_trips_per_job"] < 20
     (scale,) = [r for r in results if r["workload"] == "scale"]
     assert scale["in_flight"] == 1000 and 0 < scale["redis_bytes_per_inflight_job"] < 10_000
-    assert "(iii) store memory" in report(results)
+    assert "store memory ≤ 1 KiB" in report(results)
 
 
 @pytest.mark.slow

@@ -160,6 +160,31 @@ async def test_allowed_networks_opt_in():
         await policy.resolve("https://192.168.1.1/")
 
 
+async def test_checked_urls_are_remembered_but_names_resolved_at_every_attempt():
+    """An accepted URL is parsed and checked once (a literal address needs no lookup); a
+    refused one is refused every time; a name is looked up at every call, so a name
+    that now points elsewhere (rebinding) is caught."""
+    lookups: list[str] = []
+    answers = {"hook.example": ["93.184.216.34"]}
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return answers[host]
+
+    policy = UrlPolicy(CallbacksConfig(allow_http=True), resolver)
+    for _ in range(3):
+        target = await policy.resolve("http://93.184.216.35:8080/x")
+        assert target.addresses == [ipaddress.ip_address("93.184.216.35")] and target.port == 8080
+        with pytest.raises(CallbackRejected):
+            await policy.resolve("http://127.0.0.1/x")
+    assert lookups == []
+    await policy.resolve("http://hook.example/x")
+    answers["hook.example"] = ["127.0.0.1"]
+    with pytest.raises(CallbackRejected) as e:
+        await policy.resolve("http://hook.example/x")
+    assert e.value.rule == "loopback-address" and lookups == ["hook.example"] * 2
+
+
 def test_signatures_verify_with_reference_library_and_rotation():
     old, new = new_webhook_secret(), new_webhook_secret()
     body = b'{"type":"job.completed"}'

@@ -47,3 +47,106 @@ async def test_connection_refused_is_an_httpx_connect_error(make_client):
     async with make_client() as client:
         with pytest.raises(httpx.ConnectError):
             await client.send_raw("GET", f"http://127.0.0.1:{free_port()}/", 1.0)
+
+
+@pytest.fixture
+async def server():
+    """A local aiohttp server: /old redirects to /new, /gzip answers gzip-encoded, /big
+    answers 64 KiB, anything else echoes the method, path and user-agent."""
+    import gzip
+
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/old":
+            raise web.HTTPFound("/new")
+        if request.path == "/gzip":
+            body = gzip.compress(b'{"zipped": true}')
+            return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+        if request.path == "/big":
+            return web.Response(body=b"x" * 65536)
+        seen = f"{request.method} {request.path} {request.headers.get('user-agent')}"
+        return web.Response(text=seen + " " + (await request.text()))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_fast_path_sends_straight_to_aiohttp_with_httpx_types(server):
+    """The aiohttp transport's requests skip httpx.Request; what comes back is an
+    httpx.Response whose request is made on demand, read by read_capped."""
+    from bridge.net.client import upstream_client
+    from bridge.net.util import read_capped
+
+    async with upstream_client() as client:
+        r = await client.send_raw("POST", f"{server}/x", 5.0, {"a": "1"}, b"hi")
+        try:
+            body = await read_capped(r, 1024)
+        finally:
+            await r.aclose()
+    assert isinstance(r, httpx.Response) and r.status_code == 200
+    assert body == f"POST /x {USER_AGENT} hi".encode()
+    assert r.request.method == "POST" and str(r.request.url) == f"{server}/x"
+
+
+@pytest.mark.parametrize(("follow", "expected"), [(False, 302), (True, 200)])
+async def test_fast_path_follows_redirects_only_when_the_client_does(server, follow, expected):
+    from bridge.net.client import _transport
+
+    async with LeanClient(transport=_transport(8), follow_redirects=follow) as client:
+        r = await client.send_raw("GET", f"{server}/old", 5.0)
+        await r.aread()
+        await r.aclose()
+    assert r.status_code == expected
+
+
+async def test_fast_path_caps_and_decodes_bodies(server):
+    """read_capped refuses a body past its limit, and decodes a gzip-encoded one (through
+    httpx's decoder, as before)."""
+    from bridge.net.client import upstream_client
+    from bridge.net.util import BodyTooLarge, read_capped
+
+    async with upstream_client() as client:
+        r = await client.send_raw("GET", f"{server}/big", 5.0)
+        with pytest.raises(BodyTooLarge):
+            await read_capped(r, 1000)
+        await r.aclose()
+        r = await client.send_raw("GET", f"{server}/gzip", 5.0)
+        assert await read_capped(r, 1000) == b'{"zipped": true}'
+        await r.aclose()
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/x", "http://[::1/x", "http://h:99999/", "http://a\\@b/"]
+)
+async def test_fast_path_bad_urls_are_httpx_errors(url):
+    from bridge.net.client import upstream_client
+
+    async with upstream_client() as client:
+        with pytest.raises((httpx.TransportError, httpx.InvalidURL)):
+            await client.send_raw("GET", url, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://GOOD.com/x", ("http", "good.com", 80)),
+        ("https://good.com:443/x", ("https", "good.com", 443)),
+        ("http://a@evil.com@good.com/", ("http", "good.com", 80)),  # where aiohttp connects
+        ("http://[::1]:8080/", ("http", "::1", 8080)),
+        ("http://good.com\\@evil.com/", ("", "", 0)),  # unreadable: no credential
+        ("http://h:99999/", ("", "", 0)),
+        ("/relative", ("", "", 0)),
+    ],
+)
+def test_origin_is_read_as_the_sending_client_reads_it(url, expected):
+    from bridge.net.util import origin
+
+    assert origin(url) == expected

@@ -13,6 +13,7 @@ from bridge.engine.learning import (
     MAX_SPANS,
     SUB,
     Durations,
+    LagTarget,
     bucket_of,
     interval_field,
     running_field,
@@ -94,7 +95,11 @@ def test_bad_histogram_fields_are_ignored():
 
 async def test_learned_polling_uses_fewer_polls_than_backoff(make_stack):
     settings = EmulatorSettings(duration_s=1.5, token=UPSTREAM_TOKEN)
-    s = await make_stack(emulator=settings, upstreams__echo__poll__max_interval_s=5)
+    s = await make_stack(
+        emulator=settings,
+        upstreams__echo__poll__max_interval_s=5,
+        upstreams__echo__poll__adaptive_hazard=0.2,
+    )
     for _ in range(40):  # teach it: 40 jobs of 1.5 s
         await s.submit()
     assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 40, 20)
@@ -149,3 +154,89 @@ def test_a_job_running_past_every_finished_one_is_polled_in_proportion_not_hours
     d.update({interval_field("m", 0.9, 1.1): 50, running_field("m", 5.0): 3})
     wait_s = d.next_poll_s("m", 5.2, hazard=0.2)
     assert wait_s is not None and 0 < wait_s <= 5.2 * 0.35, wait_s
+
+
+def _schedule_on(d: Durations, target: LagTarget, durations_s: list[float]) -> tuple[float, float]:
+    """(polls per job, mean lag) of the target-lag schedule, as the bridge follows it
+    (engine/lifecycle.py), over the given durations."""
+    polls, lags = 0, []
+    for t in durations_s:
+        at, first = 0.0, True
+        while True:
+            learned = d.next_poll_for_lag_s("m", at, first)
+            at += target.clamp(target.cold_gap_s if learned is None else learned, first)
+            polls, first = polls + 1, False
+            if at >= t:
+                lags.append(at - t)
+                break
+    return polls / len(durations_s), sum(lags) / len(lags)
+
+
+def _histogram(durations_s: list[float]) -> dict[str, int]:
+    return dict(Counter(f"m:{bucket_of(x)}" for x in durations_s))
+
+
+def test_target_lag_schedule_meets_the_mean_lag_with_fewer_polls_than_a_fixed_interval():
+    """On the learned distribution the schedule's mean lag is target_lag_s (±5 %), at
+    fewer polls than the fixed 2 x target_lag_s interval (whose mean lag is the target
+    whatever the distribution): few where no job finishes, more where many do."""
+    rng = random.Random(4)
+    draw = [10 * math.exp(rng.gauss(0, 0.12)) for _ in range(6000)]  # ~10 s, narrow
+    learned, cold = Durations(), Durations()
+    target = LagTarget(target_lag_s=0.9, initial_delay_s=0.5, min_interval_s=0.5)
+    learned.update(_histogram(draw[:3000]), {"m": target})
+    polls, lag = _schedule_on(learned, target, draw[3000:])
+    cold_polls, cold_lag = _schedule_on(cold, target, draw[3000:])
+    assert abs(lag - 0.9) <= 0.045, lag
+    assert abs(cold_lag - 0.9) <= 0.1, cold_lag
+    assert polls <= cold_polls * 0.6, (polls, cold_polls)
+    broad = [4 * math.exp(rng.gauss(0, 0.98)) for _ in range(6000)]  # the bench's log-normal
+    learned.update(_histogram(broad[:3000]), {"m": target})
+    polls, lag = _schedule_on(learned, target, broad[3000:])
+    assert abs(lag - 0.9) <= 0.045 and polls < _schedule_on(cold, target, broad[3000:])[0]
+
+
+def test_target_lag_schedule_polls_a_fixed_duration_once():
+    """A model that always takes 1.2 s: one poll, target_lag_s after it finishes."""
+    d = Durations()
+    target = LagTarget(target_lag_s=0.5)
+    d.update({interval_field("m", 1.19, 1.21): 40}, {"m": target})
+    wait_s = d.next_poll_for_lag_s("m", 0.0, first=True)
+    assert wait_s is not None and 1.6 <= wait_s <= 1.8, wait_s
+    assert _schedule_on(d, target, [1.2] * 10)[0] == 1.0
+
+
+def test_target_lag_schedule_waits_for_enough_samples_and_outlived_jobs_poll_cold():
+    d = Durations(min_samples=30)
+    target = LagTarget(target_lag_s=1.0)
+    d.update({interval_field("m", 0.9, 1.1): 29}, {"m": target})
+    assert d.next_poll_for_lag_s("m", 0.0) is None  # too few: every 2 x target_lag_s
+    d.update({interval_field("m", 0.9, 1.1): 30}, {"m": target})
+    assert d.next_poll_for_lag_s("m", 0.0) is not None
+    assert d.next_poll_for_lag_s("m", 5.0) is None  # past every job seen
+    assert d.next_poll_for_lag_s("other", 0.0) is None
+
+
+async def test_target_lag_polling_learns_where_a_1_5_s_model_finishes(make_stack):
+    """The default rule end to end: cold, polls every 2 x target_lag_s (0.3 s here); once
+    30 jobs are learned (each known only to lie between two polls 0.3 s apart), polls
+    only around the 1.5 s the model takes."""
+    settings = EmulatorSettings(duration_s=1.5, token=UPSTREAM_TOKEN)
+    s = await make_stack(
+        emulator=settings,
+        upstreams__echo__poll__max_interval_s=5,
+        upstreams__echo__poll__target_lag_s=0.15,
+    )
+    assert s.rt.upstreams["echo"].config.poll.target_lag
+    for _ in range(40):
+        await s.submit()
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 40, 20)
+    first_polls = s.emulator.requests["poll"] / 40
+    from bridge.engine.runtime import learn_durations
+
+    await learn_durations(s.rt)
+    for _ in range(20):
+        await s.submit()
+    assert await s.receiver.wait_for(lambda: len(s.receiver.succeeded()) == 60, 20)
+    later_polls = (s.emulator.requests["poll"] - first_polls * 40) / 20
+    assert first_polls >= 4 and later_polls <= first_polls * 0.5, (first_polls, later_polls)

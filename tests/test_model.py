@@ -103,11 +103,16 @@ def test_hash_round_trip_and_absent_fields():
     assert Job.from_hash(cleared).last_error is None  # "" reads back as absent
 
 
-def test_creation_fields_leave_id_and_times_to_the_store():
-    fields = new_job("t", "echo", "{}", "https://h/cb", "null", 1).creation_fields()
+def test_creation_fields_leave_id_and_times_to_the_store_and_defaults_out():
+    job = new_job("t", "echo", "{}", "https://h/cb", "null", 1)
+    fields = job.creation_fields()
     assert not {"id", "created_at", "updated_at", "upstream_ref"} & set(fields)
-    assert fields["status"] == "queued" and fields["metadata"] == "null"
-    assert fields["delivery_state"] == "none" and fields["polls"] == 0
+    assert fields["status"] == "queued" and fields["deadline_ms"] == 1000
+    # at their defaults: not stored (less store memory per job), read back the same
+    assert not {"metadata", "delivery_state", "polls", "submits", "step_errors"} & set(fields)
+    back = Job.from_hash({k: str(v) for k, v in fields.items()})
+    assert (back.metadata, back.delivery_state, back.polls) == ("null", "none", 0)
+    assert back.inputs == job.inputs and back.callback_url == job.callback_url
 
 
 def test_apply_mirrors_a_commit():

@@ -351,8 +351,13 @@ async def test_a_push_secret_for_a_protocol_that_cannot_check_it_is_refused(
 
 
 async def test_polls_slow_down_while_pushes_arrive_and_a_lost_push_costs_only_lag(make_stack):
-    # the usual schedule (0.05 s .. 0.3 s), 20 times slower once pushes are seen
-    s = await push_stack(make_stack, upstreams__echo__poll__push_slowdown=20)
+    # the usual schedule: target-lag polling, for a lag of 0.05 s a poll every 0.1 s until
+    # durations are learned; 20 times slower once pushes are seen
+    s = await push_stack(
+        make_stack,
+        upstreams__echo__poll__target_lag_s=0.05,
+        upstreams__echo__poll__push_slowdown=20,
+    )
     rt: Runtime = s.rt
     first = (await s.submit(inputs={"_emulate": {"duration_s": 0.6}})).json()
     await _delivered(s, first["id"], 5)
@@ -366,3 +371,22 @@ async def test_polls_slow_down_while_pushes_arrive_and_a_lost_push_costs_only_la
     assert sum(_future(s, job).polls for job in pushed) <= 2 * len(pushed)
     await _delivered(s, lost["id"], 15)  # by a safety poll
     assert rt.metrics.pushes_received.labels("echo")._value.get() == 6
+
+
+async def test_every_target_lag_poll_slows_down_while_pushes_arrive_not_only_the_first(
+    make_stack,
+):
+    # target-lag polls every 0.1 s; 10 times slower (every 1 s) while pushes arrive: a job
+    # of 1.5 s is polled at 1 s, then pushed (and polled once more, to read its outcome)
+    s = await push_stack(
+        make_stack,
+        upstreams__echo__poll__target_lag_s=0.05,
+        upstreams__echo__poll__push_slowdown=10,
+    )
+    first = (await s.submit(inputs={"_emulate": {"duration_s": 0.2}})).json()
+    await _delivered(s, first["id"], 5)
+    assert s.rt.pushes.arriving("echo")
+    jobs = [(await s.submit(inputs={"_emulate": {"duration_s": 1.5}})).json() for _ in range(3)]
+    for job in jobs:
+        await _delivered(s, job["id"], 10)
+    assert sum(_future(s, job).polls for job in jobs) <= 2 * len(jobs)

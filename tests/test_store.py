@@ -354,3 +354,15 @@ def test_scripts_take_the_time_from_the_prelude_only():
             assert "'TIME'" not in path.read_text(), path.name
     python = Path(bridge.__file__).parent.rglob("*.py")
     assert not [p.name for p in python if "register_script" in p.read_text()]  # one loader
+
+
+async def test_the_embedded_store_keeps_a_job_hash_with_a_long_field_a_listpack(redis: Redis):
+    # a job's upstream reference with its poll URL is ~100 bytes: over the server's
+    # default hash-max-listpack-value (64), which would make the hash a hash table
+    # (~850 instead of ~500 bytes per job in flight, bench/RESULTS.md)
+    key = "pbtest:listpack-check"
+    await redis.hset(key, mapping={"status": "running", "upstream_ref": "u" * 1000})
+    try:
+        assert await redis.object("encoding", key) in ("listpack", b"listpack")
+    finally:
+        await redis.delete(key)

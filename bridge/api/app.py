@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -102,8 +103,14 @@ async def _store_down(request: Request, exc: Exception) -> Response:
 
 
 async def _metrics(request: Request) -> Response:
+    """This process's metrics. Under `serve --workers N` each scrape is answered by one of
+    the N processes; X-Pushbridge-Pid says which (bench/run.py adds them up)."""
     rt: Runtime = request.app.state.runtime
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(rt.metrics.registry),
+        media_type=CONTENT_TYPE_LATEST,
+        headers={"X-Pushbridge-Pid": str(os.getpid())},
+    )
 
 
 async def _openapi(request: Request) -> Response:

@@ -84,6 +84,11 @@ class HostGates:
             gate.users -= 1
             self._forget_idle()
 
+    def quick(self, dest: Destination) -> bool:
+        """Whether dest's recent attempts were quick (a busy but healthy receiver)."""
+        gate = self._gates.get(dest)
+        return gate is not None and gate.typical_s is not None and gate.typical_s <= self.quick_s
+
     def book_turn_s(self, dest: Destination) -> float:
         """Book a turn for an attempt deferred now; return how long it should wait: until
         about when a slot frees for it, after the turns booked by attempts deferred before

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
+import yarl
 
 from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
@@ -27,6 +28,7 @@ class Attempt:
     error: str | None = None
     excerpt: str = ""
     retry_after_s: float | None = None
+    quick_host: bool = False  # deferred at a host that answers quickly: retry_after_s is its turn
 
 
 def webhook_headers(secrets: tuple[str, ...], msg_id: str, ts: int, body: bytes) -> dict[str, str]:
@@ -80,9 +82,9 @@ class Deliverer:
             if not got:  # at its cap and not worth waiting for: come back when a slot frees
                 where = f"{_netloc(*dest)} ({target.host})"
                 error = f"{where} is at per_host_concurrency"
-                return Attempt(
-                    "deferred", None, 0, error, retry_after_s=self.gates.book_turn_s(dest)
-                )
+                turn_s = self.gates.book_turn_s(dest)
+                quick = self.gates.quick(dest)
+                return Attempt("deferred", None, 0, error, retry_after_s=turn_s, quick_host=quick)
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.config.timeout_s):
@@ -95,11 +97,12 @@ class Deliverer:
     async def _send(
         self, url: str, target: Target, body: bytes, headers: dict[str, str], started: float
     ) -> Attempt:
-        sent = httpx.URL(url)
-        netloc = _netloc(target.host, sent.port)
+        sent = yarl.URL(url)  # as the client (aiohttp) reads it, to the checked address
+        to = sent.with_host(str(target.addresses[0])).with_port(target.port)
+        netloc = _netloc(target.host, sent.explicit_port if not sent.is_default_port() else None)
         response = await self.client.send_raw(
             "POST",
-            sent.copy_with(host=str(target.addresses[0])),
+            str(to),
             self.config.timeout_s,
             headers={**headers, "host": netloc},
             content=body,

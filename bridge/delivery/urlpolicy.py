@@ -22,6 +22,7 @@ import idna
 from bridge.config import CallbacksConfig
 
 MAX_URL_LENGTH = 2048
+MAX_CHECKED_URLS = 4096  # accepted URLs remembered (the same callback URL is checked once)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 # Hosts that some resolvers read as IPv4 numbers: 2130706433, 0x7f000001, 0177.0.0.1, 127.1
@@ -79,11 +80,35 @@ class UrlPolicy:
         self.config = config
         self.resolver = resolver or system_resolver
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.allowed_networks]
+        # accepted URLs: (scheme, host, port) and, for an IP literal host, its checked Target
+        self._accepted: dict[str, tuple[tuple[str, str, int], Target | None]] = {}
 
     def check_syntax(self, url: str) -> tuple[str, str, int]:
         """(scheme, host as A-label, port) of an acceptable URL, or CallbackRejected.
 
         The URL must read the same to the parser that sends it (httpx) as to this one."""
+        known = self._accepted.get(url)
+        return known[0] if known is not None else self._check_syntax(url)
+
+    def _check(self, url: str) -> tuple[tuple[str, str, int], Target | None]:
+        """check_syntax, remembered for accepted URLs (a pure function of the URL and the
+        config): with the checked Target of an IP literal host, which needs no lookup.
+        A name is resolved and its addresses checked at every call (DNS rebinding)."""
+        known = self._accepted.get(url)
+        if known is None:
+            parts = self._check_syntax(url)
+            literal = _literal_address(parts[1])
+            for ip in literal:
+                self.check_address(ip)
+            if len(self._accepted) >= MAX_CHECKED_URLS:
+                self._accepted.clear()
+            known = self._accepted[url] = (
+                parts,
+                Target(parts[1], literal, parts[2]) if literal else None,
+            )
+        return known
+
+    def _check_syntax(self, url: str) -> tuple[str, str, int]:
         if len(url) > MAX_URL_LENGTH:
             raise CallbackRejected("too-long", f"callback_url exceeds {MAX_URL_LENGTH} characters")
         _refuse_invisible(url)
@@ -126,8 +151,10 @@ class UrlPolicy:
 
     async def resolve(self, url: str) -> Target:
         """Check the URL and every address its host resolves to."""
-        _, host, port = self.check_syntax(url)
-        addresses = _literal_address(host) or await self._lookup(host, port)
+        (_, host, port), literal = self._check(url)
+        if literal is not None:
+            return literal
+        addresses = await self._lookup(host, port)
         for ip in addresses:
             self.check_address(ip)
         return Target(host, addresses, port)

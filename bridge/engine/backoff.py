@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from bridge.config import PollConfig
+from bridge.engine.learning import LagTarget
 from bridge.retry import exponential_s
 
 JITTER = 0.2
@@ -24,6 +25,13 @@ def poll_interval_s(poll: PollConfig, polls_done: int, elapsed_s: float = 0.0) -
     geometric = poll.min_interval_s * poll.backoff_factor ** max(0, polls_done - 1)
     by_age = elapsed_s * (poll.backoff_factor - 1)
     return min(poll.max_interval_s, max(geometric, by_age))
+
+
+def lag_target(poll: PollConfig) -> LagTarget:
+    """An upstream's poll settings as the target-lag schedule uses them."""
+    return LagTarget(
+        poll.target_lag_s, poll.initial_delay_s, poll.min_interval_s, poll.max_interval_s
+    )
 
 
 def submit_retry_s(submits_done: int, rng: random.Random | None = None) -> float:

@@ -18,7 +18,13 @@ from typing import TypeVar, Unpack
 import orjson
 from redis.exceptions import RedisError
 
-from bridge.engine.backoff import at_least, jittered, poll_interval_s, submit_retry_s
+from bridge.engine.backoff import (
+    at_least,
+    jittered,
+    lag_target,
+    poll_interval_s,
+    submit_retry_s,
+)
 from bridge.engine.learning import interval_field
 from bridge.engine.runtime import Runtime
 from bridge.model import ACTIVE, DeliveryState, Job, JobChange, JobStatus, error_json
@@ -58,16 +64,37 @@ class Advancer:
         return True
 
     async def reschedule(
-        self, job: Job, token: str, delay_s: float, **change: Unpack[JobChange]
+        self,
+        job: Job,
+        token: str,
+        delay_s: float,
+        unchanged: bool = False,
+        **change: Unpack[JobChange],
     ) -> None:
-        """The job's next step is due in delay_s: keep holding it when that is soon."""
+        """The job's next step is due in delay_s: keep holding it when that is soon.
+
+        `unchanged`: nothing happened to the job but a poll that found it still running
+        (its poll count and when it was seen running, in `change`). A held job whose
+        last commit is recent and whose stored lease outlasts the next poll by half a
+        lease is then not committed: the next commit writes those fields (a poll that
+        finds it finished, or a renewal, at most every LAZY_COMMIT_S)."""
         workers = self.rt.workers
         keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
+        if keep and unchanged:
+            now_ms = self.rt.store_now_ms()
+            needed_ms = now_ms + _ms(delay_s) + self.rt.lease_ms // 2
+            if workers.lease_holds(job.id, now_ms, needed_ms) and workers.hold(job, token, delay_s):
+                for name, value in change.items():
+                    setattr(job, name, value)
+                return
         delay_ms = _ms(delay_s) + (self.rt.lease_ms if keep else 0)
         c = Commit(fields=change, source=After(delay_ms), held=keep)
         committed = await self.commit(job, token, c)
-        if committed and keep and not workers.hold(job, token, delay_s):
-            # no room to hold it: due after the delay, not after the lease
+        if not (committed and keep):
+            return
+        if workers.hold(job, token, delay_s):
+            workers.leased(job.id, job.updated_at, job.updated_at + delay_ms)
+        else:  # no room to hold it: due after the delay, not after the lease
             await self.commit(job, token, Commit(source=After(_ms(delay_s))))
 
     async def finish(self, job: Job, token: str, c: Commit, result: str | None = None) -> None:
@@ -178,7 +205,7 @@ class Advancer:
                 await self.reschedule(
                     job,
                     token,
-                    self._slowed(job, upstream.config.poll.initial_delay_s),
+                    self._slowed(job, self.first_poll_s(job)),
                     status=JobStatus.RUNNING,
                     upstream_ref=ref,
                     submits=submits,
@@ -228,18 +255,35 @@ class Advancer:
         return max(0.0, (self.rt.store_now_ms() - job.created_at) / 1000)
 
     def _learned_poll_s(self, job: Job) -> float | None:
-        """From now to the next poll, as learned from the upstream's durations (or None)."""
+        """From now to the next poll by the hazard rule (poll.adaptive_hazard), as learned
+        from the upstream's durations (or None)."""
         poll = self.rt.upstreams[job.upstream].config.poll
-        if not poll.adaptive:
+        if not poll.adaptive or poll.adaptive_hazard is None:
             return None
         return self.rt.durations.next_poll_s(
             job.upstream, self._elapsed_s(job), poll.adaptive_hazard
         )
 
-    def next_poll_s(self, job: Job, polls_done: int) -> float:
-        """Learned from the upstream's durations when possible, else geometric backoff."""
-        learned = self._learned_poll_s(job)
+    def _target_lag_poll_s(self, job: Job, first: bool) -> float:
+        """From now to the next poll on the target-lag schedule: learned from the
+        upstream's durations, else every 2 x target_lag_s (engine/learning.py)."""
+        target = lag_target(self.rt.upstreams[job.upstream].config.poll)
+        learned = self.rt.durations.next_poll_for_lag_s(job.upstream, self._elapsed_s(job), first)
+        return target.clamp(target.cold_gap_s if learned is None else learned, first)
+
+    def first_poll_s(self, job: Job) -> float:
+        """From a job's submission to its first poll."""
         poll = self.rt.upstreams[job.upstream].config.poll
+        return self._target_lag_poll_s(job, first=True) if poll.target_lag else poll.initial_delay_s
+
+    def next_poll_s(self, job: Job, polls_done: int) -> float:
+        """On the target-lag schedule (the default); by the hazard rule when
+        poll.adaptive_hazard is set and enough is learned; else geometric backoff. Each
+        slowed down while the upstream's pushes arrive (_slowed), as the first poll is."""
+        poll = self.rt.upstreams[job.upstream].config.poll
+        if poll.target_lag:
+            return self._slowed(job, self._target_lag_poll_s(job, first=False))
+        learned = self._learned_poll_s(job)
         if learned is None:
             return self._slowed(job, poll_interval_s(poll, polls_done, self._elapsed_s(job)))
         return self._slowed(job, min(poll.max_interval_s, max(poll.min_interval_s, learned)))
@@ -285,7 +329,9 @@ class Advancer:
                 await self.complete(job, token, polls, outcome)
             case Running(retry_after_s=retry_after_s):
                 delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
-                await self.reschedule(job, token, delay_s, polls=polls, seen_running_at=sent_ms)
+                await self.reschedule(
+                    job, token, delay_s, unchanged=True, polls=polls, seen_running_at=sent_ms
+                )
             case Transient(reason=reason, retry_after_s=retry_after_s):
                 delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
                 await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)

@@ -38,6 +38,7 @@ STORE_RETRY_FIRST_S = 0.2  # a claim loop's sleep after a failed claim; doubles 
 STORE_RETRY_MAX_S = 5.0
 CLAIM_JITTER_S = 0.005  # up to this much added to a claim loop's sleep, so that replicas
 # whose work falls due at the same moment do not all claim in the same instant
+LAZY_COMMIT_S = 10.0  # a held job's polls that change nothing are committed at most this often
 STEP_RETRY_S = 0.5  # after an unexpected error in a job step; doubles with each one
 MAX_STEP_ERRORS = 4  # then the job fails ("internal-error")
 T = TypeVar("T")
@@ -213,6 +214,7 @@ class HeldLeases:
         self.gate = asyncio.Semaphore(concurrency)
         self.timers: dict[str, tuple[asyncio.TimerHandle, str, Job]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self.leases: dict[str, tuple[int, int]] = {}  # job id -> (last commit, stored lease)
         self.stopping = False
 
     def hold(self, job: Job, token: str, delay_s: float) -> bool:
@@ -230,6 +232,7 @@ class HeldLeases:
     def forget(self, job_id: str) -> None:
         """Stop holding a job (it was cancelled): no more polls from this process."""
         timer = self.timers.pop(job_id, None)
+        self.leases.pop(job_id, None)
         if timer is not None:
             timer[0].cancel()
 
@@ -244,6 +247,16 @@ class HeldLeases:
         self._fire(job, token, asyncio.get_running_loop().time())
         return True
 
+    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
+        self.leases[job_id] = (committed_ms, until_ms)
+
+    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
+        lease = self.leases.get(job_id)
+        if lease is None:
+            return False
+        committed_ms, stored_until_ms = lease
+        return stored_until_ms >= until_ms and now_ms - committed_ms < LAZY_COMMIT_S * 1000
+
     def _fire(self, job: Job, token: str, due: float) -> None:
         self.timers.pop(job.id, None)
         task = asyncio.create_task(self._run(job, token, due))
@@ -256,13 +269,18 @@ class HeldLeases:
         _log_task_error(task, log, held[0] if held else None)
 
     async def _run(self, job: Job, token: str, due: float) -> None:
-        async with self.gate:
-            self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
-            await self.step(job, token)
+        try:
+            async with self.gate:
+                self.observe_lateness(max(0.0, asyncio.get_running_loop().time() - due))
+                await self.step(job, token)
+        finally:
+            if job.id not in self.timers:  # not held any more: its lease is not ours to skip
+                self.leases.pop(job.id, None)
 
     async def stop(self, grace_s: float) -> None:
         self.stopping = True
         timers, self.timers = self.timers, {}
+        self.leases.clear()
         for handle, _, _ in timers.values():
             handle.cancel()
         unfinished = await finish_or_cancel(self.running, grace_s)
@@ -415,6 +433,12 @@ class Workers:
 
     def poke(self, job_id: str) -> bool:
         return self.held.poke(job_id)
+
+    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
+        self.held.leased(job_id, committed_ms, until_ms)
+
+    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
+        return self.held.lease_holds(job_id, now_ms, until_ms)
 
     def held_jobs(self) -> list[Job]:
         return self.held.jobs()

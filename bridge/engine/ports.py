@@ -32,6 +32,13 @@ class LocalWorkers(Protocol):
     def poke(self, job_id: str) -> bool:
         """Run a held job's next step now (its provider pushed); False if not held here."""
 
+    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
+        """A held job was committed at committed_ms, its lease stored until until_ms."""
+
+    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
+        """Whether a held job's stored lease lasts until until_ms and its last commit is
+        recent enough (LAZY_COMMIT_S) to skip committing a poll that changed nothing."""
+
     def held_jobs(self) -> list[Job]:
         """The jobs whose lease this process holds now."""
 
@@ -58,6 +65,12 @@ class NoWorkers:
         return None
 
     def poke(self, job_id: str) -> bool:
+        return False
+
+    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
+        return None
+
+    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
         return False
 
     def held_jobs(self) -> list[Job]:

@@ -15,6 +15,7 @@ from bridge.config import Config, ConfigError, Secrets
 from bridge.delivery.sender import Deliverer
 from bridge.delivery.signing import ResultLinks
 from bridge.delivery.urlpolicy import Resolver, UrlPolicy
+from bridge.engine.backoff import lag_target
 from bridge.engine.learning import Durations, running_field
 from bridge.engine.ports import LocalWorkers, NoWorkers
 from bridge.engine.push import PushLinks, PushState
@@ -231,4 +232,9 @@ async def learn_durations(rt: Runtime) -> None:
         if job.seen_running_at:
             field = running_field(job.upstream, (job.seen_running_at - job.created_at) / 1000)
             counts[field] = counts.get(field, 0) + 1
-    await asyncio.to_thread(rt.durations.update, counts)  # the estimate is CPU work
+    targets = {
+        name: lag_target(u.config.poll)
+        for name, u in rt.upstreams.items()
+        if u.config.poll.target_lag
+    }
+    await asyncio.to_thread(rt.durations.update, counts, targets)  # the estimate is CPU work

@@ -1,16 +1,18 @@
 """The bridge's HTTP clients: httpx over aiohttp's pool, hot-path requests straight
-to the transport."""
+to aiohttp (httpx's types and errors on the way out)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream
 
 from bridge import __version__
+from bridge.net.util import BodyTooLarge
 
 USER_AGENT = f"pushbridge/{__version__}"
 
@@ -37,19 +39,40 @@ class LeanClient(httpx.AsyncClient):
         extensions: dict[str, Any] | None = None,
     ) -> httpx.Response:
         """Send and return the response unread (stream it, then `aclose()` it)."""
-        timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
-        request = httpx.Request(
-            method,
-            url,
-            headers={"user-agent": USER_AGENT, **(headers or {})},
-            content=content,
-            extensions={"timeout": timeout, **(extensions or {})},
-        )
-        response = await self.lean_transport.handle_async_request(request)
+        headers = {"user-agent": USER_AGENT, **(headers or {})}
+        transport = self.lean_transport
+        if isinstance(transport, _Transport):  # no httpx.Request: straight to aiohttp
+            sni = (extensions or {}).get("sni_hostname")
+            response = await transport.send_direct(
+                method, str(url), timeout_s, headers, content, sni
+            )
+        else:
+            response = await transport.handle_async_request(
+                _request(method, url, timeout_s, headers, content, extensions)
+            )
         if response.is_redirect and self.follow_redirects:
             await response.aclose()
+            request = _request(method, url, timeout_s, headers, content, extensions)
             return await self.send(request, stream=True)
         return response
+
+
+def _request(
+    method: str,
+    url: str | httpx.URL,
+    timeout_s: float,
+    headers: dict[str, str],
+    content: bytes | None,
+    extensions: dict[str, Any] | None,
+) -> httpx.Request:
+    timeout = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    return httpx.Request(
+        method,
+        url,
+        headers=headers,
+        content=content,
+        extensions={"timeout": timeout, **(extensions or {})},
+    )
 
 
 # aiohttp's errors as httpx's, most specific first
@@ -66,7 +89,7 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
 )
 
 
-def plain_error(exc: Exception, request: httpx.Request) -> httpx.TransportError:
+def plain_error(exc: Exception, request: httpx.Request | None) -> httpx.TransportError:
     """An httpx error for an aiohttp one (or for httpx-aiohttp's mapping of one), made
     afresh: no cause nor context, so it never carries aiohttp's RequestInfo, which holds
     the request's headers (Authorization included). A response that is not HTTP (bytes
@@ -85,9 +108,13 @@ def plain_error(exc: Exception, request: httpx.Request) -> httpx.TransportError:
 class _PlainErrors(httpx.AsyncByteStream):
     """A response body stream whose errors are `plain_error`s."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request | _Sent) -> None:
         self.inner = inner
         self.request = request
+
+    def _error(self, e: Exception) -> httpx.TransportError:
+        sent = self.request
+        return plain_error(e, sent if isinstance(sent, httpx.Request) else sent.as_request())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         error = None
@@ -95,7 +122,7 @@ class _PlainErrors(httpx.AsyncByteStream):
             async for chunk in self.inner:
                 yield chunk
         except (aiohttp.ClientError, httpx.TransportError) as e:
-            error = plain_error(e, self.request)
+            error = self._error(e)
         if error is not None:
             raise error  # outside the except block: no __context__ to the original
 
@@ -104,9 +131,67 @@ class _PlainErrors(httpx.AsyncByteStream):
         try:
             await self.inner.aclose()
         except (aiohttp.ClientError, httpx.TransportError) as e:
-            error = plain_error(e, self.request)
+            error = self._error(e)
         if error is not None:
             raise error
+
+
+class _Sent:
+    """What was sent by `send_direct`: an `httpx.Request` is made of it only when one is
+    asked for (an error to report, `response.request`), as building one costs about as
+    much CPU as aiohttp's whole request."""
+
+    __slots__ = ("method", "url")
+
+    def __init__(self, method: str, url: str) -> None:
+        self.method = method
+        self.url = url
+
+    def as_request(self) -> httpx.Request | None:
+        try:
+            return httpx.Request(self.method, self.url)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, TypeError):
+            return None  # a URL httpx cannot read: the error has no request
+
+
+class _DirectResponse(httpx.Response):
+    """An httpx.Response of a request sent straight to aiohttp: its `request` is made when
+    first asked for, and `capped_body` reads the body from aiohttp without httpx's
+    stream layers."""
+
+    _sent: _Sent | None = None
+    _aio: aiohttp.ClientResponse | None = None
+
+    async def capped_body(self, limit_bytes: int) -> bytes | None:
+        """The body, refusing more than limit_bytes (BodyTooLarge); None when it must be
+        decoded (a Content-Encoding): then read it through httpx, which decodes it."""
+        if self._aio is None or self.headers.get("content-encoding", "identity") != "identity":
+            return None
+        content, chunks, size = self._aio.content, [], 0
+        error = None
+        try:
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise BodyTooLarge(limit_bytes)
+                chunks.append(chunk)
+        except (aiohttp.ClientError, httpx.TransportError) as e:
+            error = plain_error(e, self._sent.as_request() if self._sent else None)
+        if error is not None:
+            raise error  # outside the except block: no __context__ to the original
+        return b"".join(chunks)
+
+    @property
+    def request(self) -> httpx.Request:
+        if self._request is None and self._sent is not None:
+            self._request = self._sent.as_request()
+        if self._request is None:
+            raise RuntimeError("The request instance has not been set on this response.")
+        return self._request
+
+    @request.setter
+    def request(self, value: httpx.Request) -> None:
+        self._request = value
 
 
 class _Transport(AiohttpTransport):
@@ -127,6 +212,57 @@ class _Transport(AiohttpTransport):
             assert isinstance(response.stream, httpx.AsyncByteStream)
             response.stream = _PlainErrors(response.stream, request)
             return response
+        raise error  # outside the except block: no __context__ to the original
+
+    def session(self) -> aiohttp.ClientSession:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        return self.client
+
+    EXTENSIONS: ClassVar[dict[str, Any]] = {"http_version": b"HTTP/1.1"}
+
+    async def send_direct(
+        self,
+        method: str,
+        url: str,
+        timeout_s: float,
+        headers: dict[str, str],
+        content: bytes | None,
+        sni_hostname: str | None = None,
+    ) -> httpx.Response:
+        """What `handle_async_request` does, without an httpx.Request (its URL and header
+        parsing cost as much CPU as aiohttp's request): the same aiohttp call, the same
+        httpx.Response, the same errors."""
+        sent = _Sent(method, url)
+        try:
+            response = await self.session().request(
+                method,
+                url,
+                headers=headers,
+                data=content or None,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout_s, sock_read=timeout_s, connect=timeout_s
+                ),
+                server_hostname=sni_hostname,
+            )
+        except (aiohttp.ClientError, httpx.TransportError) as e:
+            error = plain_error(e, sent.as_request())
+        else:
+            stream = _PlainErrors(AiohttpResponseStream(response), sent)
+            extensions = self.EXTENSIONS
+            if response.reason:
+                extensions = {**extensions, "reason_phrase": response.reason.encode()}
+            out = _DirectResponse(
+                response.status,
+                headers=response.raw_headers,
+                stream=stream,
+                extensions=extensions,
+            )
+            out._sent, out._aio = sent, response
+            return out
         raise error  # outside the except block: no __context__ to the original
 
 

@@ -6,8 +6,11 @@ import email.utils
 import time
 
 import httpx
+import yarl
 
 MAX_RETRY_AFTER_S = 3600.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]
 
 
 class BodyTooLarge(Exception):
@@ -33,6 +36,9 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
 
 async def read_capped(response: httpx.Response, limit_bytes: int) -> bytes:
     """Read a streamed response body, refusing more than `limit_bytes`."""
+    direct = getattr(response, "capped_body", None)  # a response of LeanClient's fast path
+    if direct is not None and (body := await direct(limit_bytes)) is not None:
+        return bytes(body)
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
@@ -55,3 +61,15 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"connect error: {exc}"[:300]
     return f"{kind}: {exc}"[:300]
+
+
+def origin(url: str) -> Origin:
+    """scheme, host and port of a URL: where a credential may go. Read by yarl, the parser
+    of the client that sends the request (aiohttp), so the origin checked is the one
+    connected to; a URL it cannot read has no origin (("", "", 0): no credential)."""
+    try:
+        u = yarl.URL(url)
+        port = u.port
+    except (ValueError, TypeError):
+        return "", "", 0
+    return u.scheme, u.raw_host or "", port or DEFAULT_PORTS.get(u.scheme, 0)

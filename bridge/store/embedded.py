@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+HASH_MAX_LISTPACK_VALUE = 1024  # bytes (the server's default: 64); see command()
+
 
 class EmbeddedStoreError(Exception):
     pass
@@ -82,6 +84,11 @@ class EmbeddedValkey:
             "no",
             "--maxmemory-policy",
             "noeviction",
+            # a job's hash stays a listpack (~500 bytes) while no field is longer than
+            # this; one longer field (an upstream reference with its poll URL, inputs
+            # over 64 bytes) makes it a hash table of ~60 bytes per field (~850 bytes)
+            "--hash-max-listpack-value",
+            str(HASH_MAX_LISTPACK_VALUE),
             "--protected-mode",
             "yes",
             "--logfile",

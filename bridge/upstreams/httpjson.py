@@ -20,6 +20,7 @@ import orjson
 from bridge.config import UpstreamCommon
 from bridge.net.client import LeanClient
 from bridge.net.util import BodyTooLarge, describe_error, excerpt, parse_retry_after, read_capped
+from bridge.net.util import origin as url_origin
 from bridge.upstreams.base import (
     Expired,
     Failed,
@@ -34,7 +35,6 @@ MAX_CONTROL_BODY_BYTES = 1024 * 1024  # submit, status and cancel answers withou
 MAX_HEALTH_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 MAX_ERROR_CHARS = 1000
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # what a request can fail with before there is an answer to classify
 REQUEST_ERRORS = (httpx.HTTPError, httpx.InvalidURL, BodyTooLarge)
 ERROR_KEYS = ("error", "detail", "message", "error_message")
@@ -48,8 +48,7 @@ RetryHint = Callable[[bytes], float | None]
 
 def origin(url: str) -> Origin:
     """scheme, host and port of a URL: where a credential may go."""
-    u = httpx.URL(url)
-    return u.scheme, u.host, u.port or DEFAULT_PORTS.get(u.scheme, 0)
+    return url_origin(url)
 
 
 def is_transient_status(code: int) -> bool:
