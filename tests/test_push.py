@@ -25,6 +25,7 @@ from bridge.upstreams.base import Capabilities, SubmitOutcome, Submitted
 from bridge.upstreams.octoai import OctoAIUpstream
 from bridge.upstreams.webhooks import verify_standard_webhook
 from tests.conftest import ENV, UPSTREAM_TOKEN, Stack, base_config
+from tests.support.waiting import until
 
 SLOW = {  # polls so slow that only a push explains a quick finish
     "upstreams__echo__poll__initial_delay_s": 20,
@@ -362,7 +363,8 @@ async def test_polls_slow_down_while_pushes_arrive_and_a_lost_push_costs_only_la
     first = (await s.submit(inputs={"_emulate": {"duration_s": 0.6}})).json()
     await _delivered(s, first["id"], 5)
     assert _future(s, first).polls > 2  # no push seen yet: the usual polls
-    assert rt.pushes.arriving("echo")
+    # its push races the poll that saw it done (a poll every 0.1 s): it may come after
+    assert await until(lambda: rt.pushes.arriving("echo"), 5)
     pushed = [(await s.submit(inputs={"_emulate": {"duration_s": 1.0}})).json() for _ in range(5)]
     lost = (await s.submit(inputs={"_emulate": {"duration_s": 0.5}})).json()
     s.provider.drop.add(lost["upstream_id"])
