@@ -55,22 +55,19 @@ def plot(results: list[dict], path: Path) -> None:
 def _plot_frontier(ax) -> None:
     """What polling can do at best on this distribution (bench/frontier.py)."""
     f = frontier(WORKLOADS["realistic"])
-    points = sorted(f["oracle_hazard"].values())
-    ax.plot(
-        [p for p, _ in points],
-        [lag * 1000 for _, lag in points],
-        "--",
-        color="grey",
-        label="hazard rule given the true distribution",
+    target_lag = sorted((p, p50) for p, p50, _ in f["target_lag"].values())
+    curves = (
+        (sorted(f["oracle_hazard"].values()), "--", "grey", "hazard rule"),
+        (target_lag, ":", "black", "target-lag rule"),
     )
-    lag_points = sorted((p, p50) for p, p50, _ in f["target_lag"].values())
-    ax.plot(
-        [p for p, _ in lag_points],
-        [lag * 1000 for _, lag in lag_points],
-        ":",
-        color="black",
-        label="target-lag rule given the true distribution",
-    )
+    for points, style, color, rule in curves:
+        ax.plot(
+            [p for p, _ in points],
+            [lag * 1000 for _, lag in points],
+            style,
+            color=color,
+            label=f"{rule} given the true distribution",
+        )
     ax.plot(
         [f["min_polls_for_naive_lag_p50"]],
         [f["naive_1s"][1] * 1000],
