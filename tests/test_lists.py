@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from bridge.model import DeliveryState, JobStatus
+from bridge.model import DeliveryState, JobStatus, new_job
 from bridge.store import Commit, InFlightLimit, ListQuery, Store
 from bridge.store.lists import MAX_EXAMINED, decode_cursor, encode_cursor
 
@@ -18,7 +18,8 @@ S, D = JobStatus, DeliveryState
 
 
 async def _create(store: Store, tenant: str = "t1", upstream: str = "u", **kw) -> tuple[str, str]:
-    fields = {"status": "queued", "upstream": upstream, "tenant": tenant, "delivery_state": "none"}
+    # what the API stores (a field at its default, such as delivery_state none, is left out)
+    fields = new_job(tenant, upstream, "{}", "https://example.com/h", "null", 60).creation_fields()
     created = await store.create_job(tenant, fields, 60_000, "sha", **kw)
     return created.job_id, created.token
 

@@ -57,7 +57,8 @@ for i, f in ipairs(fields) do at[f] = i end
 local function matches(values)
   if values[at.tenant] ~= tenant then return false end
   if check_status and not statuses[values[at.status]] then return false end
-  if check_state and not states[values[at.delivery_state]] then return false end
+  -- a job with no delivery yet stores no delivery_state (the field's default: 'none')
+  if check_state and not states[values[at.delivery_state] or 'none'] then return false end
   if upstream ~= '' and values[at.upstream] ~= upstream then return false end
   return true
 end
