@@ -4,7 +4,12 @@ booked while the bridge was overloaded."""
 
 from __future__ import annotations
 
+import asyncio
+
 from bridge.dev.emulators.octoai import EmulatorSettings
+from bridge.engine.loops import HeldLeases
+from bridge.model import Job, new_job
+from bridge.store import Store
 from tests.conftest import UPSTREAM_TOKEN
 
 
@@ -69,3 +74,41 @@ async def test_a_quick_receiver_gets_deferred_attempts_back_within_a_second(make
     deferrals = s.rt.metrics.delivery_deferrals._value.get()
     assert deferrals >= 20, deferrals
     assert took_s <= 4.0, (took_s, deferrals)
+
+
+async def test_an_older_claims_chain_neither_skips_commits_nor_keeps_polling(store: Store):
+    """Two chains of one job in one process (a step overran the lease and the claim loop
+    claimed the job again here, under a new token): the older token's polls are not
+    taken as covered by the newer lease (they commit, and are fenced out), and holding the
+    job for the newer claim cancels the older chain's timer: one chain polls it."""
+    ran: list[str] = []
+
+    async def step(job: Job, token: str) -> None:
+        ran.append(token)
+
+    held = HeldLeases(store, step, max_jobs=10, concurrency=4)
+    job = new_job("t", "echo", "{}", "https://example.com/h", "null", 60)
+    job.id = "job_000" + "0" * 24
+    held.leased(job.id, "2", 1_000, 100_000)
+    assert held.lease_holds(job.id, "2", 2_000, 50_000)
+    assert not held.lease_holds(job.id, "1", 2_000, 50_000)
+    assert held.hold(job, "1", 0.05) and held.hold(job, "2", 0.05)
+    await asyncio.sleep(0.3)
+    assert ran == ["2"]
+
+
+async def test_polls_of_a_failing_upstream_back_off_on_the_target_lag_schedule(make_stack):
+    """Every poll answers 503 (with Retry-After: 0): on a target-lag schedule that polls
+    every 0.1 s, failed polls still back off geometrically (0.05 s x 1.5^n, up to 5 s):
+    about 9 polls in 3 s, not 30."""
+    s = await make_stack(
+        emulator=EmulatorSettings(
+            duration_s=30.0, token=UPSTREAM_TOKEN, poll_503_rate=1.0, retry_after_s=0
+        ),
+        upstreams__echo__poll__target_lag_s=0.05,
+        upstreams__echo__poll__max_interval_s=5,
+    )
+    await s.submit()
+    await asyncio.sleep(3.0)
+    polls = s.emulator.requests["poll"]
+    assert 3 <= polls <= 12, polls

@@ -21,7 +21,7 @@ from bridge.engine.loops import Workers
 from bridge.store.embedded import free_port
 from bridge.store.embedded_cluster import EmbeddedCluster
 from tests.support.config import API_KEY, ENV
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until
 
 
 @contextlib.asynccontextmanager
@@ -204,3 +204,22 @@ async def test_workers_share_the_port_and_the_store_and_are_restarted(make_stack
                 not Path(f"/proc/{pid}").exists()
                 or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
             )
+
+
+async def test_a_cancel_through_another_replica_stops_the_holders_polls(make_stack):
+    # replica 0 submitted the job and holds it between polls; its polls that change nothing
+    # are committed only now and then (LAZY_COMMIT_S), so a fenced commit would tell it of
+    # the cancel late: the cancel's notice makes it forget the job at once
+    s = await make_stack(replicas_n=2)
+    job = (await s.submit(inputs={"_emulate": {"duration_s": 30}})).json()
+    holder, (_, _, other) = s.replicas[0][0], s.replicas[1]
+    future = s.emulator.futures[job["upstream_id"]]
+    assert await until(lambda: future.polls >= 3, 5)  # held here, polled every 0.3 s
+    assert [j.id for j in holder.workers.held_jobs()] == [job["id"]]
+    r = await other.delete(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    await asyncio.sleep(0.5)  # the notice reaches replica 0 (a poll may be under way)
+    polls = future.polls
+    await asyncio.sleep(1.5)  # five poll intervals
+    assert future.polls <= polls + 1
+    assert holder.workers.held_jobs() == []

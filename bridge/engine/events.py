@@ -31,9 +31,10 @@ class JobEvents:
             return await self.advancer.submit(job, token, notify=False)
 
     async def cancelled(self, job: Job) -> None:
-        """A job was cancelled: stop polling it here (a replica holding it polls at most
-        once more, then its commit is fenced out), and stop it at the provider too where
-        the protocol can: best effort, a failure is logged and the job stays cancelled."""
+        """A job was cancelled: stop polling it here (a replica holding it stops at the
+        cancel's `done` notice, or at its next commit, which is fenced out), and stop it at
+        the provider too where the protocol can: best effort, a failure is logged and the
+        job stays cancelled."""
         self.rt.workers.forget(job.id)
         upstream = self.rt.upstreams.get(job.upstream)
         if upstream is None or not upstream.capabilities.cancel or job.upstream_ref is None:

@@ -26,6 +26,7 @@ from bridge.engine.backoff import (
     submit_retry_s,
 )
 from bridge.engine.learning import interval_field
+from bridge.engine.ports import lazy_margin_ms
 from bridge.engine.runtime import Runtime
 from bridge.model import ACTIVE, DeliveryState, Job, JobChange, JobStatus, error_json
 from bridge.net.util import describe_error
@@ -75,15 +76,16 @@ class Advancer:
 
         `unchanged`: nothing happened to the job but a poll that found it still running
         (its poll count and when it was seen running, in `change`). A held job whose
-        last commit is recent and whose stored lease outlasts the next poll by half a
-        lease is then not committed: the next commit writes those fields (a poll that
-        finds it finished, or a renewal, at most every LAZY_COMMIT_S)."""
+        last commit (under this token) is recent and whose stored lease outlasts the next
+        poll by nearly a whole lease is then not committed: the next commit writes those
+        fields (a poll that finds it finished, or a renewal, at most every LAZY_COMMIT_S)."""
         workers = self.rt.workers
         keep = workers.active and delay_s <= self.rt.config.worker.sticky_horizon_s
         if keep and unchanged:
             now_ms = self.rt.store_now_ms()
-            needed_ms = now_ms + _ms(delay_s) + self.rt.lease_ms // 2
-            if workers.lease_holds(job.id, now_ms, needed_ms) and workers.hold(job, token, delay_s):
+            needed_ms = now_ms + _ms(delay_s) + lazy_margin_ms(self.rt.lease_ms)
+            held = workers.lease_holds(job.id, token, now_ms, needed_ms)
+            if held and workers.hold(job, token, delay_s):
                 for name, value in change.items():
                     setattr(job, name, value)
                 return
@@ -93,7 +95,7 @@ class Advancer:
         if not (committed and keep):
             return
         if workers.hold(job, token, delay_s):
-            workers.leased(job.id, job.updated_at, job.updated_at + delay_ms)
+            workers.leased(job.id, token, job.updated_at, job.updated_at + delay_ms)
         else:  # no room to hold it: due after the delay, not after the lease
             await self.commit(job, token, Commit(source=After(_ms(delay_s))))
 
@@ -333,12 +335,20 @@ class Advancer:
                     job, token, delay_s, unchanged=True, polls=polls, seen_running_at=sent_ms
                 )
             case Transient(reason=reason, retry_after_s=retry_after_s):
-                delay_s = at_least(self.next_poll_s(job, polls), retry_after_s)
+                delay_s = at_least(self._backed_off_s(job, polls), retry_after_s)
                 await self.reschedule(job, token, delay_s, polls=polls, last_error=reason)
             case Expired(message=message, status_code=code):
                 await self.fail(job, token, "upstream-expired", message, code, polls=polls)
             case Failed(message=message, status_code=code):
                 await self.fail(job, token, "upstream-failed", message, code, polls=polls)
+
+    def _backed_off_s(self, job: Job, polls_done: int) -> float:
+        """After a failed poll (5xx, timeout, 429 without Retry-After): the usual next poll,
+        but never sooner than geometric backoff (CONTRACT §5: back off), on any schedule:
+        the target-lag one alone would poll a failing upstream at its steady pace."""
+        poll = self.rt.upstreams[job.upstream].config.poll
+        geometric_s = poll_interval_s(poll, polls_done, self._elapsed_s(job))
+        return max(self.next_poll_s(job, polls_done), geometric_s)
 
     async def _result(self, job: Job, done: Done) -> FetchOutcome:
         """The result of a finished job: in the poll's answer, or fetched."""

@@ -24,7 +24,7 @@ from bridge.delivery.sender import Attempt
 from bridge.engine.backoff import jittered
 from bridge.engine.dispatch import Dispatcher
 from bridge.engine.lifecycle import Advancer
-from bridge.engine.ports import NoWorkers
+from bridge.engine.ports import LAZY_COMMIT_S, NoWorkers
 from bridge.engine.runtime import Runtime
 from bridge.model import Job, JobChange
 from bridge.net.util import describe_error
@@ -38,7 +38,6 @@ STORE_RETRY_FIRST_S = 0.2  # a claim loop's sleep after a failed claim; doubles 
 STORE_RETRY_MAX_S = 5.0
 CLAIM_JITTER_S = 0.005  # up to this much added to a claim loop's sleep, so that replicas
 # whose work falls due at the same moment do not all claim in the same instant
-LAZY_COMMIT_S = 10.0  # a held job's polls that change nothing are committed at most this often
 STEP_RETRY_S = 0.5  # after an unexpected error in a job step; doubles with each one
 MAX_STEP_ERRORS = 4  # then the job fails ("internal-error")
 T = TypeVar("T")
@@ -214,7 +213,8 @@ class HeldLeases:
         self.gate = asyncio.Semaphore(concurrency)
         self.timers: dict[str, tuple[asyncio.TimerHandle, str, Job]] = {}
         self.running: dict[asyncio.Task[None], tuple[str, str]] = {}
-        self.leases: dict[str, tuple[int, int]] = {}  # job id -> (last commit, stored lease)
+        # job id -> (token, last commit, stored lease) of its held claim
+        self.leases: dict[str, tuple[str, int, int]] = {}
         self.stopping = False
 
     def hold(self, job: Job, token: str, delay_s: float) -> bool:
@@ -222,6 +222,9 @@ class HeldLeases:
             return False
         loop = asyncio.get_running_loop()
         handle = loop.call_later(delay_s, self._fire, job, token, loop.time() + delay_s)
+        older = self.timers.get(job.id)
+        if older is not None:  # an older claim's chain: only one polls the job
+            older[0].cancel()
         self.timers[job.id] = (handle, token, job)
         return True
 
@@ -247,15 +250,16 @@ class HeldLeases:
         self._fire(job, token, asyncio.get_running_loop().time())
         return True
 
-    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
-        self.leases[job_id] = (committed_ms, until_ms)
+    def leased(self, job_id: str, token: str, committed_ms: int, until_ms: int) -> None:
+        self.leases[job_id] = (token, committed_ms, until_ms)
 
-    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
+    def lease_holds(self, job_id: str, token: str, now_ms: int, until_ms: int) -> bool:
         lease = self.leases.get(job_id)
         if lease is None:
             return False
-        committed_ms, stored_until_ms = lease
-        return stored_until_ms >= until_ms and now_ms - committed_ms < LAZY_COMMIT_S * 1000
+        leased_token, committed_ms, stored_until_ms = lease
+        recent = now_ms - committed_ms < LAZY_COMMIT_S * 1000
+        return leased_token == token and stored_until_ms >= until_ms and recent
 
     def _fire(self, job: Job, token: str, due: float) -> None:
         self.timers.pop(job.id, None)
@@ -434,11 +438,11 @@ class Workers:
     def poke(self, job_id: str) -> bool:
         return self.held.poke(job_id)
 
-    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
-        self.held.leased(job_id, committed_ms, until_ms)
+    def leased(self, job_id: str, token: str, committed_ms: int, until_ms: int) -> None:
+        self.held.leased(job_id, token, committed_ms, until_ms)
 
-    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
-        return self.held.lease_holds(job_id, now_ms, until_ms)
+    def lease_holds(self, job_id: str, token: str, now_ms: int, until_ms: int) -> bool:
+        return self.held.lease_holds(job_id, token, now_ms, until_ms)
 
     def held_jobs(self) -> list[Job]:
         return self.held.jobs()

@@ -1,7 +1,8 @@
 """What a process does with the job notices of every process (store/notify.py).
 
 One subscription per process, whatever its role:
-- `done`: the requests waiting here for that job wake (engine/waiting.py);
+- `done`: the requests waiting here for that job wake (engine/waiting.py), and a job
+  held here stops being polled (it was cancelled through another process);
 - `push`: the upstream's pushes arrive (its polls slow down, engine/push.py); a job made
   due now is claimed at once (the claim loops are woken for its partition); a job held
   here runs its next step now; a job whose step runs here now is made due again when the
@@ -29,7 +30,8 @@ class Notices:
 
     def on_notice(self, notice: Notice) -> None:
         rt = self.rt
-        if notice.kind == "done":
+        if notice.kind == "done":  # terminal, perhaps cancelled through another process
+            rt.workers.forget(notice.job_id)
             rt.waiters.wake(notice.job_id)
             return
         if notice.upstream in rt.upstreams:

@@ -18,13 +18,23 @@ from typing import Protocol
 from bridge.model import Job
 from bridge.store import Schedule
 
+LAZY_COMMIT_S = 10.0  # a held job's polls that change nothing are committed at most this often
+
+
+def lazy_margin_ms(lease_ms: int) -> int:
+    """How long a held job's stored lease must outlast its next poll for that poll's
+    commit to be skipped: the lease less the longest a commit may be put off (half the
+    lease when the lease is that short), so a slow step still finishes inside its lease."""
+    return max(lease_ms // 2, lease_ms - int(LAZY_COMMIT_S * 1000))
+
 
 class LocalWorkers(Protocol):
     def hint(self, schedule: Schedule, delay_s: float, partition: int | None = None) -> None:
         """Work just scheduled in `schedule` becomes due in delay_s."""
 
     def hold(self, job: Job, token: str, delay_s: float) -> bool:
-        """Keep the job's lease and run its next step in delay_s; False if not possible."""
+        """Keep the job's lease and run its next step in delay_s; False if not possible.
+        A timer of the job's from an older claim (token) is cancelled."""
 
     def forget(self, job_id: str) -> None:
         """Stop holding the job (it was cancelled)."""
@@ -32,12 +42,14 @@ class LocalWorkers(Protocol):
     def poke(self, job_id: str) -> bool:
         """Run a held job's next step now (its provider pushed); False if not held here."""
 
-    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
-        """A held job was committed at committed_ms, its lease stored until until_ms."""
+    def leased(self, job_id: str, token: str, committed_ms: int, until_ms: int) -> None:
+        """A held job was committed under token at committed_ms, its lease stored until
+        until_ms."""
 
-    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
-        """Whether a held job's stored lease lasts until until_ms and its last commit is
-        recent enough (LAZY_COMMIT_S) to skip committing a poll that changed nothing."""
+    def lease_holds(self, job_id: str, token: str, now_ms: int, until_ms: int) -> bool:
+        """Whether a held job's stored lease, committed under this token, lasts until
+        until_ms and its last commit is recent enough (LAZY_COMMIT_S) to skip committing a
+        poll that changed nothing. Another token's lease (a newer claim) never holds."""
 
     def held_jobs(self) -> list[Job]:
         """The jobs whose lease this process holds now."""
@@ -67,10 +79,10 @@ class NoWorkers:
     def poke(self, job_id: str) -> bool:
         return False
 
-    def leased(self, job_id: str, committed_ms: int, until_ms: int) -> None:
+    def leased(self, job_id: str, token: str, committed_ms: int, until_ms: int) -> None:
         return None
 
-    def lease_holds(self, job_id: str, now_ms: int, until_ms: int) -> bool:
+    def lease_holds(self, job_id: str, token: str, now_ms: int, until_ms: int) -> bool:
         return False
 
     def held_jobs(self) -> list[Job]:
