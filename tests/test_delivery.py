@@ -106,6 +106,18 @@ async def test_connects_to_checked_address_with_original_host_header(receiver):
     assert rec.deliveries[0].headers["host"] == f"hooks.customer.test:{port}"
 
 
+async def test_a_callback_urls_query_goes_as_given(receiver):
+    # an encoded query (a token or a presigned URL's signature) is sent byte for byte, as
+    # httpx sent it: aiohttp's parser would decode %2F and %7E; an invalid escape is quoted
+    rec, url = receiver
+    d, client = await _deliverer()
+    async with client:
+        a = await d.post(f"{url}/p?sig=a%2Fb%3D&x=%7E&t=%41", b"{}", {})
+        b = await d.post(f"{url}/p?z=%zz", b"{}", {})
+    assert a.outcome == b.outcome == "delivered"
+    assert [r.query for r in rec.deliveries] == [b"sig=a%2Fb%3D&x=%7E&t=%41", b"z=%25zz"]
+
+
 async def test_per_host_cap_defers_instead_of_queueing(receiver):
     rec, url = receiver
     rec.default = Reply(200, delay_s=0.3)

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
-import yarl
 
 from bridge.config import CallbacksConfig
 from bridge.delivery.hostgate import HostGates
 from bridge.delivery.signing import sign_webhook
 from bridge.delivery.urlpolicy import CallbackRejected, Target, UrlPolicy
 from bridge.net.client import USER_AGENT, LeanClient
-from bridge.net.util import describe_error, parse_retry_after
+from bridge.net.util import describe_error, parse_retry_after, wire_url
 
 Outcome = Literal["delivered", "retry", "gone", "deferred"]
 
@@ -97,7 +96,7 @@ class Deliverer:
     async def _send(
         self, url: str, target: Target, body: bytes, headers: dict[str, str], started: float
     ) -> Attempt:
-        sent = yarl.URL(url)  # as the client (aiohttp) reads it, to the checked address
+        sent = wire_url(url)  # as the client (aiohttp) reads it, to the checked address
         to = sent.with_host(str(target.addresses[0])).with_port(target.port)
         netloc = _netloc(target.host, sent.explicit_port if not sent.is_default_port() else None)
         response = await self.client.send_raw(

@@ -37,6 +37,7 @@ class Delivery:
     arrived_at: float
     verified: bool | None
     answered: int
+    query: bytes = b""  # the raw query string, as sent
 
     @property
     def event(self) -> dict[str, Any]:
@@ -89,7 +90,9 @@ class Receiver:
         self.arrivals.append((path, arrived))
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
-        record = Delivery(path, headers, body, arrived, self.verify(body, headers), reply.status)
+        verified = self.verify(body, headers)
+        query = request.scope.get("query_string", b"")
+        record = Delivery(path, headers, body, arrived, verified, reply.status, query)
         async with self._changed:
             self.deliveries.append(record)
             self._changed.notify_all()

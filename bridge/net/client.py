@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 
 import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 
 from bridge import __version__
-from bridge.net.util import BodyTooLarge
+from bridge.net.util import BodyTooLarge, wire_url
 
 USER_AGENT = f"pushbridge/{__version__}"
 
@@ -237,7 +238,7 @@ class _Transport(AiohttpTransport):
         try:
             response = await self.session().request(
                 method,
-                url,
+                _wire_url(url),
                 headers=headers,
                 data=content or None,
                 allow_redirects=False,
@@ -264,6 +265,16 @@ class _Transport(AiohttpTransport):
             out._sent, out._aio = sent, response
             return out
         raise error  # outside the except block: no __context__ to the original
+
+
+def _wire_url(url: str) -> yarl.URL:
+    """wire_url, failing as aiohttp fails on a URL it cannot read (a ClientError)."""
+    try:
+        sent = wire_url(url)
+        _ = sent.port  # read now: an encoded URL's port is checked only when read
+    except (ValueError, TypeError) as e:
+        raise aiohttp.InvalidURL(url) from e
+    return sent
 
 
 def _transport(max_connections: int) -> httpx.AsyncBaseTransport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 import httpx
@@ -10,6 +11,7 @@ import yarl
 
 MAX_RETRY_AFTER_S = 3600.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_HEX_PAIR = re.compile("[0-9A-Fa-f]{2}")
 Origin = tuple[str, str, int]
 
 
@@ -61,6 +63,19 @@ def describe_error(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"connect error: {exc}"[:300]
     return f"{kind}: {exc}"[:300]
+
+
+def wire_url(url: str) -> yarl.URL:
+    """The URL as it goes on the wire: as given when it is already validly encoded
+    (printable ASCII, every % an escape), as httpx sends it, so `?sig=a%2Fb` stays
+    `a%2Fb` and a signed or presigned query is not altered; else quoted by yarl."""
+    return yarl.URL(url, encoded=_encoded(url))
+
+
+def _encoded(url: str) -> bool:
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return False
+    return all(_HEX_PAIR.fullmatch(part[:2]) for part in url.split("%")[1:])
 
 
 def origin(url: str) -> Origin:
