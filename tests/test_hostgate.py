@@ -54,3 +54,24 @@ async def test_a_waiter_gives_up_after_four_typical_attempts():
     waited = asyncio.get_running_loop().time() - started
     assert log == [("h", True), ("h", False)] and 0.05 <= waited < 0.3
     stuck.cancel()
+
+
+async def test_a_quick_host_whose_slots_all_hang_is_no_longer_quick():
+    # its finished attempts took ~10 ms, but the one under way has run 8 x that (8 x 50
+    # ms, the shortest hold counted): the
+    # average of finished attempts says nothing yet about a host that just stalled, so
+    # attempts are deferred as at a slow host (not brought back within a second, nor
+    # waited for)
+    gates = HostGates(limit=1)
+    await _hold(gates, "h", 0.01, [])
+    log: list = []
+    stuck = asyncio.create_task(_hold(gates, "h", 5, log))
+    await asyncio.sleep(0)
+    assert gates.quick("h")  # under way for less than 8 typical attempts
+    await asyncio.sleep(0.5)
+    assert not gates.quick("h")
+    started = asyncio.get_running_loop().time()
+    await _hold(gates, "h", 0, log)
+    assert log == [("h", True), ("h", False)]
+    assert asyncio.get_running_loop().time() - started < 0.03  # deferred at once
+    stuck.cancel()

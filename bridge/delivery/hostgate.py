@@ -16,6 +16,7 @@ EWMA_WEIGHT = 0.2
 MAX_IDLE_ENTRIES = 4096  # destinations remembered while nobody is sending to them
 MAX_DEFER_S = 30.0  # a deferred attempt comes back within this, whatever is predicted
 MIN_HOLD_S = 0.05
+STALLED_TYPICALS = 8  # an attempt under way this many typical durations is stalled
 
 Destination = tuple[str, int]  # (address connected to, port)
 
@@ -87,7 +88,16 @@ class HostGates:
     def quick(self, dest: Destination) -> bool:
         """Whether dest's recent attempts were quick (a busy but healthy receiver)."""
         gate = self._gates.get(dest)
-        return gate is not None and gate.typical_s is not None and gate.typical_s <= self.quick_s
+        return gate is not None and self._quick(gate)
+
+    def _quick(self, gate: _Gate) -> bool:
+        """Quick attempts lately, and none under way stalled: the average of finished
+        attempts stays low while every slot hangs, until the hung ones time out."""
+        typical_s = gate.typical_s
+        if typical_s is None or typical_s > self.quick_s:
+            return False
+        stalled_from = time.perf_counter() - STALLED_TYPICALS * max(typical_s, MIN_HOLD_S)
+        return all(started >= stalled_from for started in gate.started)
 
     def book_turn_s(self, dest: Destination) -> float:
         """Book a turn for an attempt deferred now; return how long it should wait: until
@@ -132,11 +142,10 @@ class HostGates:
         if not gate.slots.locked():
             await gate.slots.acquire()
             return True
-        typical_s = gate.typical_s
-        if typical_s is None or typical_s > self.quick_s:
+        if not self._quick(gate):
             return False
         try:
-            async with asyncio.timeout(max(0.05, 4 * typical_s)):
+            async with asyncio.timeout(max(0.05, 4 * (gate.typical_s or 0.0))):
                 await gate.slots.acquire()
         except TimeoutError:
             return False
