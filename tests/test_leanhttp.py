@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from bridge.net.client import USER_AGENT, LeanClient, callback_client
@@ -150,3 +151,56 @@ def test_origin_is_read_as_the_sending_client_reads_it(url, expected):
     from bridge.net.util import origin
 
     assert origin(url) == expected
+
+
+async def _site(handler) -> tuple[str, object]:
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}", runner
+
+
+async def test_a_redirect_to_another_origin_carries_no_credential():
+    """httpx drops only Authorization when a redirect leaves the origin; providers' keys
+    also travel in other headers (x-goog-api-key, a custom adapter's): none of them may
+    follow the job to another origin. Within the origin they stay."""
+    from aiohttp import web
+
+    from bridge.net.client import upstream_client
+
+    async def other(request: web.Request) -> web.Response:
+        keys = ("authorization", "x-goog-api-key", "x-custom-key", "user-agent")
+        return web.json_response({k: request.headers.get(k) for k in keys})
+
+    other_url, other_runner = await _site(other)
+
+    async def first(request: web.Request) -> web.Response:
+        if request.path == "/here":
+            return await other(request)
+        raise web.HTTPFound(other_url + "/there" if request.path == "/away" else "/here")
+
+    first_url, first_runner = await _site(first)
+    creds = {"authorization": "Bearer s1", "x-goog-api-key": "s2", "x-custom-key": "s3"}
+    try:
+        async with upstream_client() as client:
+            seen = {}
+            for path in ("/away", "/stay"):
+                r = await client.send_raw("GET", first_url + path, 5.0, dict(creds))
+                seen[path] = orjson.loads(await r.aread())
+                await r.aclose()
+    finally:
+        await first_runner.cleanup()  # type: ignore[attr-defined]
+        await other_runner.cleanup()  # type: ignore[attr-defined]
+    assert seen["/away"] == {
+        "authorization": None,
+        "x-goog-api-key": None,
+        "x-custom-key": None,
+        "user-agent": USER_AGENT,
+    }
+    assert seen["/stay"] == {**creds, "user-agent": USER_AGENT}

@@ -13,9 +13,13 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 
 from bridge import __version__
-from bridge.net.util import BodyTooLarge, wire_url
+from bridge.net.util import BodyTooLarge, origin, wire_url
 
 USER_AGENT = f"pushbridge/{__version__}"
+# what a request may carry to an origin it was redirected to (credentials never)
+GENERIC_HEADERS = frozenset(
+    {"host", "user-agent", "accept", "accept-encoding", "content-type", "content-length"}
+)
 
 
 class LeanClient(httpx.AsyncClient):
@@ -29,6 +33,18 @@ class LeanClient(httpx.AsyncClient):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         self.lean_transport = transport or httpx.AsyncHTTPTransport()
         super().__init__(transport=self.lean_transport, **kwargs)
+
+    def _redirect_headers(
+        self, request: httpx.Request, url: httpx.URL, method: str
+    ) -> httpx.Headers:
+        """httpx's, and a redirect to another origin carries none of the request's own
+        headers but the generic ones: httpx drops only Authorization, while providers put
+        their keys in others too (x-goog-api-key, a custom adapter's header)."""
+        headers = super()._redirect_headers(request, url, method)
+        if origin(str(url)) != origin(str(request.url)):
+            for name in [n for n in headers if n.lower() not in GENERIC_HEADERS]:
+                del headers[name]
+        return headers
 
     async def send_raw(
         self,
