@@ -204,3 +204,31 @@ async def test_a_redirect_to_another_origin_carries_no_credential():
         "user-agent": USER_AGENT,
     }
     assert seen["/stay"] == {**creds, "user-agent": USER_AGENT}
+
+
+@pytest.mark.parametrize(("status", "method_after"), [(302, "GET"), (307, "POST")])
+async def test_a_redirected_post_is_sent_once_then_followed(status, method_after):
+    """The fast path's redirect is followed from its answer: the POST (a submit) is not
+    sent to the first URL a second time."""
+    from aiohttp import web
+
+    from bridge.net.client import upstream_client
+
+    hits: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        hits.append(f"{request.method} {request.path} {await request.text()}")
+        if request.path == "/old":
+            raise web.HTTPFound("/new") if status == 302 else web.HTTPTemporaryRedirect("/new")
+        return web.Response(text="ok")
+
+    url, runner = await _site(handle)
+    try:
+        async with upstream_client() as client:
+            r = await client.send_raw("POST", url + "/old", 5.0, {}, b"job")
+            await r.aread()
+            await r.aclose()
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    body = "job" if method_after == "POST" else ""
+    assert r.status_code == 200 and hits == ["POST /old job", f"{method_after} /new {body}"]

@@ -28,7 +28,7 @@ class LeanClient(httpx.AsyncClient):
     (cookie jar, auth flows, event hooks, default-header merging), which cost about as
     much CPU as the request itself over aiohttp's pool (bench/RESULTS.md). Requests,
     responses, timeouts and errors are httpx's. A redirect, when this client follows
-    them, is sent again through the full client, which follows it."""
+    them, is followed through the full client (from the answer: nothing is sent twice)."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         self.lean_transport = transport or httpx.AsyncHTTPTransport()
@@ -70,7 +70,9 @@ class LeanClient(httpx.AsyncClient):
         if response.is_redirect and self.follow_redirects:
             await response.aclose()
             request = _request(method, url, timeout_s, headers, content, extensions)
-            return await self.send(request, stream=True)
+            # follow this answer, not ask again: a redirected POST (a submit) goes once
+            redirect = self._build_redirect_request(request, response)
+            return await self.send(redirect, stream=True)
         return response
 
 
