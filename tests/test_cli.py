@@ -103,6 +103,7 @@ async def test_check_reports_every_problem_store_settings_token_tenants(tmp_path
         import redis as sync_redis
 
         sync_redis.Redis.from_url(store.url).config_set("maxmemory-policy", "allkeys-lru")
+        sync_redis.Redis.from_url(store.url).config_set("hash-max-listpack-value", "64")
         raw = base_config(upstream.url)
         raw["store"]["url"] = store.url
         raw["tenants"] = []
@@ -121,6 +122,7 @@ async def test_check_reports_every_problem_store_settings_token_tenants(tmp_path
         "error tenants: none configured",
         "error store maxmemory-policy is allkeys-lru",
         "error store persistence: neither AOF nor RDB",
+        "warn  store hash-max-listpack-value is 64: jobs take about 1.3 KiB",
         "ok    upstream good token: accepted",
         "error upstream bad token: refused, GET",
         "answers 401 with the token of BAD_TOKEN",
@@ -152,6 +154,7 @@ async def test_check_without_config_checks_dev_mode(tmp_path):
     assert code == 0, out
     assert "ok    config: dev mode" in out and "ok    store (embedded Valkey" in out
     assert "ok    store maxmemory-policy noeviction" in out and "append-only file" in out
+    assert "ok    store hash-max-listpack-value 1024" in out
     assert "skip  upstreams: the dev emulator runs inside `pushbridge serve`" in out
     port = free_port()
     server = await _start_serve(["--port", str(port)], env, tmp_path)

@@ -29,6 +29,7 @@ from bridge.net.util import describe_error
 from bridge.store import Store
 from bridge.store.cluster import cluster_report
 from bridge.store.connection import make_redis, open_store
+from bridge.store.embedded import HASH_MAX_LISTPACK_VALUE as LISTPACK_VALUE_BYTES
 from bridge.store.embedded_share import SharedStore, running
 from bridge.upstreams import build_upstream
 from bridge.upstreams.base import Healthy
@@ -114,6 +115,23 @@ async def _persistence(store: Store) -> tuple[str, str]:
     )
 
 
+async def _listpack_value(store: Store) -> tuple[str, str]:
+    """A job's hash stays compact (a listpack, ~500 bytes) while no field is longer than
+    hash-max-listpack-value; at the default 64 its poll reference alone makes it a hash
+    table (~1.3 KiB per job in flight instead of ~0.8)."""
+    try:
+        reply = await store.redis.config_get("hash-max-listpack-value", **_every_node(store))
+    except ResponseError:
+        return "warn", "hash-max-listpack-value: CONFIG GET refused, not checked"
+    values = {int(n.get("hash-max-listpack-value") or 0) for n in _per_node(reply)}
+    if values and min(values) >= LISTPACK_VALUE_BYTES:
+        return "ok", f"hash-max-listpack-value {min(values)}"
+    return "warn", (
+        f"hash-max-listpack-value is {', '.join(map(str, sorted(values)))}: jobs take about "
+        f"1.3 KiB each instead of 0.8; set it to {LISTPACK_VALUE_BYTES} (README)"
+    )
+
+
 async def _check_store(store: Store, where: str, report: Report) -> None:
     try:
         await store.ping()
@@ -127,7 +145,7 @@ async def _check_store(store: Store, where: str, report: Report) -> None:
                 report.line(kind, f"store cluster: {text}")
         except RedisError as e:
             report.line("error", f"store cluster: {type(e).__name__}: {e}")
-    for probe in (_eviction_policy, _persistence):
+    for probe in (_eviction_policy, _persistence, _listpack_value):
         try:
             kind, text = await probe(store)
         except RedisError as e:
