@@ -50,6 +50,19 @@ async def test_connection_refused_is_an_httpx_connect_error(make_client):
             await client.send_raw("GET", f"http://127.0.0.1:{free_port()}/", 1.0)
 
 
+async def _site(handler) -> tuple[str, object]:
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}", runner
+
+
 @pytest.fixture
 async def server():
     """A local aiohttp server: /old redirects to /new, /gzip answers gzip-encoded, /big
@@ -69,15 +82,9 @@ async def server():
         seen = f"{request.method} {request.path} {request.headers.get('user-agent')}"
         return web.Response(text=seen + " " + (await request.text()))
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    url, runner = await _site(handle)
+    yield url
+    await runner.cleanup()  # type: ignore[attr-defined]
 
 
 async def test_fast_path_sends_straight_to_aiohttp_with_httpx_types(server):
@@ -151,19 +158,6 @@ def test_origin_is_read_as_the_sending_client_reads_it(url, expected):
     from bridge.net.util import origin
 
     assert origin(url) == expected
-
-
-async def _site(handler) -> tuple[str, object]:
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://127.0.0.1:{port}", runner
 
 
 async def test_a_redirect_to_another_origin_carries_no_credential():
