@@ -101,7 +101,7 @@ class Deliverer:
         netloc = _netloc(target.host, sent.explicit_port if not sent.is_default_port() else None)
         response = await self.client.send_raw(
             "POST",
-            str(to),
+            to,  # read once, here
             self.config.timeout_s,
             headers={**headers, "host": netloc},
             content=body,

@@ -49,31 +49,37 @@ class LeanClient(httpx.AsyncClient):
     async def send_raw(
         self,
         method: str,
-        url: str | httpx.URL,
+        url: str | httpx.URL | yarl.URL,
         timeout_s: float,
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         extensions: dict[str, Any] | None = None,
     ) -> httpx.Response:
-        """Send and return the response unread (stream it, then `aclose()` it)."""
+        """Send and return the response unread (stream it, then `aclose()` it). A yarl.URL
+        is one already read as it goes on the wire (net.util.wire_url): not read again."""
         headers = {"user-agent": USER_AGENT, **(headers or {})}
         transport = self.lean_transport
         if isinstance(transport, _Transport):  # no httpx.Request: straight to aiohttp
             sni = (extensions or {}).get("sni_hostname")
+            direct = url if isinstance(url, yarl.URL) else str(url)
             response = await transport.send_direct(
-                method, str(url), timeout_s, headers, content, sni
+                method, direct, timeout_s, headers, content, sni
             )
         else:
             response = await transport.handle_async_request(
-                _request(method, url, timeout_s, headers, content, extensions)
+                _request(method, _httpx_url(url), timeout_s, headers, content, extensions)
             )
         if response.is_redirect and self.follow_redirects:
             await response.aclose()
-            request = _request(method, url, timeout_s, headers, content, extensions)
+            request = _request(method, _httpx_url(url), timeout_s, headers, content, extensions)
             # follow this answer, not ask again: a redirected POST (a submit) goes once
             redirect = self._build_redirect_request(request, response)
             return await self.send(redirect, stream=True)
         return response
+
+
+def _httpx_url(url: str | httpx.URL | yarl.URL) -> str | httpx.URL:
+    return str(url) if isinstance(url, yarl.URL) else url
 
 
 def _request(
@@ -162,13 +168,13 @@ class _Sent:
 
     __slots__ = ("method", "url")
 
-    def __init__(self, method: str, url: str) -> None:
+    def __init__(self, method: str, url: str | yarl.URL) -> None:
         self.method = method
         self.url = url
 
     def as_request(self) -> httpx.Request | None:
         try:
-            return httpx.Request(self.method, self.url)
+            return httpx.Request(self.method, str(self.url))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, TypeError):
             return None  # a URL httpx cannot read: the error has no request
 
@@ -243,7 +249,7 @@ class _Transport(AiohttpTransport):
     async def send_direct(
         self,
         method: str,
-        url: str,
+        url: str | yarl.URL,
         timeout_s: float,
         headers: dict[str, str],
         content: bytes | None,
@@ -285,8 +291,11 @@ class _Transport(AiohttpTransport):
         raise error  # outside the except block: no __context__ to the original
 
 
-def _wire_url(url: str) -> yarl.URL:
-    """wire_url, failing as aiohttp fails on a URL it cannot read (a ClientError)."""
+def _wire_url(url: str | yarl.URL) -> yarl.URL:
+    """wire_url (a yarl.URL is one already read), failing as aiohttp fails on a URL it
+    cannot read (a ClientError)."""
+    if isinstance(url, yarl.URL):
+        return url
     try:
         sent = wire_url(url)
         _ = sent.port  # read now: an encoded URL's port is checked only when read
