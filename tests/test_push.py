@@ -141,6 +141,15 @@ def _future(s: Stack, job: dict) -> Any:
     return s.emulator.futures[job["upstream_id"]]
 
 
+async def _first_push_seen(s: Stack, duration_s: float) -> dict:
+    """A first job, delivered, and its push seen: the upstream's pushes arrive. The push
+    races the poll that saw the job done (the tests poll every 0.1 s): it may come after."""
+    first = (await s.submit(inputs={"_emulate": {"duration_s": duration_s}})).json()
+    await _delivered(s, first["id"], 5)
+    assert await until(lambda: s.rt.pushes.arriving("echo"), 5)
+    return first
+
+
 async def _delivered(s: Stack, job_id: str, timeout_s: float) -> dict:
     assert await s.receiver.wait_for(
         lambda: any(d.event["data"]["id"] == job_id for d in s.receiver.succeeded()), timeout_s
@@ -360,11 +369,8 @@ async def test_polls_slow_down_while_pushes_arrive_and_a_lost_push_costs_only_la
         upstreams__echo__poll__push_slowdown=20,
     )
     rt: Runtime = s.rt
-    first = (await s.submit(inputs={"_emulate": {"duration_s": 0.6}})).json()
-    await _delivered(s, first["id"], 5)
+    first = await _first_push_seen(s, duration_s=0.6)
     assert _future(s, first).polls > 2  # no push seen yet: the usual polls
-    # its push races the poll that saw it done (a poll every 0.1 s): it may come after
-    assert await until(lambda: rt.pushes.arriving("echo"), 5)
     pushed = [(await s.submit(inputs={"_emulate": {"duration_s": 1.0}})).json() for _ in range(5)]
     lost = (await s.submit(inputs={"_emulate": {"duration_s": 0.5}})).json()
     s.provider.drop.add(lost["upstream_id"])
@@ -385,10 +391,7 @@ async def test_every_target_lag_poll_slows_down_while_pushes_arrive_not_only_the
         upstreams__echo__poll__target_lag_s=0.05,
         upstreams__echo__poll__push_slowdown=10,
     )
-    first = (await s.submit(inputs={"_emulate": {"duration_s": 0.2}})).json()
-    await _delivered(s, first["id"], 5)
-    # its push races the poll that saw it done (a poll every 0.1 s): it may come after
-    assert await until(lambda: s.rt.pushes.arriving("echo"), 5)
+    await _first_push_seen(s, duration_s=0.2)
     jobs = [(await s.submit(inputs={"_emulate": {"duration_s": 1.5}})).json() for _ in range(3)]
     for job in jobs:
         await _delivered(s, job["id"], 10)
